@@ -1,0 +1,5 @@
+import sys
+
+from cnmt.cli import main
+
+sys.exit(main())

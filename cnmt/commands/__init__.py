@@ -1,0 +1,1 @@
+"""Subcommands of `cnmt`, one module each; see :mod:`cnmt.cli`."""

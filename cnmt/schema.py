@@ -1,0 +1,191 @@
+"""Typed validation of plain YAML data against frozen dataclasses.
+
+A component declares its parameters as a frozen dataclass; :func:`build` turns the mapping read
+from YAML into an instance, or raises :class:`~cnmt.errors.ConfigError` naming the key path, the
+bad value and what was expected. Supported field types: ``bool``, ``int``, ``float`` (ints are
+accepted), ``str``, ``Literal[...]``, ``X | None``, ``list[X]``, ``tuple[X, ...]``,
+``dict[str, X]`` and nested dataclasses. Fields without a default are required.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+from cnmt.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class NoParams:
+    """Parameters of a component that takes none."""
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+def type_name(tp: Any) -> str:
+    """A short human name for a field type, as used in error messages and `cnmt plugins`."""
+    origin = get_origin(tp)
+    if tp is bool:
+        return "a boolean"
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is str:
+        return "a string"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        inner = [a for a in get_args(tp) if a is not type(None)]
+        return " or ".join(type_name(a) for a in inner) + " or null"
+    if origin in (list, tuple):
+        return f"a list of {type_name(get_args(tp)[0]).removeprefix('a ').removeprefix('an ')}s"
+    if origin is dict:
+        return "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _fail(where: str, path: str, message: str) -> typing.NoReturn:
+    prefix = f"{where}: " if where else ""
+    raise ConfigError(f"{prefix}{path or '<top>'}: {message}")
+
+
+def build(cls: type[T], data: Any, *, path: str = "", where: str = "") -> T:
+    """Validate ``data`` against dataclass ``cls`` and return an instance.
+
+    ``path`` is the dotted key path of ``data`` in its file and ``where`` names the file; both
+    only serve error messages.
+    """
+    return _convert(cls, data, path, where)
+
+
+def _convert(tp: Any, value: Any, path: str, where: str) -> Any:
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        return _build_dataclass(tp, value, path, where)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        non_null = [a for a in args if a is not type(None)]
+        errors = []
+        for option in non_null:
+            try:
+                return _convert(option, value, path, where)
+            except ConfigError as exc:
+                errors.append(exc)
+        if len(non_null) == 1:
+            raise errors[0]
+        _fail(where, path, f"expected {type_name(tp)}, got {_describe(value)}")
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices or isinstance(value, bool) != any(isinstance(c, bool) for c in choices):
+            valid = ", ".join(repr(c) for c in choices)
+            _fail(where, path, f"{_describe(value)} is not a valid choice; valid: {valid}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, list):
+            _fail(where, path, f"expected {type_name(tp)}, got {_describe(value)}")
+        item = get_args(tp)[0]
+        items = [_convert(item, v, f"{path}[{i}]", where) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            _fail(where, path, f"expected a mapping, got {_describe(value)}")
+        key_tp, value_tp = get_args(tp)
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                _fail(where, path, f"keys must be strings, got {_describe(k)}")
+            out[k] = _convert(value_tp, v, f"{path}.{k}" if path else k, where)
+        return out
+    if tp is bool:
+        if not isinstance(value, bool):
+            _fail(where, path, f"expected a boolean (true/false), got {_describe(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(where, path, f"expected an integer, got {_describe(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            _fail(where, path, f"expected a number, got {_describe(value)}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            _fail(where, path, f"expected a string, got {_describe(value)}")
+        return value
+    raise TypeError(f"unsupported schema type {tp!r} at {path}")
+
+
+def _build_dataclass(cls: Any, value: Any, path: str, where: str) -> Any:
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        _fail(where, path, f"expected a mapping, got {_describe(value)}")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(value) - set(fields))
+    if unknown:
+        key = unknown[0]
+        valid = ", ".join(sorted(fields)) or "(none: this component takes no parameters)"
+        _fail(where, _join(path, str(key)), f"unknown key; valid keys: {valid}")
+    kwargs = {}
+    for name, field in fields.items():
+        sub = _join(path, name)
+        if name in value:
+            kwargs[name] = _convert(hints[name], value[name], sub, where)
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            _fail(where, sub, f"missing required key ({type_name(hints[name])})")
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as exc:
+        # __post_init__ checks of a component (ranges, consistency) become config errors too.
+        _fail(where, path, str(exc))
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def describe_fields(cls: Any) -> list[tuple[str, str, Any]]:
+    """(name, type description, default or MISSING) for each field of a params dataclass."""
+    hints = get_type_hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        default = f.default
+        if default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        rows.append((f.name, type_name(hints[f.name]), default))
+    return rows
+
+
+def to_plain(obj: Any) -> Any:
+    """A dataclass tree as plain dicts and lists, for printing as YAML or JSON."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, list | tuple):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    return obj

@@ -1,0 +1,1 @@
+"""Built-in YAML configs and measured device profiles, shipped as package data."""

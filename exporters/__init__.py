@@ -1,0 +1,1 @@
+"""Exporters: build or load the model families in torch and export them to ONNX graphs."""

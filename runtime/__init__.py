@@ -1,0 +1,1 @@
+"""Runtime: ONNX Runtime sessions, tokenizers and decode loops. Never imports torch."""

@@ -1,0 +1,52 @@
+"""What every runtime translator offers: the contract between models, profiler and servers."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+
+@dataclass(frozen=True, slots=True)
+class Translation:
+    """One translated sentence.
+
+    ``source_tokens`` is N and ``output_tokens`` is M, both counted in the model's own tokens
+    (EOS excluded), the same units as the model's latency profile. ``seconds`` is the wall time
+    of tokenization, encoding and decoding.
+    """
+
+    text: str
+    source_tokens: int
+    output_tokens: int
+    seconds: float
+
+
+class Translator(abc.ABC):
+    """A loaded model, ready to translate on ONNX Runtime."""
+
+    family: ClassVar[str]
+
+    @property
+    @abc.abstractmethod
+    def max_source_tokens(self) -> int:
+        """The longest input in model tokens; longer texts raise a CnmtError (or are truncated
+        where the family documents it)."""
+
+    @abc.abstractmethod
+    def count_source_tokens(self, text: str) -> int:
+        """N for ``text``, without running the model (cheap: the scheduler calls it per request)."""
+
+    @abc.abstractmethod
+    def translate(self, text: str) -> Translation:
+        """Greedy translation of one sentence; empty text raises a CnmtError."""
+
+    def translate_batch(self, texts: Sequence[str]) -> list[Translation]:
+        """Translate several sentences; families with a batched decode override this."""
+        return [self.translate(t) for t in texts]
+
+    @abc.abstractmethod
+    def run_forced(self, n_tokens: int, m_tokens: int) -> None:
+        """Encode an input of exactly ``n_tokens`` and decode exactly ``m_tokens`` steps, EOS
+        ignored: the unit of work that characterization times."""

@@ -1,0 +1,30 @@
+"""Schedulers: output-length estimation and the edge/cloud decision.
+
+Everything here is pure: no model, no socket, no clock reads, no randomness. A decision is a
+function of the request, a snapshot of the scheduler's state and the time passed in by the
+caller, so the same inputs always give the same device.
+"""
+
+from __future__ import annotations
+
+from cnmt.schedulers.base import (
+    Device,
+    DevicePolicy,
+    GroundTruth,
+    LatencyModel,
+    LengthEstimator,
+    LinkState,
+    Request,
+    SchedulerState,
+)
+
+__all__ = [
+    "Device",
+    "DevicePolicy",
+    "GroundTruth",
+    "LatencyModel",
+    "LengthEstimator",
+    "LinkState",
+    "Request",
+    "SchedulerState",
+]
