@@ -1,0 +1,180 @@
+"""The plugin system: built-ins, entry points, autoload switch, hook validation, duplicates."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import sys
+import types
+from dataclasses import dataclass
+
+import pluggy
+import pytest
+
+import cnmt
+from cnmt.cli import main
+from cnmt.errors import ConfigError
+from cnmt.plugins import DEFAULT_PLUGINS, collect, get_components, get_plugin_manager
+from cnmt.schedulers import Device, DevicePolicy, LatencyModel, LinkState, Request, SchedulerState
+
+
+class QueueAware(DevicePolicy):
+    """Test policy from a fake third-party distribution."""
+
+    name = "queue_aware"
+
+    @dataclass(frozen=True)
+    class Params:
+        depth: int = 4
+
+    def choose(self, request, m_estimate, state):
+        return Device.CLOUD
+
+
+def make_plugin_module(name: str, policy: type) -> types.ModuleType:
+    module = types.ModuleType(name)
+
+    @cnmt.hookimpl
+    def cnmt_register_device_policies(register):
+        register(policy)
+
+    module.cnmt_register_device_policies = cnmt_register_device_policies
+    return module
+
+
+class FakeDistribution:
+    """Enough of importlib.metadata.Distribution for pluggy's entry point loader."""
+
+    def __init__(self, module_name: str) -> None:
+        self.metadata = {"name": "cnmt-queue-aware"}
+        self.version = "1.2.3"
+        self.entry_points = [
+            importlib.metadata.EntryPoint(name="queue_aware", value=module_name, group="cnmt")
+        ]
+
+
+@pytest.fixture
+def fake_entry_point(monkeypatch: pytest.MonkeyPatch) -> str:
+    module_name = "cnmt_queue_aware_test_plugin"
+    monkeypatch.setitem(sys.modules, module_name, make_plugin_module(module_name, QueueAware))
+    monkeypatch.setattr(importlib.metadata, "distributions", lambda: [FakeDistribution(module_name)])
+    return module_name
+
+
+def test_builtins_are_registered_from_default_plugins(fresh_registry):
+    pm = get_plugin_manager()
+    for module_name in DEFAULT_PLUGINS:
+        assert pm.get_plugin(module_name) is not None
+    components = get_components()
+    assert components.names("device_policy")[:5] == ["cloud", "cnmt", "edge", "naive", "oracle"]
+    assert {"linear", "naive", "oracle"} <= set(components.names("length_estimator"))
+    assert "last" in components.names("rtt_estimator")
+
+
+def test_plugins_command_lists_every_builtin_with_kind_and_plugin(capsys, fresh_registry):
+    assert main(["plugins", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    listed = {(r["kind"], r["name"]): r for r in rows}
+    for kind, name in [("device_policy", "cnmt"), ("length_estimator", "linear"), ("rtt_estimator", "last")]:
+        assert listed[(kind, name)]["plugin"] == "cnmt.plugins.builtin_schedulers"
+        assert listed[(kind, name)]["distribution"] == "built-in"
+    initial = next(p for p in listed[("rtt_estimator", "last")]["params"] if p["name"] == "initial_s")
+    assert initial["type"] == "a number" and isinstance(initial["default"], float)
+
+
+def test_entry_point_plugin_is_loaded_and_listed_with_its_distribution(
+    fake_entry_point, capsys, monkeypatch, fresh_registry
+):
+    monkeypatch.delenv("CNMT_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if " queue_aware " in line)
+    assert line.split()[:3] == ["device_policy", "queue_aware", "queue_aware"]
+    assert line.endswith("cnmt-queue-aware 1.2.3")
+
+
+def test_third_party_component_is_selected_from_yaml(fake_entry_point, tmp_path, monkeypatch, fresh_registry):
+    from cnmt.config import load_config
+
+    monkeypatch.delenv("CNMT_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    path = tmp_path / "c.yaml"
+    path.write_text("device_policy: {name: queue_aware, params: {depth: 8}}\n")
+    policy = load_config(path).create("device_policy")
+    assert isinstance(policy, QueueAware) and policy.params.depth == 8
+
+
+def test_autoload_can_be_disabled_by_environment(fake_entry_point, monkeypatch, fresh_registry):
+    monkeypatch.setenv("CNMT_DISABLE_PLUGIN_AUTOLOAD", "1")
+    assert "queue_aware" not in get_components().names("device_policy")
+    monkeypatch.setenv("CNMT_DISABLE_PLUGIN_AUTOLOAD", "0")
+    get_components.cache_clear()
+    assert "queue_aware" in get_components().names("device_policy")
+
+
+def test_misspelled_hook_is_caught_by_check_pending():
+    pm = get_plugin_manager()
+    module = types.ModuleType("typo_plugin")
+
+    @cnmt.hookimpl
+    def cnmt_register_device_policys(register):  # the typo is the point
+        pass
+
+    module.cnmt_register_device_policys = cnmt_register_device_policys
+    pm.register(module)
+    with pytest.raises(pluggy.PluginValidationError, match="cnmt_register_device_policys"):
+        pm.check_pending()
+
+
+def test_two_components_with_one_name_fail_naming_both_modules():
+    class Impostor(QueueAware):
+        """Claims a built-in's name."""
+
+        name = "cnmt"
+
+    pm = get_plugin_manager()
+    pm.register(make_plugin_module("impostor_plugin", Impostor), name="impostor_plugin")
+    with pytest.raises(ConfigError) as error:
+        collect(pm)
+    message = str(error.value)
+    assert "cnmt.schedulers.device_policies.CnmtPolicy" in message
+    assert f"{__name__}" in message and "Impostor" in message
+    assert "plugin impostor_plugin" in message
+
+
+def test_component_without_frozen_params_is_rejected():
+    class Loose(QueueAware):
+        name = "loose"
+
+        @dataclass
+        class Params:
+            depth: int = 1
+
+    pm = get_plugin_manager()
+    pm.register(make_plugin_module("loose_plugin", Loose), name="loose_plugin")
+    with pytest.raises(ConfigError, match="Params must be a frozen dataclass"):
+        collect(pm)
+
+
+def test_device_policy_hook_registers_a_usable_policy():
+    """cnmt_register_device_policies: a registered policy decides through the public types."""
+    pm = get_plugin_manager()
+    pm.register(make_plugin_module("qa", QueueAware), name="qa")
+    policy = collect(pm).create("device_policy", "queue_aware")
+    state = SchedulerState(LatencyModel(0, 0, 1), LatencyModel(0, 0, 0), LinkState(rtt_s=0.1))
+    assert policy.choose(Request(n_tokens=5), 5.0, state) is Device.CLOUD
+
+
+def test_length_estimator_hook_registers_builtins_that_estimate():
+    """cnmt_register_length_estimators: built-ins are registered and estimate from the request."""
+    components = get_components()
+    assert {"linear", "naive", "oracle"} <= set(components.names("length_estimator"))
+    oracle = components.create("length_estimator", "oracle")
+    assert oracle.estimate(Request(n_tokens=10, m_true=13)) == 13.0
+
+
+def test_rtt_estimator_hook_registers_the_last_sample_estimator():
+    """cnmt_register_rtt_estimators: `last` reports the latest observed round trip."""
+    estimator = get_components().create("rtt_estimator", "last")
+    assert estimator.estimate(now=0.0) == estimator.params.initial_s
+    estimator.observe(0.042, at=1.0)
+    assert estimator.estimate(now=5.0) == 0.042
