@@ -227,9 +227,9 @@ def test_builtin_configs_are_all_valid():
         load_config(name)
 
 
-def test_usage_error_exits_2_without_traceback():
+def test_usage_error_exits_2_without_traceback(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "cnmt", "config", "validate"], capture_output=True, text=True
+        [sys.executable, "-m", "cnmt", "config", "validate"], capture_output=True, text=True, cwd=tmp_path
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "usage:" in result.stderr
@@ -238,7 +238,10 @@ def test_usage_error_exits_2_without_traceback():
 def test_bad_config_from_a_real_process_has_no_traceback(tmp_path):
     path = write(tmp_path, "bad.yaml", "device_policy: {name: nope}\n")
     result = subprocess.run(
-        [sys.executable, "-m", "cnmt", "config", "validate", str(path)], capture_output=True, text=True
+        [sys.executable, "-m", "cnmt", "config", "validate", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert result.returncode == 2
     assert result.stderr.startswith("cnmt: error:") and "Traceback" not in result.stderr

@@ -84,6 +84,6 @@ def test_installed_plugin_is_selected_from_yaml_and_decides(fresh_registry, monk
     config = load_config(EXAMPLE / "example.yaml")
     policy = config.create("device_policy")
     assert type(policy).__module__ == "cnmt_safety_margin"
-    assert policy.params.margin_s == 0.005
+    assert policy.params.margin_s == 0.010
     assert policy.choose(Request(n_tokens=40), 40.0, STATE) is Device.CLOUD
     assert policy.choose(Request(n_tokens=8), 8.0, STATE) is Device.EDGE
