@@ -31,3 +31,13 @@ def cnmt_register_device_policies(register: Register) -> None:
 @hookspec
 def cnmt_register_rtt_estimators(register: Register) -> None:
     """Offer round-trip-time estimators (subclasses of cnmt.schedulers.rtt_estimators.RttEstimator)."""
+
+
+@hookspec
+def cnmt_register_translators(register: Register) -> None:
+    """Offer runtime model families (cnmt.runtime.Translator subclasses; `name` = `family`)."""
+
+
+@hookspec
+def cnmt_register_exporters(register: Register) -> None:
+    """Offer torch-side exporters of model families (cnmt.exporters.base.Exporter subclasses)."""

@@ -49,6 +49,7 @@ DISABLE_AUTOLOAD_ENV = "CNMT_DISABLE_PLUGIN_AUTOLOAD"
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "cnmt.plugins.builtin_schedulers",
+    "cnmt.plugins.builtin_models",
 )
 
 # Component kind -> the hook that offers components of that kind.
@@ -56,6 +57,8 @@ KINDS: dict[str, str] = {
     "length_estimator": "cnmt_register_length_estimators",
     "device_policy": "cnmt_register_device_policies",
     "rtt_estimator": "cnmt_register_rtt_estimators",
+    "translator": "cnmt_register_translators",
+    "exporter": "cnmt_register_exporters",
 }
 
 

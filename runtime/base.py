@@ -5,7 +5,12 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from cnmt.runtime.manifest import Manifest
+    from cnmt.runtime.session import SessionConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,9 +29,20 @@ class Translation:
 
 
 class Translator(abc.ABC):
-    """A loaded model, ready to translate on ONNX Runtime."""
+    """A loaded model, ready to translate on ONNX Runtime.
+
+    A model family registers its Translator subclass through the ``cnmt_register_translators``
+    hook with ``name = family``; :func:`cnmt.runtime.load_translator` picks it by the
+    ``family`` in an exported model's manifest and calls :meth:`load`.
+    """
 
     family: ClassVar[str]
+    name: ClassVar[str]
+
+    @classmethod
+    def load(cls, model_dir: Path, manifest: Manifest, session_config: SessionConfig) -> Translator:
+        """Open the exported model in ``model_dir`` (its manifest already read and checked)."""
+        raise NotImplementedError(f"{cls.__qualname__} does not implement Translator.load")
 
     @property
     @abc.abstractmethod

@@ -1,0 +1,150 @@
+"""The export manifest: ``manifest.json``, the description of an exported model directory.
+
+``cnmt export`` writes one next to the ONNX graphs and vocabulary files; every runtime family
+reads it to find its graphs, their input/output names, the tokenizer files and special token
+ids. Paths inside a manifest are relative to the model directory, so a directory can be moved
+or copied to another machine as a whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cnmt.errors import ConfigError
+from cnmt.schema import build, to_plain
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What an exported model directory holds.
+
+    ``graphs`` maps a graph role (``encoder``, ``decoder``, ``decoder_with_past``, ...) to its
+    ONNX file; ``inputs``/``outputs`` map the same roles to the graph's tensor names in order.
+    ``files`` maps a tokenizer or vocabulary role (``source_vocab``, ``bpe_codes``, ...) to a
+    file. ``special_tokens`` holds the ids of ``bos``/``eos``/``pad``/``unk`` (those a family
+    uses). ``source_checksum`` is the sha256 of the source weights the graphs were exported from.
+    ``extra`` holds family specifics (dimensions, tokenizer options).
+    """
+
+    family: str
+    name: str
+    graphs: dict[str, str]
+    inputs: dict[str, list[str]]
+    outputs: dict[str, list[str]]
+    files: dict[str, str]
+    special_tokens: dict[str, int]
+    opset: int
+    source_checksum: str
+    max_source_tokens: int
+    max_output_tokens: int
+    format_version: int = FORMAT_VERSION
+    cnmt_version: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.format_version != FORMAT_VERSION:
+            raise ValueError(
+                f"format_version {self.format_version} is not supported (this cnmt reads "
+                f"{FORMAT_VERSION}); re-export the model with this version of `cnmt export`"
+            )
+        if self.max_source_tokens < 1 or self.max_output_tokens < 1:
+            raise ValueError("max_source_tokens and max_output_tokens must be at least 1")
+        for role in self.graphs:
+            if role not in self.inputs or role not in self.outputs:
+                raise ValueError(f"graph {role!r} has no entry in `inputs` and `outputs`")
+
+    def special(self, token: str) -> int:
+        """The id of special token ``token`` (``bos``, ``eos``, ``pad``, ``unk``)."""
+        try:
+            return self.special_tokens[token]
+        except KeyError:
+            known = ", ".join(sorted(self.special_tokens)) or "(none)"
+            raise ConfigError(
+                f"manifest of {self.name!r}: no special token {token!r} (has: {known}); "
+                "re-export the model"
+            ) from None
+
+
+def graph_path(model_dir: str | os.PathLike[str], manifest: Manifest, role: str) -> Path:
+    """The ONNX file of graph ``role``; ConfigError listing the roles the manifest has."""
+    try:
+        return Path(model_dir) / manifest.graphs[role]
+    except KeyError:
+        known = ", ".join(sorted(manifest.graphs)) or "(none)"
+        raise ConfigError(
+            f"{Path(model_dir) / MANIFEST_NAME}: no graph {role!r} (has: {known}); the "
+            f"{manifest.family!r} family needs it: re-export the model with `cnmt export`"
+        ) from None
+
+
+def file_path(model_dir: str | os.PathLike[str], manifest: Manifest, role: str) -> Path:
+    """The tokenizer/vocabulary file of ``role``; ConfigError listing the roles it has."""
+    try:
+        return Path(model_dir) / manifest.files[role]
+    except KeyError:
+        known = ", ".join(sorted(manifest.files)) or "(none)"
+        raise ConfigError(
+            f"{Path(model_dir) / MANIFEST_NAME}: no file {role!r} (has: {known}); the "
+            f"{manifest.family!r} family needs it: re-export the model with `cnmt export`"
+        ) from None
+
+
+def load_manifest(model_dir: str | os.PathLike[str]) -> Manifest:
+    """Read and check ``model_dir/manifest.json`` and that every file it names exists."""
+    folder = Path(model_dir)
+    path = folder / MANIFEST_NAME
+    fix = "export the model again with `cnmt export --family FAMILY ... --out DIR`"
+    if not folder.is_dir():
+        raise ConfigError(f"{folder}: no such model directory; {fix}")
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found, so {folder} is not an exported model; {fix}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the manifest ({exc}); {fix}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{path}:{exc.lineno}:{exc.colno}: corrupt manifest (invalid JSON: {exc.msg}); {fix}"
+        ) from None
+    try:
+        manifest = build(Manifest, data, where=str(path))
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; {fix}") from None
+    for kind, names in (("graph", manifest.graphs), ("file", manifest.files)):
+        for role, relative in names.items():
+            if Path(relative).is_absolute() or ".." in Path(relative).parts:
+                raise ConfigError(
+                    f"{path}: {kind} {role!r}: {relative!r} must be a path inside the model "
+                    f"directory; {fix}"
+                )
+            if not (folder / relative).is_file():
+                raise ConfigError(
+                    f"{path}: {kind} {role!r}: {folder / relative} is missing; copy the whole "
+                    f"model directory, or {fix}"
+                )
+    return manifest
+
+
+def write_manifest(model_dir: str | os.PathLike[str], manifest: Manifest) -> Path:
+    """Write ``manifest.json`` into ``model_dir`` (created if needed); returns its path."""
+    folder = Path(model_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / MANIFEST_NAME
+    data = to_plain(manifest)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def replace(manifest: Manifest, **changes: Any) -> Manifest:
+    """A copy of ``manifest`` with some fields changed."""
+    return dataclasses.replace(manifest, **changes)

@@ -1,0 +1,333 @@
+"""Greedy decoding of the RNN families (BiLSTM, GRU, cn2en) on ONNX Runtime. No torch.
+
+Each family is two graphs (names fixed here; the exporters import them):
+
+- ``encoder``: ``src_ids`` [batch, src_len] int64 and ``src_lengths`` [batch] int64 in, the
+  decoder's initial state out (GRU: ``hidden``; BiLSTM: ``memory_bank``, ``h``, ``c``).
+- ``decoder``: one step. ``input_ids`` [batch] (the previous token) and the state in,
+  ``log_probs`` [batch, target_vocab] and the next state out. The BiLSTM step also takes the
+  attention memory (``memory_bank``, ``src_lengths``), constant over the loop, and carries the
+  input-feeding vector ``input_feed``.
+
+The decode loop is the same for all: encode once, start from BOS, feed back the argmax, stop a
+row at EOS (its later outputs are ignored while other rows of the batch finish), stop when every
+row finished or after ``max_output_tokens`` steps. Forced mode runs exactly M steps and ignores
+EOS: the unit of work that characterization times.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from cnmt.errors import ConfigError
+from cnmt.runtime.base import Translation, Translator
+from cnmt.runtime.manifest import Manifest, file_path, graph_path
+from cnmt.runtime.session import SessionConfig, create_session, resolve_config
+from cnmt.runtime.tokenizers import Bpe, Cn2enTokenizer, TextCodec, Vocabulary, WordTokenizer
+
+logger = logging.getLogger(__name__)
+
+ENCODER_INPUTS = ("src_ids", "src_lengths")
+GRU_ENCODER_OUTPUTS = ("hidden",)
+GRU_DECODER_INPUTS = ("input_ids", "hidden")
+GRU_DECODER_OUTPUTS = ("log_probs", "hidden_out")
+BILSTM_ENCODER_OUTPUTS = ("memory_bank", "h", "c")
+BILSTM_DECODER_INPUTS = ("input_ids", "h", "c", "input_feed", "memory_bank", "src_lengths")
+BILSTM_DECODER_OUTPUTS = ("log_probs", "h_out", "c_out", "input_feed_out")
+
+
+@dataclass
+class DecodeResult:
+    """Output ids per row and how many decoder steps ran (EOS excluded, except in forced
+    mode, where each row holds exactly one token per step)."""
+
+    ids: list[list[int]]
+    steps: int
+
+
+class RnnTranslator(Translator):
+    """The shared decode loop; subclasses say how encoder outputs become decoder state."""
+
+    family: ClassVar[str]
+    name: ClassVar[str]
+    decoder_inputs: ClassVar[tuple[str, ...]]
+    decoder_outputs: ClassVar[tuple[str, ...]]
+    encoder_outputs: ClassVar[tuple[str, ...]]
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        encoder: Any,
+        decoder: Any,
+        source: TextCodec,
+        target: TextCodec,
+        source_eos: bool,
+    ) -> None:
+        self.manifest = manifest
+        self.encoder = encoder
+        self.decoder = decoder
+        self.source = source
+        self.target = target
+        self.source_eos = source_eos
+        self.bos = manifest.special("bos")
+        self.eos = manifest.special("eos")
+        self.pad = manifest.special_tokens.get("pad", 0)
+        specials = set(manifest.special_tokens.values())
+        # Forced runs cycle through ordinary tokens: same work as real text, no special paths.
+        self._filler = np.array(
+            [i for i in range(len(source.vocab)) if i not in specials][:64] or [self.eos],
+            dtype=np.int64,
+        )
+        self._check_graph_names()
+
+    # -- loading ---------------------------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls, model_dir: Path, manifest: Manifest, session_config: SessionConfig
+    ) -> RnnTranslator:
+        if manifest.family != cls.family:
+            raise ConfigError(
+                f"{model_dir}: manifest family {manifest.family!r} cannot be opened as "
+                f"{cls.family!r}"
+            )
+        session_config = resolve_config(session_config)
+        encoder = create_session(graph_path(model_dir, manifest, "encoder"), session_config)
+        decoder = create_session(graph_path(model_dir, manifest, "decoder"), session_config)
+        source, target = cls.codecs(model_dir, manifest)
+        return cls(
+            manifest, encoder, decoder, source, target, bool(manifest.extra.get("source_eos"))
+        )
+
+    @classmethod
+    def codecs(cls, model_dir: Path, manifest: Manifest) -> tuple[TextCodec, TextCodec]:
+        source_vocab = Vocabulary.load(file_path(model_dir, manifest, "source_vocab"))
+        target_vocab = Vocabulary.load(file_path(model_dir, manifest, "target_vocab"))
+        extra = manifest.extra
+        bpe = (
+            Bpe.load(file_path(model_dir, manifest, "bpe_codes"))
+            if "bpe_codes" in manifest.files
+            else None
+        )
+        lowercase = bool(extra.get("lowercase", True))
+        source = TextCodec(
+            WordTokenizer(str(extra.get("source_language", "")), lowercase),
+            source_vocab,
+            manifest.special_tokens.get("unk"),
+            bpe,
+        )
+        target = TextCodec(
+            WordTokenizer(str(extra.get("target_language", "")), lowercase),
+            target_vocab,
+            manifest.special_tokens.get("unk"),
+            bpe,
+        )
+        return source, target
+
+    def _check_graph_names(self) -> None:
+        for role, session, names in (
+            ("encoder", self.encoder, (ENCODER_INPUTS, self.encoder_outputs)),
+            ("decoder", self.decoder, (self.decoder_inputs, self.decoder_outputs)),
+        ):
+            have_in = tuple(i.name for i in session.get_inputs())
+            have_out = tuple(o.name for o in session.get_outputs())
+            if set(have_in) != set(names[0]) or set(have_out) != set(names[1]):
+                raise ConfigError(
+                    f"model {self.manifest.name!r}: the {role} graph has inputs {have_in} and "
+                    f"outputs {have_out}, but the {self.family} family needs {names[0]} -> "
+                    f"{names[1]}; export the model again with `cnmt export --family {self.family}`"
+                )
+
+    # -- family specifics ------------------------------------------------------------------
+
+    def initial_state(
+        self, encoded: list[np.ndarray], lengths: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def state_names(self) -> tuple[tuple[str, str], ...]:
+        """(decoder output, decoder input) pairs carried from one step to the next."""
+        raise NotImplementedError
+
+    # -- Translator ------------------------------------------------------------------------
+
+    @property
+    def max_source_tokens(self) -> int:
+        return self.manifest.max_source_tokens
+
+    def encode_text(self, text: str, log_dropped: bool = True) -> list[int]:
+        """Source ids of ``text`` (no EOS); ConfigError when empty or longer than the limit."""
+        if not isinstance(text, str) or not text.strip():
+            raise ConfigError("empty text: give a sentence to translate")
+        ids, unknown = self.source.encode(text)
+        if unknown and self.source.unk is None and log_dropped:
+            logger.warning(
+                "%s: dropped %d source token(s) not in the vocabulary, as the reference model "
+                "does: %s",
+                self.manifest.name,
+                len(unknown),
+                " ".join(unknown),
+            )
+        if len(ids) > self.max_source_tokens:
+            raise ConfigError(
+                f"text has {len(ids)} source tokens; model {self.manifest.name!r} accepts at most "
+                f"{self.max_source_tokens} (max_source_tokens in its manifest.json): split it "
+                "into shorter sentences"
+            )
+        if not ids and not self.source_eos:
+            raise ConfigError(f"text {text!r} has no tokens the model can read")
+        return ids
+
+    def count_source_tokens(self, text: str) -> int:
+        return len(self.encode_text(text, log_dropped=False))  # translate() logs them
+
+    def translate(self, text: str) -> Translation:
+        return self.translate_batch([text])[0]
+
+    def translate_batch(self, texts: Sequence[str]) -> list[Translation]:
+        if isinstance(texts, str):
+            raise TypeError("translate_batch takes a list of texts; use translate for one")
+        if not texts:
+            return []
+        start = time.perf_counter()
+        sources = [self.encode_text(t) for t in texts]
+        result = self.decode(sources)
+        words = [self.target.decode(ids) for ids in result.ids]
+        seconds = time.perf_counter() - start
+        return [
+            Translation(text=w, source_tokens=len(s), output_tokens=len(ids), seconds=seconds)
+            for w, s, ids in zip(words, sources, result.ids, strict=True)
+        ]
+
+    def run_forced(self, n_tokens: int, m_tokens: int) -> None:
+        self.forced(n_tokens, m_tokens)
+
+    def forced(self, n_tokens: int, m_tokens: int) -> DecodeResult:
+        """Encode ``n_tokens`` ordinary tokens and decode exactly ``m_tokens`` steps."""
+        if n_tokens < 1 or m_tokens < 1:
+            raise ConfigError(f"forced run needs N >= 1 and M >= 1, got N={n_tokens}, M={m_tokens}")
+        if n_tokens > self.max_source_tokens:
+            raise ConfigError(
+                f"N={n_tokens} exceeds max_source_tokens={self.max_source_tokens} of "
+                f"model {self.manifest.name!r}"
+            )
+        ids = np.resize(self._filler, n_tokens).tolist()
+        return self.decode([ids], forced_steps=m_tokens)
+
+    # -- the decode loop -------------------------------------------------------------------
+
+    def decode(
+        self,
+        sources: Sequence[Sequence[int]],
+        forced_steps: int | None = None,
+        max_steps: int | None = None,
+    ) -> DecodeResult:
+        """Greedy decode of a batch of id sequences (EOS appended here when the family wants),
+        at most ``max_steps`` (default: the manifest's max_output_tokens) or, forced, exactly
+        ``forced_steps``."""
+        suffix = [self.eos] if self.source_eos else []
+        rows = [list(s) + suffix for s in sources]
+        batch = len(rows)
+        lengths = np.array([len(r) for r in rows], dtype=np.int64)
+        src = np.full((batch, int(lengths.max())), self.pad, dtype=np.int64)
+        for b, row in enumerate(rows):
+            src[b, : len(row)] = row
+        encoded = self.encoder.run(
+            list(self.encoder_outputs), {"src_ids": src, "src_lengths": lengths}
+        )
+        feeds = self.initial_state(encoded, lengths)
+        carried = self.state_names()
+        outputs = [name for name, _ in carried]
+        output_names = [self.decoder_outputs[0], *outputs]
+        feeds["input_ids"] = np.full(batch, self.bos, dtype=np.int64)
+        limit = forced_steps or max_steps or self.manifest.max_output_tokens
+        out: list[list[int]] = [[] for _ in range(batch)]
+        finished = np.zeros(batch, dtype=bool)
+        steps = 0
+        run = self.decoder.run
+        eos = self.eos
+        for _ in range(limit):
+            log_probs, *state = run(output_names, feeds)
+            steps += 1
+            tokens = log_probs.argmax(axis=1)
+            if forced_steps is None:
+                finished |= tokens == eos
+                for b in np.flatnonzero(~finished):
+                    out[b].append(int(tokens[b]))
+                if finished.all():
+                    break
+            else:  # EOS ignored: every row keeps every token
+                for b in range(batch):
+                    out[b].append(int(tokens[b]))
+            feeds["input_ids"] = tokens.astype(np.int64, copy=False)
+            for (_, name), value in zip(carried, state, strict=True):
+                feeds[name] = value
+        return DecodeResult(ids=out, steps=steps)
+
+
+class GruTranslator(RnnTranslator):
+    """GRU encoder-decoder without attention (PyTorch seq2seq tutorial), word vocabularies."""
+
+    family = "gru"
+    name = "gru"
+    encoder_outputs = GRU_ENCODER_OUTPUTS
+    decoder_inputs = GRU_DECODER_INPUTS
+    decoder_outputs = GRU_DECODER_OUTPUTS
+
+    def initial_state(
+        self, encoded: list[np.ndarray], lengths: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        return {"hidden": encoded[0]}
+
+    def state_names(self) -> tuple[tuple[str, str], ...]:
+        return (("hidden_out", "hidden"),)
+
+
+class Cn2enTranslator(GruTranslator):
+    """The trained ZH->EN GRU of the cn2en package: Chinese characters in, English words out.
+
+    Tokens not in the vocabulary are dropped (as cn2en does) and logged; EOS ends the source.
+    """
+
+    family = "cn2en"
+    name = "cn2en"
+
+    @classmethod
+    def codecs(cls, model_dir: Path, manifest: Manifest) -> tuple[TextCodec, TextCodec]:
+        source_vocab = Vocabulary.load(file_path(model_dir, manifest, "source_vocab"))
+        target_vocab = Vocabulary.load(file_path(model_dir, manifest, "target_vocab"))
+        tokenizer = Cn2enTokenizer()
+        return TextCodec(tokenizer, source_vocab, None), TextCodec(tokenizer, target_vocab, None)
+
+
+class BiLstmTranslator(RnnTranslator):
+    """OpenNMT-py style BiLSTM encoder, LSTM decoder with input feeding and global attention."""
+
+    family = "bilstm"
+    name = "bilstm"
+    encoder_outputs = BILSTM_ENCODER_OUTPUTS
+    decoder_inputs = BILSTM_DECODER_INPUTS
+    decoder_outputs = BILSTM_DECODER_OUTPUTS
+
+    def initial_state(
+        self, encoded: list[np.ndarray], lengths: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        memory_bank, h, c = encoded
+        hidden = h.shape[-1]
+        return {
+            "h": h,
+            "c": c,
+            "input_feed": np.zeros((h.shape[1], hidden), dtype=h.dtype),
+            "memory_bank": memory_bank,
+            "src_lengths": lengths,
+        }
+
+    def state_names(self) -> tuple[tuple[str, str], ...]:
+        return (("h_out", "h"), ("c_out", "c"), ("input_feed_out", "input_feed"))
