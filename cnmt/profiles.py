@@ -7,6 +7,7 @@ scheduler uses). Reading one needs neither torch nor onnxruntime.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,15 +21,47 @@ from cnmt.schedulers.base import LatencyModel
 FORMAT = "cnmt-device-profile/1"
 
 
+CPU_PROVIDER = "CPUExecutionProvider"
+
+
 @dataclass(frozen=True)
 class DeviceSetting:
-    """Where a profile was measured: provider, threads and (for an emulated edge) CPU quota."""
+    """How a model runs on one (real or emulated) device: the ``device`` section of a config.
+
+    ``providers`` are ONNX Runtime execution providers by preference (later ones are fallbacks),
+    ``threads`` the intra-op threads (0 = ONNX Runtime's default), ``cpu_quota`` the fraction
+    of one CPU core the model may use (0.25 = a quarter; above 1 = several cores; null =
+    unthrottled), enforced by a cgroup in windows of ``cpu_period_us`` microseconds.
+    """
 
     name: str
-    provider: str = "CPUExecutionProvider"
+    providers: tuple[str, ...] = (CPU_PROVIDER,)
     threads: int = 1
-    cpu_quota: float | None = None  # fraction of one core, e.g. 0.25; None = unthrottled
+    cpu_quota: float | None = None
     cpu_period_us: int = 10_000
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("name: give the device a name (it labels profiles and plots)")
+        if not self.providers:
+            raise ValueError("providers: give at least one execution provider")
+        if self.threads < 0:
+            raise ValueError(f"threads: {self.threads} must be 0 (ONNX Runtime default) or more")
+        if self.cpu_quota is not None and not self.cpu_quota > 0:
+            raise ValueError(
+                f"cpu_quota: {self.cpu_quota} must be a positive fraction of a core "
+                "(e.g. 0.25), or null for no quota"
+            )
+        if not 1_000 <= self.cpu_period_us <= 1_000_000:
+            raise ValueError(
+                f"cpu_period_us: {self.cpu_period_us} out of the kernel's range 1000..1000000"
+            )
+
+    @property
+    def provider(self) -> str:
+        """The preferred execution provider."""
+        return self.providers[0]
 
 
 @dataclass(frozen=True)
@@ -55,6 +88,14 @@ class Fit:
 
 @dataclass(frozen=True)
 class DeviceProfile:
+    """One characterization run: ``model`` measured on ``device``.
+
+    ``providers_used`` are the execution providers the sessions really ran on (a provider that
+    was requested but unusable is absent, and ``provider_warnings`` says why). ``machine``
+    describes the host (CPU model, cores, memory, load average before and after), ``versions``
+    the libraries, ``date`` the UTC start time, and ``seed`` the shuffle of the grid order.
+    """
+
     model: str
     family: str
     device: DeviceSetting
@@ -65,6 +106,14 @@ class DeviceProfile:
     date: str = ""
     warmup: int = 0
     repeats: int = 0
+    providers_used: tuple[str, ...] = ()
+    provider_warnings: tuple[str, ...] = ()
+    model_checksum: str = ""
+    seed: int = 0
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} @ {self.device.name}"
 
 
 def fit_linear(cells: tuple[Cell, ...] | list[Cell]) -> Fit:
@@ -74,7 +123,12 @@ def fit_linear(cells: tuple[Cell, ...] | list[Cell]) -> Fit:
         raise ValueError(f"need at least 3 samples to fit 3 coefficients, got {len(rows)}")
     data = np.asarray(rows, dtype=float)
     design = np.column_stack([data[:, 0], data[:, 1], np.ones(len(data))])
-    coef, *_ = np.linalg.lstsq(design, data[:, 2], rcond=None)
+    coef, _, rank, _ = np.linalg.lstsq(design, data[:, 2], rcond=None)
+    if rank < 3:
+        raise ValueError(
+            "the samples cannot separate a_n, a_m and b: measure at least two values of N and "
+            "two of M"
+        )
     residual = data[:, 2] - design @ coef
     total = data[:, 2] - data[:, 2].mean()
     sst = float(total @ total)
@@ -89,18 +143,23 @@ def to_json(profile: DeviceProfile) -> dict[str, Any]:
         "format": FORMAT,
         "model": profile.model,
         "family": profile.family,
+        "model_checksum": profile.model_checksum,
         "device": {
             "name": d.name,
-            "provider": d.provider,
+            "providers": list(d.providers),
             "threads": d.threads,
             "cpu_quota": d.cpu_quota,
             "cpu_period_us": d.cpu_period_us,
+            "description": d.description,
         },
+        "providers_used": list(profile.providers_used),
+        "provider_warnings": list(profile.provider_warnings),
         "machine": profile.machine,
         "versions": profile.versions,
         "date": profile.date,
         "warmup": profile.warmup,
         "repeats": profile.repeats,
+        "seed": profile.seed,
         "fit": {
             "a_n": profile.fit.a_n,
             "a_m": profile.fit.a_m,
@@ -122,15 +181,26 @@ def load(path: str | Path) -> DeviceProfile:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such device profile; measure one with `cnmt profile`") from None
-    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(
+            f"{path}: no such device profile; measure one with `cnmt profile`"
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{path}: not a readable device profile: {exc}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ConfigError(f"{path}: not a device profile (expected format {FORMAT!r})")
     try:
-        cells = tuple(Cell(int(c["n"]), int(c["m"]), tuple(float(s) for s in c["seconds"])) for c in data["cells"])
+        cells = tuple(
+            Cell(int(c["n"]), int(c["m"]), tuple(float(s) for s in c["seconds"]))
+            for c in data["cells"]
+        )
+        if not cells or any(not c.seconds for c in cells):
+            raise ValueError("a profile needs cells, each with at least one sample")
         fit = Fit(**{k: float(data["fit"][k]) for k in ("a_n", "a_m", "b", "r2", "mse")})
-        device = DeviceSetting(**data["device"])
+        device_data = dict(data["device"])
+        if "provider" in device_data:  # the first version of the format named one provider
+            device_data.setdefault("providers", [device_data.pop("provider")])
+        device_data["providers"] = tuple(device_data.get("providers", (CPU_PROVIDER,)))
+        device = DeviceSetting(**device_data)
         return DeviceProfile(
             model=str(data["model"]),
             family=str(data["family"]),
@@ -142,6 +212,38 @@ def load(path: str | Path) -> DeviceProfile:
             date=str(data.get("date", "")),
             warmup=int(data.get("warmup", 0)),
             repeats=int(data.get("repeats", 0)),
+            providers_used=tuple(str(p) for p in data.get("providers_used", ())),
+            provider_warnings=tuple(str(w) for w in data.get("provider_warnings", ())),
+            model_checksum=str(data.get("model_checksum", "")),
+            seed=int(data.get("seed", 0)),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: malformed device profile: {exc!r}") from None
+
+
+def builtin_device_names() -> list[str]:
+    """The device settings shipped in the package (``configs/devices/*.yaml``)."""
+    from cnmt.config import builtin_configs_root
+
+    return sorted(p.stem for p in (builtin_configs_root() / "devices").glob("*.yaml"))
+
+
+def load_device(name_or_path: str | Path) -> DeviceSetting:
+    """A device setting from a config file with a ``device`` section, or a built-in one by name
+    (``edge-cpu-q25``); ConfigError naming the file, key and the built-in choices."""
+    from cnmt.config import load_config
+
+    path = Path(name_or_path)
+    if not path.is_file() and str(name_or_path) in builtin_device_names():
+        name_or_path = f"devices/{name_or_path}"
+    elif not path.is_file():
+        raise ConfigError(
+            f"{name_or_path}: no such device file or built-in device; built-in: "
+            + ", ".join(builtin_device_names())
+        )
+    config = load_config(name_or_path)
+    setting = config["device"]
+    assert isinstance(setting, DeviceSetting)
+    if not setting.description and config.description:
+        setting = dataclasses.replace(setting, description=config.description.strip())
+    return setting
