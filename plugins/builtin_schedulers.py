@@ -27,3 +27,5 @@ def cnmt_register_device_policies(register: Register) -> None:
 @hookimpl
 def cnmt_register_rtt_estimators(register: Register) -> None:
     register(rtt_estimators.LastSample)
+    register(rtt_estimators.Ewma)
+    register(rtt_estimators.WindowedMedian)

@@ -15,6 +15,7 @@ from cnmt.schedulers.base import (
     LengthEstimator,
     LinkState,
     Request,
+    RequestBatch,
     SchedulerState,
 )
 
@@ -26,5 +27,6 @@ __all__ = [
     "LengthEstimator",
     "LinkState",
     "Request",
+    "RequestBatch",
     "SchedulerState",
 ]

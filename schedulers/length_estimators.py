@@ -3,53 +3,96 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from cnmt.schedulers.base import LengthEstimator, Request
+import numpy as np
 
 from cnmt.errors import CnmtRuntimeError
+from cnmt.schedulers.base import LengthEstimator, Request
+from cnmt.schedulers.length_models import load_length_model
 
 
 class LinearLength(LengthEstimator):
     """M = gamma*N + delta, the paper's per-language-pair regression, clipped to >= min_tokens.
 
     gamma and delta come from `cnmt fit-length` on a parallel corpus, in the tokens of the
-    model that will run.
+    model that will run: either ``model: PATH`` (the fitted file) or ``gamma`` and ``delta``
+    given directly; not both.
     """
 
     name = "linear"
 
     @dataclass(frozen=True)
     class Params:
-        gamma: float
-        delta: float
+        model: str | None = None
+        gamma: float | None = None
+        delta: float | None = None
         min_tokens: float = 1.0
 
+        def __post_init__(self) -> None:
+            direct = (self.gamma is not None, self.delta is not None)
+            if self.model is not None and any(direct):
+                raise ValueError("give either `model` (a fitted file) or `gamma` and `delta`, not both")
+            if self.model is None and not all(direct):
+                raise ValueError(
+                    "needs `model: PATH` (written by `cnmt fit-length`) or both `gamma` and `delta`"
+                )
+
+    def __init__(self, params: Any) -> None:
+        super().__init__(params)
+        self.fitted = load_length_model(params.model) if params.model is not None else None
+        if self.fitted is not None:
+            self.gamma, self.delta = self.fitted.gamma, self.fitted.delta
+        else:
+            self.gamma, self.delta = float(params.gamma), float(params.delta)
+
     def estimate(self, request: Request) -> float:
-        p = self.params
-        return max(p.min_tokens, p.gamma * request.n_tokens + p.delta)
+        return max(self.params.min_tokens, self.gamma * request.n_tokens + self.delta)
+
+    def estimate_many(self, n_tokens: np.ndarray, m_true: np.ndarray | None = None) -> np.ndarray:
+        raw = self.gamma * np.asarray(n_tokens, dtype=float) + self.delta
+        return np.maximum(self.params.min_tokens, raw)
+
+
+@dataclass(frozen=True)
+class MeanParams:
+    """``mean_tokens`` directly, or ``model: PATH`` to take the fitted file's corpus mean of M."""
+
+    mean_tokens: float | None = None
+    model: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.mean_tokens is None) == (self.model is None):
+            raise ValueError(
+                "give exactly one of `mean_tokens` or `model` (a file from `cnmt fit-length`)"
+            )
+        if self.mean_tokens is not None and self.mean_tokens <= 0:
+            raise ValueError(f"mean_tokens must be positive, got {self.mean_tokens}")
 
 
 class NaiveLength(LengthEstimator):
     """M = the corpus mean output length, whatever the input (the paper's Naive baseline)."""
 
     name = "naive"
+    Params = MeanParams
 
-    @dataclass(frozen=True)
-    class Params:
-        mean_tokens: float
-
-        def __post_init__(self) -> None:
-            if self.mean_tokens <= 0:
-                raise ValueError(f"mean_tokens must be positive, got {self.mean_tokens}")
+    def __init__(self, params: Any) -> None:
+        super().__init__(params)
+        self.fitted = load_length_model(params.model) if params.model is not None else None
+        self.mean_tokens = self.fitted.mean_m if self.fitted is not None else float(params.mean_tokens)
 
     def estimate(self, request: Request) -> float:
-        return self.params.mean_tokens
+        return self.mean_tokens
+
+    def estimate_many(self, n_tokens: np.ndarray, m_true: np.ndarray | None = None) -> np.ndarray:
+        return np.full(len(n_tokens), self.mean_tokens, dtype=float)
 
 
 class OracleLength(LengthEstimator):
     """M = the true output length; only for offline evaluation, where it is known."""
 
     name = "oracle"
+    needs_truth = True
 
     def estimate(self, request: Request) -> float:
         if request.m_true is None:
@@ -58,3 +101,8 @@ class OracleLength(LengthEstimator):
                 "offline evaluation has; choose 'linear' or 'naive' for a live gateway"
             )
         return float(request.m_true)
+
+    def estimate_many(self, n_tokens: np.ndarray, m_true: np.ndarray | None = None) -> np.ndarray:
+        if m_true is None:
+            return super().estimate_many(n_tokens, m_true)  # raises the error above
+        return np.asarray(m_true, dtype=float)

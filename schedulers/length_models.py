@@ -1,0 +1,72 @@
+"""Fitted output-length models: the file `cnmt fit-length` writes and the estimators read.
+
+A length model is the regression ``M = gamma*N + delta`` of one language pair in the tokens of
+one model, plus the corpus mean of M (what the Naive baseline uses) and where it came from.
+Reading one needs only the standard library, so a gateway can load it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cnmt.errors import ConfigError
+
+FORMAT = "cnmt-length-model/1"
+
+
+@dataclass(frozen=True)
+class LengthModel:
+    """``M = gamma*N + delta`` fitted on ``pairs_kept`` sentence pairs; ``mean_m`` is their mean M."""
+
+    gamma: float
+    delta: float
+    mean_m: float
+    r2: float
+    mse: float
+    src_tokenizer: str
+    tgt_tokenizer: str
+    pairs_total: int
+    pairs_kept: int
+    source: dict[str, Any] = field(default_factory=dict)
+
+    def predict(self, n_tokens: float) -> float:
+        return self.gamma * n_tokens + self.delta
+
+
+def save_length_model(model: LengthModel, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+    """Write ``model`` (plus ``extra`` keys, e.g. per-N statistics, that loading ignores)."""
+    data = {"format": FORMAT, **asdict(model), **(extra or {})}
+    Path(path).write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def load_length_model(path: str | Path) -> LengthModel:
+    """Read a length model; a missing or malformed file raises ConfigError naming it."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: no such length model; fit one with `cnmt fit-length --out {path}`"
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: not a readable length model: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ConfigError(f"{path}: not a length model (expected format {FORMAT!r})")
+    try:
+        return LengthModel(
+            gamma=float(data["gamma"]),
+            delta=float(data["delta"]),
+            mean_m=float(data["mean_m"]),
+            r2=float(data["r2"]),
+            mse=float(data["mse"]),
+            src_tokenizer=str(data["src_tokenizer"]),
+            tgt_tokenizer=str(data["tgt_tokenizer"]),
+            pairs_total=int(data["pairs_total"]),
+            pairs_kept=int(data["pairs_kept"]),
+            source=dict(data.get("source", {})),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: malformed length model: missing or bad {exc}") from None
