@@ -64,6 +64,10 @@ SECTIONS: dict[str, ComponentSection | Callable[[], type[Any]]] = {
     "length_estimator": ComponentSection("length_estimator"),
     "device_policy": ComponentSection("device_policy"),
     "rtt_estimator": ComponentSection("rtt_estimator"),
+    "device": lambda: importlib.import_module("cnmt.profiles").DeviceSetting,
+    "marian": lambda: importlib.import_module("cnmt.exporters.marian").MarianModelConfig,
+    "model": lambda: importlib.import_module("cnmt.exporters.model_config").ModelConfig,
+    "replay": lambda: importlib.import_module("cnmt.experiments.config").ReplayConfig,
 }
 # Keys handled by the loader itself.
 RESERVED = ("extends", "data_dir", "description")
