@@ -13,7 +13,7 @@ from cnmt.errors import ConfigError
 
 
 def test_builtin_marian_config_has_the_opus_mt_en_zh_dimensions() -> None:
-    marian = load_config("models/marian-en-zh")["marian"]
+    marian = load_config("models/marian-en-zh-train-tokenizer")["marian"]
     dims = marian.dims
     assert (dims.d_model, dims.encoder_layers, dims.decoder_layers) == (512, 6, 6)
     assert (dims.attention_heads, dims.ffn_dim, dims.vocab_size) == (8, 2048, 65001)
