@@ -1,0 +1,152 @@
+"""The cloud translation server.
+
+``POST /v1/translate`` with ``{"text": "..."}`` answers::
+
+    {"translation": "let's go .", "n_tokens": 5, "m_tokens": 3, "exec_s": 0.0123,
+     "received_at": 1718000000.125, "sent_at": 1718000000.139}
+
+``received_at`` is taken when the request arrives and ``sent_at`` just before the answer is
+written, both on this server's clock (``time.time``); ``exec_s`` is the model's own time. The
+gateway subtracts ``sent_at - received_at`` from the round trip it measured to get one RTT
+sample of the link, so the two clocks never need to agree. The server keeps no state between
+requests: replicas can share one address (``reuse_port``) behind any balancer.
+
+``GET /health`` (alive), ``GET /ready`` (models loaded) and ``GET /metrics`` (Prometheus text).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from aiohttp import web
+
+from cnmt.errors import CnmtError
+from cnmt.runtime.base import Translation, Translator
+from cnmt.serving import metrics as m
+from cnmt.serving.protocol import (
+    RequestError,
+    check_length,
+    error_response,
+    json_response,
+    overloaded,
+    parse_text,
+    read_body,
+)
+from cnmt.serving.settings import CloudSettings
+
+log = logging.getLogger("cnmt.serving.cloud")
+
+SERVICE = "cnmt-cloud"
+
+
+def _translate_checked(translator: Translator, text: str) -> Translation:
+    check_length(translator.count_source_tokens(text), translator.max_source_tokens)
+    return translator.translate(text)
+
+
+class CloudServer:
+    """Translates on ``len(translators)`` worker threads (ONNX Runtime releases the GIL while a
+    graph runs), one model instance per thread, so no instance is ever used concurrently."""
+
+    def __init__(
+        self,
+        translators: Sequence[Translator],
+        settings: CloudSettings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not translators:
+            raise ValueError("the cloud server needs at least one translator")
+        self.settings = settings
+        self.clock = clock
+        self._translators = list(translators)
+        self._free: asyncio.Queue[Translator] | None = None
+        self._pool = ThreadPoolExecutor(
+            max_workers=len(translators), thread_name_prefix="cloud-translate"
+        )
+        self.pending = 0
+        self.metrics = m.Registry()
+        self._requests = self.metrics.counter(
+            "cnmt_cloud_requests_total",
+            "Translation requests answered, by HTTP status.",
+            ["status"],
+        )
+        self._exec = self.metrics.histogram(
+            "cnmt_cloud_exec_seconds", "Model execution time per translation.", m.LATENCY_BUCKETS_S
+        )
+        self._pending = self.metrics.gauge(
+            "cnmt_cloud_pending_requests", "Requests waiting for or inside a translation."
+        )
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/translate", self.handle_translate)
+        app.router.add_get("/health", self.handle_health)
+        app.router.add_get("/ready", self.handle_health)
+        app.router.add_get("/metrics", self.handle_metrics)
+        app.on_startup.append(self._on_startup)
+        app.on_cleanup.append(self._on_cleanup)
+        return app
+
+    async def _on_startup(self, app: web.Application) -> None:
+        self._free = asyncio.Queue()
+        for translator in self._translators:
+            self._free.put_nowait(translator)
+
+    async def _on_cleanup(self, app: web.Application) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def handle_translate(self, request: web.Request) -> web.Response:
+        received_at = self.clock()
+        try:
+            if self.pending >= self.settings.max_pending:
+                raise overloaded("the cloud server", self.pending, self.settings.retry_after_s)
+            self.pending += 1
+            self._pending.set(self.pending)
+            try:
+                result = await self._translate(request)
+            finally:
+                self.pending -= 1
+                self._pending.set(self.pending)
+        except RequestError as exc:
+            self._requests.inc(status=str(exc.status))
+            return error_response(exc)
+        self._requests.inc(status="200")
+        self._exec.observe(result.seconds)
+        body = {
+            "translation": result.text,
+            "n_tokens": result.source_tokens,
+            "m_tokens": result.output_tokens,
+            "exec_s": result.seconds,
+            "received_at": received_at,
+            "sent_at": self.clock(),
+        }
+        return json_response(body)
+
+    async def _translate(self, request: web.Request) -> Translation:
+        text = parse_text(await read_body(request, self.settings.max_body_bytes))
+        assert self._free is not None
+        translator = await self._free.get()
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._pool, _translate_checked, translator, text)
+        except RequestError:
+            raise
+        except CnmtError as exc:
+            raise RequestError(422, f"the model cannot translate this text: {exc}") from None
+        except Exception as exc:
+            log.exception("translation failed")
+            raise RequestError(500, f"translation failed: {type(exc).__name__}: {exc}") from None
+        finally:
+            self._free.put_nowait(translator)
+
+    async def handle_health(self, request: web.Request) -> web.Response:
+        return json_response({"status": "ok", "service": SERVICE, "pending": self.pending})
+
+    async def handle_metrics(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=self.metrics.render().encode(), headers={"Content-Type": m.CONTENT_TYPE}
+        )

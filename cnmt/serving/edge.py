@@ -1,0 +1,341 @@
+"""The gateway's local translator: one worker process, optionally under a CPU quota.
+
+The edge device is emulated by running its translations in a separate process placed in a
+cgroup with the CPU quota of the edge device profile (see :mod:`cnmt.runtime.cpu_quota`), so a
+live gateway faces the same edge/cloud contrast that the profile measured. The gateway's own
+event loop stays in the unthrottled parent process: only the model runs slowly.
+
+The worker is a spawned process (no fork of a process that runs an event loop and threads)
+connected by a pipe. Its translator is built in the worker by a picklable factory, e.g.
+``functools.partial(load_translator, "cn2en", threads=1)``. The gateway's event loop watches
+the pipe directly (``add_reader``), so a local translation costs one pipe write and one read
+on top of the model's own time, with no thread hand-offs. Texts are sent one at a time (the
+device translates one at a time anyway), so a write never waits on a full pipe. If the worker
+dies, the next translation starts a new one and retries once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import multiprocessing
+import os
+import pickle
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cnmt.errors import CnmtError, CnmtRuntimeError
+from cnmt.runtime.base import Translation, Translator
+
+log = logging.getLogger("cnmt.serving.edge")
+
+TranslatorFactory = Callable[[], Translator]
+
+
+@dataclass(frozen=True)
+class QuotaSpec:
+    """A CPU quota for the worker: ``fraction`` of one core in windows of ``period_us``."""
+
+    fraction: float
+    period_us: int = 10_000
+    source: str = ""  # where the quota came from, for messages (e.g. the profile path)
+
+
+class EdgeFailure(CnmtRuntimeError):
+    """The local worker could not translate (it died, twice, or could not start)."""
+
+
+class _WorkerDied(Exception):
+    pass
+
+
+# --- in the worker process -------------------------------------------------------------------
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """``exc`` if it survives pickling, else a CnmtRuntimeError carrying its description."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return CnmtRuntimeError(f"{type(exc).__name__}: {exc}")
+
+
+def _worker_main(conn: Any, factory: TranslatorFactory, procs_file: str | None) -> None:
+    """Build the translator at full speed, then join the cgroup (writing the pid to
+    cgroup.procs moves every thread of the process) and translate what arrives."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the gateway decides when the worker stops
+    try:
+        translator = factory()
+        if procs_file is not None:
+            try:
+                with open(procs_file, "w") as f:
+                    f.write(str(os.getpid()))
+            except OSError as exc:
+                raise CnmtRuntimeError(
+                    f"edge worker cannot join cgroup {procs_file}: {exc}"
+                ) from None
+    except BaseException as exc:
+        conn.send(("error", _portable(exc)))
+        return
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            text = conn.recv()
+        except (EOFError, OSError):
+            return
+        if text is None:
+            return
+        try:
+            conn.send(("ok", translator.translate(text)))
+        except Exception as exc:
+            conn.send(("error", _portable(exc)))
+
+
+# --- in the gateway --------------------------------------------------------------------------
+
+
+class EdgeWorker:
+    """Runs local translations in one worker process, optionally under a CPU quota.
+
+    ``quota=None`` runs unthrottled. When the quota cannot be applied (no writable cgroup),
+    :meth:`start` fails with the reason, unless ``allow_unthrottled`` is true: then it warns and
+    runs unthrottled. Translations queue here and run one at a time, as on a single device.
+    """
+
+    def __init__(
+        self,
+        factory: TranslatorFactory,
+        quota: QuotaSpec | None = None,
+        allow_unthrottled: bool = False,
+        start_timeout_s: float = 600.0,
+    ) -> None:
+        self.factory = factory
+        self.quota_spec = quota
+        self.allow_unthrottled = allow_unthrottled
+        self.start_timeout_s = start_timeout_s
+        self.throttled = False
+        self.pid: int | None = None
+        self.restarts = 0
+        self._quota: Any = None  # cnmt.runtime.cpu_quota.CpuQuota once created
+        self._process: Any = None
+        self._conn: Any = None
+        self._queue: collections.deque[tuple[str, asyncio.Future[Translation]]] = (
+            collections.deque()
+        )
+        self._current: asyncio.Future[Translation] | None = None
+        self._restart_lock: asyncio.Lock | None = None
+        self._generation = 0
+        self._closing = False
+
+    @property
+    def started(self) -> bool:
+        return self._conn is not None
+
+    @property
+    def queued(self) -> int:
+        """Translations waiting or running in the worker."""
+        return len(self._queue) + (self._current is not None)
+
+    # --- start and stop ---
+
+    def _create_quota(self) -> None:
+        spec = self.quota_spec
+        if spec is None:
+            return
+        from cnmt.runtime.cpu_quota import CgroupUnavailable, CpuQuota
+
+        try:
+            self._quota = CpuQuota(spec.fraction, spec.period_us).create()
+        except CgroupUnavailable as exc:
+            source = f" (from {spec.source})" if spec.source else ""
+            if not self.allow_unthrottled:
+                raise CnmtRuntimeError(
+                    f"cannot emulate the edge device: its CPU quota of {spec.fraction:g} core"
+                    f"{source} needs a writable cgroup: {exc}. To run the gateway's local "
+                    "translations unthrottled instead (faster than the edge profile predicts), "
+                    "set `gateway.allow_unthrottled: true`"
+                ) from None
+            log.warning(
+                "edge CPU quota %g%s not applied, running unthrottled: %s",
+                spec.fraction,
+                source,
+                exc,
+            )
+            return
+        self.throttled = True
+
+    async def start(self) -> None:
+        """Create the cgroup (if a quota is set), start the worker and load its model."""
+        self._restart_lock = asyncio.Lock()
+        self._create_quota()
+        try:
+            await self._spawn()
+        except BaseException:
+            self._remove_quota()
+            raise
+
+    async def _spawn(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        parent, child = context.Pipe(duplex=True)
+        procs_file = str(self._quota.procs_file) if self._quota is not None else None
+        process = context.Process(
+            target=_worker_main,
+            args=(child, self.factory, procs_file),
+            name="cnmt-edge",
+            daemon=True,
+        )
+        process.start()
+        child.close()  # the worker's end: once it dies, reading ours gives EOF
+        loop = asyncio.get_running_loop()
+        try:
+            kind, value = await loop.run_in_executor(
+                None, _first_message, parent, process, self.start_timeout_s
+            )
+        except BaseException:
+            _stop_process(process, parent)
+            raise
+        if kind != "ready":
+            _stop_process(process, parent)
+            if isinstance(value, CnmtError):
+                raise value
+            raise EdgeFailure(f"the edge worker could not load its model: {value}")
+        self._process, self._conn, self.pid = process, parent, int(value)
+        self._generation += 1
+        loop.add_reader(parent.fileno(), self._on_readable, parent)
+
+    async def close(self) -> None:
+        """Stop the worker (pending translations fail) and remove the cgroup."""
+        self._closing = True
+        process, conn = self._process, self._conn
+        self._detach(_WorkerDied("the gateway is shutting down"))
+        self._process = None
+        if process is not None:
+            if conn is not None:
+                try:
+                    conn.send(None)
+                except OSError:
+                    pass
+            await asyncio.get_running_loop().run_in_executor(None, _stop_process, process, conn)
+        self._remove_quota()
+
+    def _remove_quota(self) -> None:
+        if self._quota is not None:
+            try:
+                self._quota.remove()
+            except CnmtError as exc:
+                log.warning("could not remove the edge cgroup: %s", exc)
+            self._quota = None
+
+    def _detach(self, reason: Exception) -> None:
+        """Forget the current worker; fail every translation given to it or queued for it."""
+        if self._conn is not None:
+            try:
+                asyncio.get_running_loop().remove_reader(self._conn.fileno())
+            except (OSError, ValueError):
+                pass
+        self._conn = None
+        waiting = [self._current] if self._current is not None else []
+        waiting += [future for _, future in self._queue]
+        self._current = None
+        self._queue.clear()
+        for future in waiting:
+            if not future.done():
+                future.set_exception(reason)
+
+    # --- translating ---
+
+    async def translate(self, text: str) -> Translation:
+        """Translate in the worker. A model error (CnmtError) propagates; a dead worker is
+        restarted and the translation retried once, then EdgeFailure."""
+        for attempt in (1, 2):
+            if self._closing:
+                raise EdgeFailure("the gateway is shutting down")
+            if self._conn is None:
+                await self._restart(self._generation)
+            generation = self._generation
+            future: asyncio.Future[Translation] = asyncio.get_running_loop().create_future()
+            self._queue.append((text, future))
+            self._dispatch()
+            try:
+                return await future
+            except _WorkerDied as exc:
+                if attempt == 2 or self._closing:
+                    raise EdgeFailure(
+                        f"the edge worker died twice while translating: {exc}"
+                    ) from None
+                log.warning("edge worker died (%s); restarting it", exc)
+                await self._restart(generation)
+        raise AssertionError("unreachable")
+
+    def _dispatch(self) -> None:
+        if self._current is not None or not self._queue or self._conn is None:
+            return
+        text, future = self._queue.popleft()
+        try:
+            self._conn.send(text)
+        except OSError as exc:
+            self._queue.appendleft((text, future))
+            self._detach(_WorkerDied(f"cannot write to the worker: {exc}"))
+            return
+        self._current = future
+
+    def _on_readable(self, conn: Any) -> None:
+        try:
+            kind, value = conn.recv()
+        except (EOFError, OSError):
+            code = self._process.exitcode if self._process is not None else None
+            self._detach(_WorkerDied(f"the worker process exited (status {code})"))
+            return
+        future, self._current = self._current, None
+        if future is not None and not future.done():
+            if kind == "ok":
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+        self._dispatch()
+
+    async def _restart(self, generation: int) -> None:
+        assert self._restart_lock is not None, "EdgeWorker.start() was not called"
+        async with self._restart_lock:
+            if generation != self._generation and self._conn is not None:
+                return  # another request already restarted it
+            old, self._process = self._process, None
+            if old is not None:
+                self._detach(_WorkerDied("restarting"))
+                await asyncio.get_running_loop().run_in_executor(None, _stop_process, old, None)
+            self.restarts += 1
+            await self._spawn()
+
+
+def _first_message(conn: Any, process: Any, timeout_s: float) -> tuple[str, Any]:
+    """The worker's first message: ("ready", pid) or ("error", why)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if conn.poll(0.1):
+            try:
+                return conn.recv()
+            except (EOFError, OSError):
+                break  # it closed its end: it is exiting
+        elif not process.is_alive():
+            break
+    else:
+        return ("error", f"not ready after {timeout_s:.0f} s")
+    process.join(5.0)
+    return ("error", f"the worker process exited with status {process.exitcode} while starting")
+
+
+def _stop_process(process: Any, conn: Any, timeout_s: float = 5.0) -> None:
+    process.join(timeout_s)
+    if process.is_alive():
+        process.terminate()
+        process.join(timeout_s)
+    if process.is_alive():
+        process.kill()
+        process.join(timeout_s)
+    if conn is not None:
+        conn.close()

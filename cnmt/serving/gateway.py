@@ -1,0 +1,397 @@
+"""The edge gateway: decides per request whether to translate locally or offload to the cloud.
+
+``POST /v1/translate`` with ``{"text": "..."}``. For each request the gateway
+
+1. counts N, the input length in the model's tokens (the model's own tokenizer);
+2. estimates M with the configured length estimator;
+3. asks the configured device policy, a pure function of the request, M, a snapshot of the
+   scheduler state (edge and cloud latency models, the current RTT estimate) and ``now`` from
+   the injected clock;
+4. translates in the local worker (:mod:`cnmt.serving.edge`) or sends the text to the cloud;
+5. after a cloud exchange, feeds the RTT estimator one sample: the round trip it measured
+   minus the time the cloud says it held the request (``sent_at - received_at``) and minus
+   the bodies' serialisation time at the configured ``bandwidth_bps``.
+
+It answers::
+
+    {"translation": "let's go .", "device": "cloud", "decided": "cloud", "fallback": null,
+     "n_tokens": 5, "m_estimated": 4.9, "m_actual": 3, "latency_ms": 61.2, "exec_ms": 11.0,
+     "rtt_estimate_ms": 48.1, "rtt_sample_ms": 49.0,
+     "predicted_ms": {"edge": 80.3, "cloud": 62.0}}
+
+``decided`` is the policy's choice, ``device`` where the text was really translated.
+
+Faults never lose a request. A cloud exchange that times out (``cloud_timeout_s``), cannot
+connect, answers an HTTP error or an answer that is not the protocol is translated locally
+instead (``fallback`` names the reason); the cloud is then marked unhealthy, requests the policy
+sends to the cloud run locally, and a background probe (``GET /health``, exponential backoff
+from ``probe_initial_s`` to ``probe_max_s``) brings it back. A local worker that dies is
+restarted; if it dies again the request goes to a healthy cloud. At most ``max_pending``
+requests are inside the gateway at once; more get 503 with ``Retry-After``.
+
+``GET /health`` (alive, and the cloud's state), ``GET /ready`` (the local worker is up),
+``GET /metrics`` (Prometheus text).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from cnmt.errors import CnmtError
+from cnmt.runtime.base import Translator
+from cnmt.schedulers.base import (
+    Device,
+    DevicePolicy,
+    LatencyModel,
+    LengthEstimator,
+    LinkState,
+    Request,
+    SchedulerState,
+)
+from cnmt.schedulers.rtt_estimators import RttEstimator
+from cnmt.serving import metrics as m
+from cnmt.serving.cloud_client import CloudClient, CloudFailure, CloudRejected
+from cnmt.serving.edge import EdgeFailure, EdgeWorker
+from cnmt.serving.protocol import (
+    RequestError,
+    check_length,
+    dumps,
+    error_response,
+    json_response,
+    overloaded,
+    parse_text,
+    read_body,
+)
+from cnmt.serving.settings import GatewaySettings
+
+log = logging.getLogger("cnmt.serving.gateway")
+
+SERVICE = "cnmt-gateway"
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000.0, 3)
+
+
+class Gateway:
+    """One edge gateway. ``tokenizer`` is a translator loaded in the gateway process, used only
+    to count N (cheap); ``edge`` runs the translations. ``clock`` gives ``now`` to the scheduler
+    and the RTT estimator; ``timer`` measures durations (both monotonic seconds)."""
+
+    def __init__(
+        self,
+        *,
+        tokenizer: Translator,
+        edge: EdgeWorker,
+        cloud: CloudClient | None,
+        length_estimator: LengthEstimator,
+        device_policy: DevicePolicy,
+        rtt_estimator: RttEstimator,
+        edge_latency: LatencyModel,
+        cloud_latency: LatencyModel,
+        settings: GatewaySettings,
+        clock: Callable[[], float] = time.monotonic,
+        timer: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.edge = edge
+        self.cloud = cloud
+        self.length_estimator = length_estimator
+        self.device_policy = device_policy
+        self.rtt_estimator = rtt_estimator
+        self.edge_latency = edge_latency
+        self.cloud_latency = cloud_latency
+        self.settings = settings
+        self.clock = clock
+        self.timer = timer
+        self.pending = 0
+        self.cloud_healthy = cloud is not None
+        self._prober: asyncio.Task[None] | None = None
+        self.ready = False
+        self._init_metrics()
+
+    # --- metrics -------------------------------------------------------------------------------
+
+    def _init_metrics(self) -> None:
+        r = self.metrics = m.Registry()
+        self.m_requests = r.counter(
+            "cnmt_gateway_requests_total",
+            "Requests answered with a translation, by the device that translated them.",
+            ["device"],
+        )
+        self.m_decisions = r.counter(
+            "cnmt_gateway_decisions_total", "Device policy decisions, by chosen device.", ["device"]
+        )
+        self.m_fallbacks = r.counter(
+            "cnmt_gateway_fallbacks_total",
+            "Requests translated on the other device than decided, by reason.",
+            ["reason"],
+        )
+        self.m_rejected = r.counter(
+            "cnmt_gateway_rejected_total",
+            "Requests answered with an error, by HTTP status.",
+            ["status"],
+        )
+        self.m_latency = r.histogram(
+            "cnmt_gateway_latency_seconds",
+            "Time from request arrival to answer, by the device that translated.",
+            m.LATENCY_BUCKETS_S,
+            ["device"],
+        )
+        self.m_length_error = r.histogram(
+            "cnmt_gateway_length_estimate_error_tokens",
+            "Estimated minus actual output length (tokens).",
+            m.LENGTH_ERROR_BUCKETS,
+        )
+        self.m_length_abs_error = r.counter(
+            "cnmt_gateway_length_estimate_abs_error_tokens_total",
+            "Sum of |estimated - actual| output length over translated requests (tokens).",
+        )
+        self.m_rtt_estimate = r.gauge(
+            "cnmt_gateway_rtt_estimate_seconds", "The RTT estimator's current estimate of the link."
+        )
+        self.m_rtt_sample = r.histogram(
+            "cnmt_gateway_rtt_sample_seconds",
+            "RTT samples: cloud round trip minus the cloud's own time.",
+            m.LATENCY_BUCKETS_S,
+        )
+        self.m_cloud_healthy = r.gauge(
+            "cnmt_gateway_cloud_healthy", "1 while the cloud is considered healthy, else 0."
+        )
+        self.m_pending = r.gauge("cnmt_gateway_pending_requests", "Requests inside the gateway.")
+        self.m_cloud_healthy.set(1.0 if self.cloud_healthy else 0.0)
+        self.m_rtt_estimate.set(self.rtt_estimator.estimate(self.clock()))
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/translate", self.handle_translate)
+        app.router.add_get("/health", self.handle_health)
+        app.router.add_get("/ready", self.handle_ready)
+        app.router.add_get("/metrics", self.handle_metrics)
+        app.on_startup.append(lambda _app: self.start())
+        app.on_cleanup.append(lambda _app: self.close())
+        return app
+
+    async def start(self) -> None:
+        """Start the local worker and the cloud client; probe the cloud once."""
+        if not self.edge.started:
+            await self.edge.start()
+        if self.cloud is not None:
+            await self.cloud.start()
+            if not await self.cloud.probe():
+                self._mark_unhealthy("the cloud did not answer its health probe at startup")
+        self.ready = True
+
+    async def close(self) -> None:
+        self.ready = False
+        if self._prober is not None:
+            self._prober.cancel()
+            try:
+                await self._prober
+            except asyncio.CancelledError:
+                pass
+            self._prober = None
+        if self.cloud is not None:
+            await self.cloud.close()
+        await self.edge.close()
+
+    def attach_cloud(self, cloud: CloudClient) -> None:
+        """Set the cloud once its address is known (before :meth:`start`)."""
+        if self.ready:
+            raise RuntimeError("attach_cloud() must come before start()")
+        self.cloud = cloud
+        self.cloud_healthy = True
+        self.m_cloud_healthy.set(1.0)
+
+    # --- cloud health --------------------------------------------------------------------------
+
+    def _mark_unhealthy(self, why: str) -> None:
+        if self.cloud_healthy:
+            log.warning("cloud marked unhealthy: %s", why)
+        self.cloud_healthy = False
+        self.m_cloud_healthy.set(0.0)
+        if self._prober is None or self._prober.done():
+            self._prober = asyncio.get_running_loop().create_task(self._probe_until_healthy())
+
+    async def _probe_until_healthy(self) -> None:
+        assert self.cloud is not None
+        delay = self.settings.probe_initial_s
+        while not self.cloud_healthy:
+            await asyncio.sleep(delay)
+            if await self.cloud.probe():
+                log.warning("cloud is healthy again")
+                self.cloud_healthy = True
+                self.m_cloud_healthy.set(1.0)
+                return
+            delay = min(delay * 2.0, self.settings.probe_max_s)
+
+    # --- requests ------------------------------------------------------------------------------
+
+    async def handle_translate(self, request: web.Request) -> web.Response:
+        started = self.timer()
+        try:
+            if self.pending >= self.settings.max_pending:
+                raise overloaded("the gateway", self.pending, self.settings.retry_after_s)
+            self.pending += 1
+            self.m_pending.set(self.pending)
+            try:
+                text = parse_text(await read_body(request, self.settings.max_body_bytes))
+                answer = await self.translate(text, started)
+            finally:
+                self.pending -= 1
+                self.m_pending.set(self.pending)
+        except RequestError as exc:
+            self.m_rejected.inc(status=str(exc.status))
+            return error_response(exc)
+        except Exception as exc:  # a bug, not the user's fault: say so, keep serving
+            log.exception("request failed")
+            self.m_rejected.inc(status="500")
+            return error_response(RequestError(500, f"internal error: {type(exc).__name__}: {exc}"))
+        return json_response(answer)
+
+    async def translate(self, text: str, started: float | None = None) -> dict[str, Any]:
+        """Decide, translate and account for one text; RequestError for what the user must fix."""
+        if started is None:
+            started = self.timer()
+        try:
+            n_tokens = self.tokenizer.count_source_tokens(text)
+        except CnmtError as exc:
+            raise RequestError(422, f"the model cannot tokenize this text: {exc}") from None
+        check_length(n_tokens, self.tokenizer.max_source_tokens)
+        request = Request(
+            n_tokens=n_tokens, payload_bytes=len(dumps({"text": text}).encode("utf-8"))
+        )
+        now = self.clock()
+        link = LinkState(
+            rtt_s=self.rtt_estimator.estimate(now), bandwidth_bps=self.settings.bandwidth_bps
+        )
+        state = SchedulerState(edge=self.edge_latency, cloud=self.cloud_latency, link=link, now=now)
+        try:
+            m_estimated = float(self.length_estimator.estimate(request))
+            decided = Device(self.device_policy.choose(request, m_estimated, state))
+        except (CnmtError, ValueError) as exc:
+            log.error("scheduler failed: %s", exc)
+            raise RequestError(500, f"the gateway's scheduler failed: {exc}") from None
+        self.m_decisions.inc(device=decided.value)
+
+        device, fallback = decided, None
+        text_out: str | None = None
+        m_actual = 0
+        exec_s = 0.0
+        rtt_sample: float | None = None
+        if decided is Device.CLOUD:
+            if not self.cloud_healthy:
+                device, fallback = Device.EDGE, "cloud_unhealthy" if self.cloud else "no_cloud"
+            else:
+                try:
+                    reply = await self._offload(text)
+                except CloudFailure as exc:
+                    device, fallback = Device.EDGE, exc.reason
+                else:
+                    text_out, m_actual, exec_s = reply.text, reply.m_tokens, reply.exec_s
+                    rtt_sample = reply.rtt_sample(self.settings.bandwidth_bps)
+        if device is Device.EDGE:
+            try:
+                local = await self.edge.translate(text)
+            except CnmtError as exc:
+                if isinstance(exc, EdgeFailure) and decided is Device.EDGE and self.cloud_healthy:
+                    log.warning("local translation failed (%s); offloading instead", exc)
+                    try:
+                        reply = await self._offload(text)
+                    except CloudFailure as cloud_exc:
+                        raise RequestError(
+                            503,
+                            f"both devices failed: local worker ({exc}); cloud ({cloud_exc})",
+                            headers={"Retry-After": str(self.settings.retry_after_s)},
+                        ) from None
+                    device, fallback = Device.CLOUD, "edge_failure"
+                    text_out, m_actual, exec_s = reply.text, reply.m_tokens, reply.exec_s
+                    rtt_sample = reply.rtt_sample(self.settings.bandwidth_bps)
+                elif isinstance(exc, EdgeFailure):
+                    raise RequestError(
+                        503,
+                        f"local translation failed and the cloud is unavailable: {exc}",
+                        headers={"Retry-After": str(self.settings.retry_after_s)},
+                    ) from None
+                else:
+                    raise RequestError(
+                        422, f"the model cannot translate this text: {exc}"
+                    ) from None
+            else:
+                text_out, m_actual, exec_s = local.text, local.output_tokens, local.seconds
+        assert text_out is not None
+
+        latency = self.timer() - started
+        if fallback is not None:
+            self.m_fallbacks.inc(reason=fallback)
+        self.m_requests.inc(device=device.value)
+        self.m_latency.observe(latency, device=device.value)
+        self.m_length_error.observe(m_estimated - m_actual)
+        self.m_length_abs_error.inc(abs(m_estimated - m_actual))
+        return {
+            "translation": text_out,
+            "device": device.value,
+            "decided": decided.value,
+            "fallback": fallback,
+            "n_tokens": n_tokens,
+            "m_estimated": round(m_estimated, 3),
+            "m_actual": m_actual,
+            "latency_ms": _ms(latency),
+            "exec_ms": _ms(exec_s),
+            "rtt_estimate_ms": _ms(link.rtt_s),
+            "rtt_sample_ms": _ms(rtt_sample),
+            "predicted_ms": {
+                "edge": _ms(self.edge_latency.predict(n_tokens, m_estimated)),
+                "cloud": _ms(
+                    self.cloud_latency.predict(n_tokens, m_estimated)
+                    + link.transmission_s(request.payload_bytes)
+                ),
+            },
+        }
+
+    async def _offload(self, text: str) -> Any:
+        """One cloud exchange; on success the RTT estimator learns from it, on failure the cloud
+        is marked unhealthy. CloudRejected (the model refused the text) becomes a 422."""
+        assert self.cloud is not None
+        try:
+            reply = await self.cloud.translate(text)
+        except CloudRejected as exc:
+            raise RequestError(
+                422, f"the model cannot translate this text: {exc.message}"
+            ) from None
+        except CloudFailure as exc:
+            self._mark_unhealthy(str(exc))
+            raise
+        at = self.clock()
+        sample = reply.rtt_sample(self.settings.bandwidth_bps)
+        self.rtt_estimator.observe(sample, at)
+        self.m_rtt_sample.observe(sample)
+        self.m_rtt_estimate.set(self.rtt_estimator.estimate(at))
+        return reply
+
+    async def handle_health(self, request: web.Request) -> web.Response:
+        cloud = "none" if self.cloud is None else ("healthy" if self.cloud_healthy else "unhealthy")
+        return json_response(
+            {"status": "ok", "service": SERVICE, "cloud": cloud, "pending": self.pending}
+        )
+
+    async def handle_ready(self, request: web.Request) -> web.Response:
+        if not self.ready:
+            return json_response(
+                {"ready": False, "error": "the local worker is starting"}, status=503
+            )
+        return json_response({"ready": True})
+
+    async def handle_metrics(self, request: web.Request) -> web.Response:
+        self.m_rtt_estimate.set(self.rtt_estimator.estimate(self.clock()))
+        return web.Response(
+            body=self.metrics.render().encode(), headers={"Content-Type": m.CONTENT_TYPE}
+        )

@@ -1,0 +1,507 @@
+"""Start what a serving config describes: a cloud server, an emulated link, a gateway.
+
+When a config launches both a gateway and a cloud, the cloud runs in its own process (a
+separate "machine": its model threads never compete with the gateway's event loop for the
+GIL); the link (a proxy, i.e. the network) and the gateway run in this process's event loop,
+and the gateway's local translations in its own CPU-throttled worker process. Shutdown
+reverses the start order: gateway, link, cloud.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from aiohttp import web
+
+from cnmt.config import Config
+from cnmt.errors import CnmtError, CnmtRuntimeError, ConfigError
+from cnmt.serving.settings import CloudSettings, GatewaySettings, LinkSettings, split_host_port
+
+log = logging.getLogger("cnmt.serving.launch")
+
+Say = Callable[[str], None]
+SHUTDOWN_GRACE_S = 10.0
+
+
+async def serve_app(
+    app: web.Application, host: str, port: int, reuse_port: bool = False
+) -> tuple[web.AppRunner, int]:
+    """Run ``app`` on ``host:port`` (0 = a free port); returns the runner and the bound port.
+    The app's startup hooks run here, so their errors surface here."""
+    # Requests in flight at shutdown get SHUTDOWN_GRACE_S to finish before they are cut.
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_S
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise CnmtRuntimeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound = runner.addresses[0][1]
+    return runner, int(bound)
+
+
+def url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def load_translators(model: str, providers: tuple[str, ...], threads: int, count: int) -> list[Any]:
+    from cnmt.runtime import load_translator
+
+    return [
+        load_translator(model, providers=list(providers), threads=threads) for _ in range(count)
+    ]
+
+
+# --- the cloud, in its own process -----------------------------------------------------------
+
+
+def _cloud_process_main(settings: CloudSettings, conn: Connection) -> None:
+    logging.basicConfig(level=logging.WARNING, format="cloud: %(levelname)s %(name)s: %(message)s")
+    try:
+        translators = load_translators(
+            settings.model, settings.providers, settings.threads, settings.workers
+        )
+    except CnmtError as exc:
+        conn.send(("error", f"cloud: {exc}"))
+        return
+    except Exception as exc:  # a broken model file: report it rather than die silently
+        conn.send(("error", f"cloud: cannot load {settings.model!r}: {type(exc).__name__}: {exc}"))
+        return
+    asyncio.run(_cloud_process_serve(translators, settings, conn))
+
+
+async def _cloud_process_serve(
+    translators: list[Any], settings: CloudSettings, conn: Connection
+) -> None:
+    from cnmt.serving.cloud import CloudServer
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        runner, port = await serve_app(
+            CloudServer(translators, settings).app(),
+            settings.host,
+            settings.port,
+            settings.reuse_port,
+        )
+    except CnmtError as exc:
+        conn.send(("error", f"cloud: {exc}"))
+        return
+    conn.send(("ready", port))
+    watcher = loop.create_task(_stop_when_orphaned(stop))
+    await stop.wait()
+    watcher.cancel()
+    await runner.cleanup()
+
+
+async def _stop_when_orphaned(stop: asyncio.Event, every_s: float = 1.0) -> None:
+    """Set ``stop`` once the launching process is gone (killed without a chance to stop us):
+    a cloud server nobody can shut down must not outlive it."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await asyncio.sleep(every_s)
+    log.warning("the launching process exited; stopping the cloud server")
+    stop.set()
+
+
+class CloudProcess:
+    """The cloud server in a child process (spawned, so it shares no state with this one)."""
+
+    def __init__(self, settings: CloudSettings) -> None:
+        self.settings = settings
+        self._process: Any = None
+        self.port: int | None = None
+
+    async def start(self, timeout_s: float = 600.0) -> int:
+        context = multiprocessing.get_context("spawn")
+        parent_end, child_end = context.Pipe(duplex=False)
+        self._process = context.Process(
+            target=_cloud_process_main,
+            args=(self.settings, child_end),
+            name="cnmt-cloud",
+            daemon=True,
+        )
+        self._process.start()
+        child_end.close()
+        loop = asyncio.get_running_loop()
+        message = await loop.run_in_executor(None, _receive, parent_end, self._process, timeout_s)
+        parent_end.close()
+        kind, value = message
+        if kind != "ready":
+            await self.stop()
+            raise CnmtRuntimeError(str(value))
+        self.port = int(value)
+        return self.port
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.is_alive():
+            process.terminate()  # SIGTERM: the child shuts its server down cleanly
+        await asyncio.get_running_loop().run_in_executor(None, process.join, timeout_s)
+        if process.is_alive():
+            log.warning("cloud process did not stop within %.0f s; killing it", timeout_s)
+            process.kill()
+            await asyncio.get_running_loop().run_in_executor(None, process.join, 5.0)
+
+
+def _receive(conn: Connection, process: Any, timeout_s: float) -> tuple[str, Any]:
+    """The cloud process's first message: ("ready", port) or ("error", why)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if conn.poll(0.2):
+            try:
+                return conn.recv()
+            except EOFError:
+                break  # it closed its end: it is exiting
+        elif not process.is_alive():
+            break
+    else:
+        return ("error", f"cloud: not ready after {timeout_s:.0f} s")
+    process.join(5.0)
+    return (
+        "error",
+        f"cloud: the cloud process exited with status {process.exitcode} before it was ready",
+    )
+
+
+# --- the gateway ---------------------------------------------------------------------------
+
+
+def load_profile(path: str, key: str, model: str) -> Any:
+    from cnmt.profiles import load
+
+    try:
+        return load(os.path.normpath(path))
+    except ConfigError as exc:
+        raise ConfigError(
+            f"{key}: {exc}. The gateway's device policy needs the measured latency of its model "
+            f"on the edge and on the cloud: measure both with `cnmt profile --model {model} "
+            "--device DEVICE --out FILE` (see `cnmt profile devices`; `scripts/measure-profiles` "
+            "does all built-in models) and point gateway.edge_profile / gateway.cloud_profile "
+            "at the files"
+        ) from None
+
+
+def create_schedulers(config: Config) -> tuple[Any, Any, Any]:
+    """The length estimator, device policy and RTT estimator a live gateway may use."""
+    parts = []
+    for key in ("length_estimator", "device_policy", "rtt_estimator"):
+        component = config.create(key)
+        if getattr(component, "needs_truth", False):
+            raise ConfigError(
+                f"{config.source}: {key}: {config[key].name!r} needs each request's ground truth, "
+                "which only an offline replay has; a live gateway cannot use it (choose e.g. "
+                "`linear` / `cnmt`)"
+            )
+        parts.append(component)
+    return parts[0], parts[1], parts[2]
+
+
+def build_gateway(
+    config: Config, settings: GatewaySettings, cloud_url: str | None, say: Say
+) -> Any:
+    """A Gateway wired from a config (not started): schedulers and profiles first, so a bad
+    one fails before any model is loaded."""
+    from cnmt.serving.cloud_client import CloudClient
+    from cnmt.serving.edge import EdgeWorker, QuotaSpec
+    from cnmt.serving.gateway import Gateway
+
+    length_estimator, device_policy, rtt_estimator = create_schedulers(config)
+    edge_profile = load_profile(settings.edge_profile, "gateway.edge_profile", settings.model)
+    cloud_profile = load_profile(settings.cloud_profile, "gateway.cloud_profile", settings.model)
+    for profile, key in ((edge_profile, "edge_profile"), (cloud_profile, "cloud_profile")):
+        if profile.model != settings.model:
+            log.warning(
+                "gateway.%s was measured for model %r, the gateway runs %r: its decisions use "
+                "another model's latencies",
+                key,
+                profile.model,
+                settings.model,
+            )
+    device = edge_profile.device
+    if device.threads != settings.threads:
+        log.warning(
+            "gateway.threads is %d but the edge profile was measured with %d threads",
+            settings.threads,
+            device.threads,
+        )
+    quota = None
+    if device.cpu_quota is not None:
+        quota = QuotaSpec(device.cpu_quota, device.cpu_period_us, source=settings.edge_profile)
+    tokenizer = load_translators(settings.model, settings.providers, settings.threads, 1)[0]
+    from cnmt.runtime import load_translator
+
+    factory = functools.partial(
+        load_translator,
+        settings.model,
+        providers=list(settings.providers),
+        threads=settings.threads,
+    )
+    edge = EdgeWorker(factory, quota, allow_unthrottled=settings.allow_unthrottled)
+    cloud = CloudClient(cloud_url, settings.cloud_timeout_s) if cloud_url else None
+    say(
+        f"gateway: model {settings.model}, edge {edge_profile.label}"
+        + (f" (CPU quota {device.cpu_quota:g} core)" if quota else " (unthrottled)")
+        + f"; cloud {cloud_profile.label}; policy {config['device_policy'].name}, length "
+        f"{config['length_estimator'].name}, RTT {config['rtt_estimator'].name}"
+    )
+    return Gateway(
+        tokenizer=tokenizer,
+        edge=edge,
+        cloud=cloud,
+        length_estimator=length_estimator,
+        device_policy=device_policy,
+        rtt_estimator=rtt_estimator,
+        edge_latency=edge_profile.fit.latency_model,
+        cloud_latency=cloud_profile.fit.latency_model,
+        settings=settings,
+    )
+
+
+def build_schedule(settings: LinkSettings) -> Any:
+    """The link's RTT over time: its trace (read now, so a bad file fails early) or constant."""
+    from cnmt.serving.proxy import RttSchedule, read_rtt_trace
+
+    if settings.trace is not None:
+        try:
+            rtts = read_rtt_trace(settings.trace, settings.trace_format)
+        except ConfigError as exc:
+            raise ConfigError(f"link.trace: {exc}") from None
+        return RttSchedule(rtts, settings.trace_step_s, settings.trace_start)
+    assert settings.rtt_ms is not None
+    return RttSchedule.constant(settings.rtt_ms / 1000.0)
+
+
+def build_link(settings: LinkSettings, upstream: tuple[str, int], schedule: Any) -> Any:
+    from cnmt.serving.proxy import DelayProxy
+
+    return DelayProxy(
+        upstream,
+        schedule,
+        host=settings.host,
+        port=settings.port,
+        bandwidth_bps=settings.bandwidth_bps,
+    )
+
+
+# --- the whole system ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Base URLs of what was launched (None for what the config does not launch)."""
+
+    gateway: str | None = None
+    cloud: str | None = None
+    link: str | None = None
+
+
+class System:
+    """Everything one config launches. ``cloud_in_process`` runs the cloud in this event loop
+    instead of a child process (used when the config launches only a cloud)."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        gateway_port: int | None = None,
+        cloud_port: int | None = None,
+        link_port: int | None = None,
+        say: Say = print,
+    ) -> None:
+        self.config = config
+        self.say = say
+        self.gateway_settings: GatewaySettings | None = config.get("gateway")
+        self.cloud_settings: CloudSettings | None = config.get("cloud")
+        self.link_settings: LinkSettings | None = config.get("link")
+        if not (self.gateway_settings or self.cloud_settings or self.link_settings):
+            raise ConfigError(
+                f"{config.source}: nothing to launch; a serving config needs a `gateway`, `cloud` "
+                "or `link` section (see `cnmt config show serving/default`)"
+            )
+        for port, attr in (
+            (gateway_port, "gateway_settings"),
+            (cloud_port, "cloud_settings"),
+            (link_port, "link_settings"),
+        ):
+            current = getattr(self, attr)
+            if port is not None and current is not None:
+                setattr(self, attr, dataclasses.replace(current, port=port))
+        self._check_wiring()
+        self._cloud_process: CloudProcess | None = None
+        self._cloud_runner: web.AppRunner | None = None
+        self._link: Any = None
+        self._gateway_runner: web.AppRunner | None = None
+        self.gateway: Any = None
+        self.endpoints = Endpoints()
+
+    def _check_wiring(self) -> None:
+        where = self.config.source
+        if self.link_settings and self.link_settings.upstream is None and not self.cloud_settings:
+            raise ConfigError(
+                f"{where}: link.upstream: not set and the config launches no cloud; set it to the "
+                "cloud's host:port"
+            )
+        gateway = self.gateway_settings
+        if (
+            gateway
+            and gateway.cloud_url is None
+            and not (self.link_settings or self.cloud_settings)
+        ):
+            raise ConfigError(
+                f"{where}: gateway.cloud_url: not set and the config launches no link or cloud; "
+                "set it to the cloud's (or the link's) URL, e.g. http://10.0.0.2:8081"
+            )
+
+    async def start(self) -> Endpoints:
+        """Start everything; on failure, stop what was started and re-raise."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self.endpoints
+
+    async def _start(self) -> None:
+        loop = asyncio.get_running_loop()
+        gateway_cfg, cloud_cfg, link_cfg = (
+            self.gateway_settings,
+            self.cloud_settings,
+            self.link_settings,
+        )
+        schedule = await loop.run_in_executor(None, build_schedule, link_cfg) if link_cfg else None
+        if gateway_cfg is not None:
+            # Profiles and schedulers are checked before anything slow, and the gateway's model
+            # is loaded (a built-in one exported once into the cache) before the cloud process
+            # opens the same cache.
+            self.gateway = await loop.run_in_executor(
+                None, build_gateway, self.config, gateway_cfg, None, self.say
+            )
+            # The edge worker next: a quota that cannot be applied fails before the cloud starts.
+            await self.gateway.edge.start()
+        cloud_url = link_url = None
+        cloud_address: tuple[str, int] | None = None
+        if cloud_cfg is not None:
+            if gateway_cfg is not None or link_cfg is not None:
+                self._cloud_process = CloudProcess(cloud_cfg)
+                port = await self._cloud_process.start()
+            else:
+                from cnmt.serving.cloud import CloudServer
+
+                translators = await loop.run_in_executor(
+                    None,
+                    load_translators,
+                    cloud_cfg.model,
+                    cloud_cfg.providers,
+                    cloud_cfg.threads,
+                    cloud_cfg.workers,
+                )
+                self._cloud_runner, port = await serve_app(
+                    CloudServer(translators, cloud_cfg).app(),
+                    cloud_cfg.host,
+                    cloud_cfg.port,
+                    cloud_cfg.reuse_port,
+                )
+            cloud_address = (cloud_cfg.host, port)
+            cloud_url = url(cloud_cfg.host, port)
+            self.say(
+                f"cloud:   {cloud_url}  (model {cloud_cfg.model}, {cloud_cfg.workers} "
+                f"worker(s), {cloud_cfg.threads} thread(s))"
+            )
+        if link_cfg is not None:
+            upstream = (
+                split_host_port(link_cfg.upstream, "link.upstream")
+                if link_cfg.upstream
+                else cloud_address
+            )
+            assert upstream is not None
+            self._link = build_link(link_cfg, upstream, schedule)
+            await self._link.start()
+            link_url = url(link_cfg.host, self._link.port)
+            what = (
+                f"trace {link_cfg.trace}, {link_cfg.trace_step_s:g} s per value"
+                if link_cfg.trace
+                else f"RTT {link_cfg.rtt_ms:g} ms"
+            )
+            bandwidth = f", {link_cfg.bandwidth_bps:g} bit/s" if link_cfg.bandwidth_bps else ""
+            self.say(f"link:    {link_url} -> {upstream[0]}:{upstream[1]}  ({what}{bandwidth})")
+        gateway_url = None
+        if gateway_cfg is not None:
+            from cnmt.serving.cloud_client import CloudClient
+
+            target = gateway_cfg.cloud_url or link_url or cloud_url
+            assert target is not None
+            self.gateway.attach_cloud(CloudClient(target, gateway_cfg.cloud_timeout_s))
+            self._gateway_runner, port = await serve_app(
+                self.gateway.app(), gateway_cfg.host, gateway_cfg.port
+            )
+            gateway_url = url(gateway_cfg.host, port)
+            edge = self.gateway.edge
+            mode = "throttled" if edge.throttled else "unthrottled"
+            self.say(
+                f"gateway: {gateway_url}  (cloud at {target}; local worker pid {edge.pid}, {mode})"
+            )
+        self.endpoints = Endpoints(gateway=gateway_url, cloud=cloud_url, link=link_url)
+
+    async def stop(self) -> None:
+        if self._gateway_runner is not None:
+            await self._gateway_runner.cleanup()
+            self._gateway_runner = None
+        elif self.gateway is not None:
+            await self.gateway.close()
+        self.gateway = None
+        if self._link is not None:
+            await self._link.close()
+            self._link = None
+        if self._cloud_runner is not None:
+            await self._cloud_runner.cleanup()
+            self._cloud_runner = None
+        if self._cloud_process is not None:
+            await self._cloud_process.stop()
+            self._cloud_process = None
+
+
+async def run_until_signal(system: System, say: Say = print) -> None:
+    """Start ``system``, serve until SIGINT or SIGTERM, then shut it down cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    received: list[str] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(sig.name)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        await system.start()
+        if not stop.is_set():
+            say("ready; stop with Ctrl-C or SIGTERM")
+            await stop.wait()
+        say(f"{received[0] if received else 'stop'} received; shutting down")
+    finally:
+        await system.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    say("stopped")

@@ -1,0 +1,281 @@
+"""A load generator for the gateway (or a cloud server): real sentences, bounded, loopback only.
+
+Two ways to send:
+
+* closed loop (``concurrency=C``): C clients, each sends its next sentence as soon as its
+  previous answer arrived; measures capacity.
+* open loop (``rate=R``): requests start at R per second on a fixed schedule, whatever the
+  answers do (a late answer does not delay the next request); measures behaviour under a load
+  the gateway does not control.
+
+Both stop after ``count`` requests or ``duration_s`` seconds, whichever comes first, and wait
+for every answer (each bounded by ``timeout_s``). Every request ends in exactly one of: ok
+(200 with a translation), rejected (an explicit 503 with Retry-After: the gateway shed it),
+failed (any other HTTP status) or lost (no answer at all: connection error or timeout), so
+``sent == ok + rejected + failed + lost``.
+
+Only loopback addresses are accepted: this is a tool for a system you launched on this machine,
+never for someone else's server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ipaddress
+import json
+import math
+import random
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from cnmt.errors import ConfigError
+
+
+def check_loopback(base_url: str) -> None:
+    """ConfigError unless ``base_url`` is http(s) to a host that resolves only to loopback."""
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"--url: expected http://HOST:PORT, got {base_url!r}")
+    host = parts.hostname
+    try:
+        infos = socket.getaddrinfo(host, parts.port or 80, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ConfigError(f"--url: cannot resolve {host!r}: {exc}") from None
+    addresses = {info[4][0] for info in infos}
+    outside = sorted(a for a in addresses if not ipaddress.ip_address(a.split("%")[0]).is_loopback)
+    if outside:
+        raise ConfigError(
+            f"--url: {host} resolves to {', '.join(outside)}, which is not a loopback address; "
+            "cnmt loadtest only loads servers on this machine (127.0.0.1, ::1, localhost)"
+        )
+
+
+def read_sentences(
+    path: str | Path, limit: int | None = None, seed: int | None = None
+) -> list[str]:
+    """Non-empty lines of a corpus file, optionally shuffled with ``seed``, at most ``limit``."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [line.strip() for line in f]
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such corpus file (one sentence per line)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the corpus: {exc}") from None
+    sentences = [line for line in lines if line]
+    if not sentences:
+        raise ConfigError(f"{path}: the corpus has no non-empty line")
+    if seed is not None:
+        random.Random(seed).shuffle(sentences)
+    return sentences[:limit] if limit else sentences
+
+
+@dataclass
+class Outcome:
+    status: int | None  # None: no answer (lost)
+    latency_s: float
+    device: str | None = None
+    fallback: str | None = None
+    error: str | None = None
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (0..100) by linear interpolation; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100.0
+    low, high = math.floor(position), math.ceil(position)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+@dataclass
+class LoadReport:
+    """What a load test measured (client side: latency from sending to the full answer)."""
+
+    url: str
+    mode: str
+    sent: int
+    ok: int
+    rejected: int
+    failed: int
+    lost: int
+    elapsed_s: float
+    throughput_rps: float
+    latency_ms: dict[str, float | None]
+    devices: dict[str, int]
+    fallbacks: dict[str, int]
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, ensure_ascii=False)
+
+    def table(self) -> str:
+        lat = self.latency_ms
+
+        def ms(key: str) -> str:
+            value = lat.get(key)
+            return "-" if value is None else f"{value:.1f}"
+
+        split = ", ".join(
+            f"{d} {n} ({100.0 * n / max(self.ok, 1):.0f}%)" for d, n in sorted(self.devices.items())
+        )
+        rows = [
+            f"target      {self.url}  ({self.mode})",
+            f"requests    {self.sent} sent: {self.ok} ok, {self.rejected} rejected (503), "
+            f"{self.failed} failed, {self.lost} lost",
+            f"time        {self.elapsed_s:.2f} s, "
+            f"throughput {self.throughput_rps:.2f} translations/s",
+            f"latency ms  p50 {ms('p50')}  p95 {ms('p95')}  p99 {ms('p99')}  "
+            f"mean {ms('mean')}  max {ms('max')}",
+            f"devices     {split or '-'}",
+        ]
+        if self.fallbacks:
+            rows.append(
+                "fallbacks   " + ", ".join(f"{r} {n}" for r, n in sorted(self.fallbacks.items()))
+            )
+        if self.errors:
+            rows.append(
+                "errors      " + "; ".join(f"{e} x{n}" for e, n in sorted(self.errors.items()))
+            )
+        return "\n".join(rows)
+
+
+def summarize(url: str, mode: str, outcomes: list[Outcome], elapsed_s: float) -> LoadReport:
+    ok = [o for o in outcomes if o.status == 200]
+    latencies = [o.latency_s * 1000.0 for o in ok]
+    errors = collections.Counter(o.error for o in outcomes if o.error)
+    return LoadReport(
+        url=url,
+        mode=mode,
+        sent=len(outcomes),
+        ok=len(ok),
+        rejected=sum(1 for o in outcomes if o.status == 503),
+        failed=sum(1 for o in outcomes if o.status not in (None, 200, 503)),
+        lost=sum(1 for o in outcomes if o.status is None),
+        elapsed_s=elapsed_s,
+        throughput_rps=len(ok) / elapsed_s if elapsed_s > 0 else 0.0,
+        latency_ms={
+            "p50": percentile(latencies, 50),
+            "p95": percentile(latencies, 95),
+            "p99": percentile(latencies, 99),
+            "mean": sum(latencies) / len(latencies) if latencies else None,
+            "max": max(latencies) if latencies else None,
+        },
+        devices=dict(collections.Counter(o.device or "?" for o in ok)),
+        fallbacks=dict(collections.Counter(o.fallback for o in ok if o.fallback)),
+        errors=dict(errors),
+    )
+
+
+async def _send(
+    session: aiohttp.ClientSession, endpoint: str, text: str, timeout_s: float
+) -> Outcome:
+    started = time.perf_counter()
+    try:
+        async with session.post(
+            endpoint, json={"text": text}, timeout=aiohttp.ClientTimeout(total=timeout_s)
+        ) as response:
+            body = await response.read()
+            status = response.status
+    except TimeoutError:
+        return Outcome(
+            None, time.perf_counter() - started, error=f"no answer within {timeout_s:g} s"
+        )
+    except aiohttp.ClientError as exc:
+        return Outcome(None, time.perf_counter() - started, error=type(exc).__name__)
+    latency = time.perf_counter() - started
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        data = {}
+    if status == 200:
+        return Outcome(status, latency, device=data.get("device"), fallback=data.get("fallback"))
+    message = str(data.get("error", body[:80]))
+    return Outcome(status, latency, error=f"HTTP {status}: {message[:120]}")
+
+
+async def run_load(
+    base_url: str,
+    sentences: Sequence[str],
+    *,
+    concurrency: int | None = None,
+    rate: float | None = None,
+    count: int | None = None,
+    duration_s: float | None = None,
+    timeout_s: float = 30.0,
+    progress: Callable[[int], None] | None = None,
+) -> LoadReport:
+    """Load ``base_url``'s ``/v1/translate`` with ``sentences`` (cycled); see the module doc."""
+    if (concurrency is None) == (rate is None):
+        raise ConfigError("give exactly one of --concurrency (closed loop) and --rate (open loop)")
+    if count is None and duration_s is None:
+        raise ConfigError("give --count or --duration (or both): a load test must be bounded")
+    if concurrency is not None and concurrency < 1:
+        raise ConfigError(f"--concurrency: {concurrency} must be at least 1")
+    if rate is not None and not rate > 0:
+        raise ConfigError(f"--rate: {rate} must be positive (requests per second)")
+    if count is not None and count < 1:
+        raise ConfigError(f"--count: {count} must be at least 1")
+    if duration_s is not None and not duration_s > 0:
+        raise ConfigError(f"--duration: {duration_s} must be positive (seconds)")
+    if not sentences:
+        raise ConfigError("no sentences to send")
+    check_loopback(base_url)
+    endpoint = base_url.rstrip("/") + "/v1/translate"
+    outcomes: list[Outcome] = []
+    issued = 0
+    started = time.perf_counter()
+
+    def next_text() -> str | None:
+        nonlocal issued
+        if count is not None and issued >= count:
+            return None
+        if duration_s is not None and time.perf_counter() - started >= duration_s:
+            return None
+        text = sentences[issued % len(sentences)]
+        issued += 1
+        return text
+
+    def record(outcome: Outcome) -> None:
+        outcomes.append(outcome)
+        if progress is not None:
+            progress(1)
+
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        if concurrency is not None:
+            mode = f"closed loop, concurrency {concurrency}"
+
+            async def client() -> None:
+                while (text := next_text()) is not None:
+                    record(await _send(session, endpoint, text, timeout_s))
+
+            await asyncio.gather(*(client() for _ in range(concurrency)))
+        else:
+            assert rate is not None
+            mode = f"open loop, {rate:g} requests/s"
+            tasks: list[asyncio.Task[None]] = []
+
+            async def one(text: str) -> None:
+                record(await _send(session, endpoint, text, timeout_s))
+
+            interval = 1.0 / rate
+            while (text := next_text()) is not None:
+                tasks.append(asyncio.create_task(one(text)))
+                due = started + issued * interval
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - started
+    return summarize(base_url, mode, outcomes, elapsed)
