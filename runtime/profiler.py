@@ -312,7 +312,8 @@ def _worker_events(
     ``run``; it ends at ``done`` and raises the worker's error otherwise. The worker is killed
     if the caller stops early (an error, Ctrl-C)."""
     stderr = tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")
-    args = [python, "-m", "cnmt.runtime.profiler", job.to_json()]
+    # -P: a checkout's cnmt/ folder in the working directory must not shadow the installed package
+    args = [python, "-P", "-m", "cnmt.runtime.profiler", job.to_json()]
     proc = popen_in_quota(args, quota, stdout=subprocess.PIPE, stderr=stderr, text=True)
 
     def worker_stderr() -> str:

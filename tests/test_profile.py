@@ -383,6 +383,7 @@ def test_quota_device_without_writable_cgroups_exits_1_saying_what_to_do(tmp_pat
     result = subprocess.run(
         [
             sys.executable,
+            "-P",
             "-m",
             "cnmt",
             "profile",
