@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from cnmt.schedulers import device_policies, length_estimators, rtt_estimators
-
 from cnmt import hookimpl
 from cnmt.hookspecs import Register
+from cnmt.schedulers import device_policies, length_estimators, rtt_estimators
 
 
 @hookimpl
