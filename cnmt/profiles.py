@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from cnmt.errors import ConfigError
+from cnmt.jsonfile import read_json
 from cnmt.schedulers.base import LatencyModel
 
 FORMAT = "cnmt-device-profile/1"
@@ -178,16 +179,9 @@ def save(profile: DeviceProfile, path: str | Path) -> None:
 def load(path: str | Path) -> DeviceProfile:
     """Read a profile file; a missing or malformed file raises ConfigError naming it."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(
-            f"{path}: no such device profile; measure one with `cnmt profile`"
-        ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: not a readable device profile: {exc}") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ConfigError(f"{path}: not a device profile (expected format {FORMAT!r})")
+    data = read_json(
+        path, what="device profile", missing="measure one with `cnmt profile`", format=FORMAT
+    )
     try:
         cells = tuple(
             Cell(int(c["n"]), int(c["m"]), tuple(float(s) for s in c["seconds"]))

@@ -39,7 +39,7 @@ class ExportRequest:
     checkpoint: Path | None = None
     pretrained: str | None = None
     name: str | None = None
-    opset: int = DEFAULT_OPSET
+    opset: int | None = None  # None: the family's default_opset
     seed: int = 0
     validate: bool = True
     overwrite: bool = False
@@ -50,6 +50,11 @@ class Exporter(abc.ABC):
 
     family: ClassVar[str]
     name: ClassVar[str]
+    default_opset: ClassVar[int] = DEFAULT_OPSET
+
+    def opset_for(self, request: ExportRequest) -> int:
+        """The opset to export with: the request's, else this family's default."""
+        return request.opset if request.opset is not None else self.default_opset
     Params = NoParams
 
     def __init__(self, params: Any = None) -> None:

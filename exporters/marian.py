@@ -701,6 +701,7 @@ class MarianExporter(Exporter):
 
     family: ClassVar[str] = FAMILY
     name: ClassVar[str] = FAMILY
+    default_opset: ClassVar[int] = MARIAN_OPSET
 
     def export(self, request: ExportRequest) -> Manifest:
         if request.checkpoint is not None:
@@ -716,7 +717,7 @@ class MarianExporter(Exporter):
                 "",
                 request.out_dir,
                 name=request.name,
-                opset=request.opset,
+                opset=self.opset_for(request),
                 validate=request.validate,
                 validation_new_tokens=build.validation_new_tokens,
                 atol=build.atol,
@@ -727,7 +728,7 @@ class MarianExporter(Exporter):
             request.pretrained or HUB_ID,
             request.out_dir,
             name=request.name,
-            opset=request.opset,
+            opset=self.opset_for(request),
             validate=request.validate,
             overwrite=request.overwrite,
         )

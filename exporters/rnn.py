@@ -107,7 +107,7 @@ class RnnExporter(Exporter):
                 examples[graph.role],
                 folder / self.spec.file_name(graph.role),
                 graph,
-                request.opset,
+                self.opset_for(request),
             )
         manifest = Manifest(
             family=self.family,
@@ -117,7 +117,7 @@ class RnnExporter(Exporter):
             outputs={g.role: list(g.outputs) for g in self.spec.graphs},
             files=files,
             special_tokens=built.special_tokens,
-            opset=request.opset,
+            opset=self.opset_for(request),
             source_checksum=built.source_checksum,
             max_source_tokens=built.max_source_tokens,
             max_output_tokens=built.max_output_tokens,

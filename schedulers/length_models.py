@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cnmt.errors import ConfigError
+from cnmt.jsonfile import read_json
 
 FORMAT = "cnmt-length-model/1"
 
@@ -45,16 +46,12 @@ def save_length_model(model: LengthModel, path: str | Path, extra: dict[str, Any
 def load_length_model(path: str | Path) -> LengthModel:
     """Read a length model; a missing or malformed file raises ConfigError naming it."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(
-            f"{path}: no such length model; fit one with `cnmt fit-length --out {path}`"
-        ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: not a readable length model: {exc}") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ConfigError(f"{path}: not a length model (expected format {FORMAT!r})")
+    data = read_json(
+        path,
+        what="length model",
+        missing=f"fit one with `cnmt fit-length --out {path}`",
+        format=FORMAT,
+    )
     try:
         return LengthModel(
             gamma=float(data["gamma"]),

@@ -48,7 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--pretrained", help="a hub model id or a local model directory")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--name", help="model name in the manifest (default: from the source)")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    parser.add_argument(
+        "--opset", type=int, help="ONNX opset (default: the family's, 17 for RNNs, 18 for marian)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="torch seed (default 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.add_argument(
@@ -70,8 +72,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--family {args.family}: unknown model family; valid: {', '.join(families)}"
         )
-    if args.opset < 9:
-        raise ConfigError(f"--opset {args.opset}: too old; use 14 or later (default 17)")
+    if args.opset is not None and args.opset < 14:
+        raise ConfigError(f"--opset {args.opset}: too old; use 14 or later")
     request = ExportRequest(
         out_dir=args.out,
         config=args.config,

@@ -31,7 +31,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import heapq
-import json
 import os
 import time
 from dataclasses import dataclass, replace
@@ -49,6 +48,7 @@ from cnmt.experiments.lengthfit import portable
 from cnmt.experiments.outputs import FORMAT as OUTPUTS_FORMAT
 from cnmt.experiments.tokens import get_counter
 from cnmt.experiments.traces import RttTrace, load_trace
+from cnmt.jsonfile import read_json
 from cnmt.profiles import DeviceProfile
 from cnmt.profiles import load as load_profile
 from cnmt.schedulers.base import (
@@ -84,17 +84,13 @@ class CorpusLines:
 
 def _load_output_lengths(path: str, src_path: str, lines: int) -> tuple[np.ndarray | None, np.ndarray]:
     """(N as the model encoded each line, or None if not cached; M it produced)."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(
-            f"{path}: no such output-length cache; run the model over {src_path} with "
-            f"`cnmt replay CONFIG --cache-outputs` (needs the model's runtime)"
-        ) from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: not a readable output-length cache: {exc}") from None
-    if not isinstance(data, dict) or data.get("format") != OUTPUTS_FORMAT:
-        raise ConfigError(f"{path}: not an output-length cache (expected format {OUTPUTS_FORMAT!r})")
+    data = read_json(
+        path,
+        what="output-length cache",
+        missing=f"run the model over {src_path} with `cnmt replay CONFIG --cache-outputs` "
+        "(needs the model's runtime)",
+        format=OUTPUTS_FORMAT,
+    )
     digest = hashlib.sha256(Path(src_path).read_bytes()).hexdigest()
     if data.get("src_sha256") != digest or len(data.get("output_tokens", [])) != lines:
         raise ConfigError(
