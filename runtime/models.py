@@ -75,9 +75,11 @@ def load_translator(
     if config is None:
         config = session_config(providers, threads)
     path = Path(name_or_dir)
-    if path.is_dir():
-        return open_model_dir(path, config)
     name = str(name_or_dir)
+    # A built-in name wins over a same-named folder in the working directory unless that folder
+    # is an exported model: `cnmt translate --model cn2en` must not depend on where it runs.
+    if path.is_dir() and (name not in BUILTIN_MODELS or (path / MANIFEST_NAME).is_file()):
+        return open_model_dir(path, config)
     if name in BUILTIN_MODELS:
         return open_model_dir(ensure_builtin(BUILTIN_MODELS[name]), config)
     looks_like_path = os.sep in name or name.startswith(".") or path.suffix != ""

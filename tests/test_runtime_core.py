@@ -349,3 +349,21 @@ def test_missing_onnxruntime_says_what_to_install() -> None:
     assert done.returncode == 0, done.stderr
     assert "onnxruntime is not installed" in done.stdout
     assert "pip install 'cnmt[cpu]'" in done.stdout
+
+
+def test_builtin_model_name_is_not_shadowed_by_a_same_named_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cnmt.runtime import models
+
+    class OpenedBuiltin(Exception):
+        pass
+
+    def fake_ensure_builtin(model: models.BuiltinModel) -> Path:
+        raise OpenedBuiltin(model.name)
+
+    (tmp_path / "cn2en").mkdir()  # e.g. where the user unpacked the cn2en wheel
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(models, "ensure_builtin", fake_ensure_builtin)
+    with pytest.raises(OpenedBuiltin, match="cn2en"):
+        models.load_translator("cn2en")
