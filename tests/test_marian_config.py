@@ -70,4 +70,4 @@ def test_marian_modules_import_without_torch_or_transformers() -> None:
         "if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-P", "-c", code], check=True)

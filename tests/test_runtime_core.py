@@ -322,7 +322,7 @@ NO_TORCH = textwrap.dedent(
 def test_runtime_and_registry_import_without_torch(tmp_path: Path) -> None:
     env = dict(os.environ, CNMT_CACHE=str(tmp_path / "cache"), PYTHONWARNINGS="ignore")
     done = subprocess.run(
-        [sys.executable, "-c", NO_TORCH],
+        [sys.executable, "-P", "-c", NO_TORCH],
         capture_output=True,
         text=True,
         env=env,
@@ -345,7 +345,7 @@ def test_missing_onnxruntime_says_what_to_install() -> None:
         "from cnmt.errors import ConfigError\n"
         "try:\n    create_session('x.onnx')\nexcept ConfigError as exc:\n    print(exc)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "onnxruntime is not installed" in done.stdout
     assert "pip install 'cnmt[cpu]'" in done.stdout
