@@ -7,6 +7,7 @@ import importlib.util
 import io
 import os
 import pickle
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -188,7 +189,15 @@ def test_cn2en_vocabularies_load_without_importing_the_package() -> None:
     assert source_tokens[:2] == ["SOS", "EOS"] and target_tokens[:2] == ["SOS", "EOS"]
     assert (len(source_tokens), len(target_tokens)) == (3277, 5820)
     assert "我" in source_tokens and "go" in target_tokens
-    assert "cn2en.model" not in sys.modules
+    # In a fresh interpreter: other tests import cn2en's own model module on purpose (as the
+    # reference to compare with), so this process's sys.modules proves nothing.
+    code = (
+        "import sys\n"
+        "from cnmt.exporters.cn2en import load_lang, locate\n"
+        "load_lang(locate().folder / 'input_lang.pkl')\n"
+        "assert not [m for m in sys.modules if m == 'cn2en' or m.startswith('cn2en.')], sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-P", "-c", code], check=True)
 
 
 def test_locate_explains_how_to_install_cn2en(tmp_path: Path) -> None:
