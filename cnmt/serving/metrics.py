@@ -61,10 +61,8 @@ class _Metric:
         raise NotImplementedError
 
 
-class Counter(_Metric):
-    """A value that only goes up (requests, failures)."""
-
-    kind = "counter"
+class _Scalar(_Metric):
+    """One number per label combination (counters and gauges)."""
 
     def __init__(self, name: str, help_text: str, labels: Sequence[str] = ()) -> None:
         super().__init__(name, help_text, labels)
@@ -72,9 +70,7 @@ class Counter(_Metric):
         if not self.label_names:
             self._values[()] = 0.0
 
-    def inc(self, amount: float = 1.0, **labels: str) -> None:
-        if amount < 0:
-            raise ValueError(f"{self.name}: a counter cannot decrease")
+    def _add(self, amount: float, labels: dict[str, str]) -> None:
         key = self._key(labels)
         self._values[key] = self._values.get(key, 0.0) + amount
 
@@ -88,35 +84,30 @@ class Counter(_Metric):
         ]
 
 
-class Gauge(_Metric):
+class Counter(_Scalar):
+    """A value that only goes up (requests, failures)."""
+
+    kind = "counter"
+
+    def inc(self, amount: float = 1.0, **labels: str) -> None:
+        if amount < 0:
+            raise ValueError(f"{self.name}: a counter cannot decrease")
+        self._add(amount, labels)
+
+
+class Gauge(_Scalar):
     """A value that goes up and down (queue length, current RTT estimate)."""
 
     kind = "gauge"
-
-    def __init__(self, name: str, help_text: str, labels: Sequence[str] = ()) -> None:
-        super().__init__(name, help_text, labels)
-        self._values: dict[tuple[str, ...], float] = {}
-        if not self.label_names:
-            self._values[()] = 0.0
 
     def set(self, value: float, **labels: str) -> None:
         self._values[self._key(labels)] = float(value)
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
-        key = self._key(labels)
-        self._values[key] = self._values.get(key, 0.0) + amount
+        self._add(amount, labels)
 
     def dec(self, amount: float = 1.0, **labels: str) -> None:
-        self.inc(-amount, **labels)
-
-    def value(self, **labels: str) -> float:
-        return self._values.get(self._key(labels), 0.0)
-
-    def samples(self) -> list[str]:
-        return [
-            f"{self.name}{_labels(self.label_names, key)} {_format_value(v)}"
-            for key, v in sorted(self._values.items())
-        ]
+        self._add(-amount, labels)
 
 
 class Histogram(_Metric):
