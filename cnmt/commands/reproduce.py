@@ -18,7 +18,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "skipped and the report says why."
         ),
     )
-    parser.add_argument("--out", metavar="DIR", help="write report.md and figures/ here")
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        default="cnmt-reproduce",
+        help="write report.md and figures/ here (default: ./cnmt-reproduce)",
+    )
     parser.add_argument("--json", metavar="FILE", help="write {scenario: replay JSON or {skipped: reason}}")
     parser.add_argument("--requests", type=int, metavar="N", help="requests per scenario (default: each config's)")
     parser.add_argument("--seed", type=int, metavar="S", help="random seed (default: each config's)")
@@ -34,8 +39,6 @@ def run(args: argparse.Namespace) -> int:
     from cnmt.errors import ConfigError
     from cnmt.experiments.report import reproduce
 
-    if not args.out and not args.json:
-        raise ConfigError("say where the results go: --out DIR and/or --json FILE")
     if args.requests is not None and args.requests < 1:
         raise ConfigError(f"--requests must be >= 1, got {args.requests}")
     command = "cnmt reproduce " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else "cnmt reproduce"
