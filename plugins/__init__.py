@@ -174,7 +174,7 @@ def get_components() -> Components:
 
 
 def distribution_of(pm: pluggy.PluginManager, plugin_name: str) -> str:
-    """'name version' of the distribution a plugin came from, or 'cnmt (built-in)'."""
+    """'name version' of the distribution a plugin came from, or 'built-in'."""
     for plugin, dist in pm.list_plugin_distinfo():
         if pm.get_name(plugin) == plugin_name:
             return f"{dist.metadata['name']} {dist.version}"
