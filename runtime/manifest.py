@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,24 +76,27 @@ class Manifest:
 
 def graph_path(model_dir: str | os.PathLike[str], manifest: Manifest, role: str) -> Path:
     """The ONNX file of graph ``role``; ConfigError listing the roles the manifest has."""
-    try:
-        return Path(model_dir) / manifest.graphs[role]
-    except KeyError:
-        known = ", ".join(sorted(manifest.graphs)) or "(none)"
-        raise ConfigError(
-            f"{Path(model_dir) / MANIFEST_NAME}: no graph {role!r} (has: {known}); the "
-            f"{manifest.family!r} family needs it: re-export the model with `cnmt export`"
-        ) from None
+    return _entry(model_dir, manifest, manifest.graphs, "graph", role)
 
 
 def file_path(model_dir: str | os.PathLike[str], manifest: Manifest, role: str) -> Path:
     """The tokenizer/vocabulary file of ``role``; ConfigError listing the roles it has."""
+    return _entry(model_dir, manifest, manifest.files, "file", role)
+
+
+def _entry(
+    model_dir: str | os.PathLike[str],
+    manifest: Manifest,
+    table: Mapping[str, str],
+    what: str,
+    role: str,
+) -> Path:
     try:
-        return Path(model_dir) / manifest.files[role]
+        return Path(model_dir) / table[role]
     except KeyError:
-        known = ", ".join(sorted(manifest.files)) or "(none)"
+        known = ", ".join(sorted(table)) or "(none)"
         raise ConfigError(
-            f"{Path(model_dir) / MANIFEST_NAME}: no file {role!r} (has: {known}); the "
+            f"{Path(model_dir) / MANIFEST_NAME}: no {what} {role!r} (has: {known}); the "
             f"{manifest.family!r} family needs it: re-export the model with `cnmt export`"
         ) from None
 

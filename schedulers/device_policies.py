@@ -16,7 +16,6 @@ from cnmt.schedulers.base import (
     SchedulerState,
 )
 from cnmt.schedulers.length_estimators import MeanParams
-from cnmt.schedulers.length_models import load_length_model
 
 
 def edge_is_faster(request: Request, m_tokens: float, state: SchedulerState) -> bool:
@@ -88,8 +87,8 @@ class NaivePolicy(DevicePolicy):
 
     def __init__(self, params: Any) -> None:
         super().__init__(params)
-        self.fitted = load_length_model(params.model) if params.model is not None else None
-        self.mean_tokens = self.fitted.mean_m if self.fitted is not None else float(params.mean_tokens)
+        # `fitted` lets a replay check that the model counts tokens like its corpus.
+        self.mean_tokens, self.fitted = params.resolve()
 
     def choose(self, request: Request, m_estimate: float, state: SchedulerState) -> Device:
         return Device.EDGE if edge_is_faster(request, self.mean_tokens, state) else Device.CLOUD

@@ -9,7 +9,7 @@ import numpy as np
 
 from cnmt.errors import CnmtRuntimeError
 from cnmt.schedulers.base import LengthEstimator, Request
-from cnmt.schedulers.length_models import load_length_model
+from cnmt.schedulers.length_models import LengthModel, load_length_model
 
 
 class LinearLength(LengthEstimator):
@@ -69,6 +69,13 @@ class MeanParams:
         if self.mean_tokens is not None and self.mean_tokens <= 0:
             raise ValueError(f"mean_tokens must be positive, got {self.mean_tokens}")
 
+    def resolve(self) -> tuple[float, LengthModel | None]:
+        """The mean M these parameters name, and the fitted model it came from (if ``model``)."""
+        if self.model is not None:
+            fitted = load_length_model(self.model)
+            return fitted.mean_m, fitted
+        return float(self.mean_tokens), None
+
 
 class NaiveLength(LengthEstimator):
     """M = the corpus mean output length, whatever the input (the paper's Naive baseline)."""
@@ -78,8 +85,7 @@ class NaiveLength(LengthEstimator):
 
     def __init__(self, params: Any) -> None:
         super().__init__(params)
-        self.fitted = load_length_model(params.model) if params.model is not None else None
-        self.mean_tokens = self.fitted.mean_m if self.fitted is not None else float(params.mean_tokens)
+        self.mean_tokens, self.fitted = params.resolve()
 
     def estimate(self, request: Request) -> float:
         return self.mean_tokens
