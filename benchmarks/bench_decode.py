@@ -231,7 +231,7 @@ def rnn_engines(
         import torch
 
         from cnmt.exporters.base import ExportRequest
-        from cnmt.plugins import get_components
+        from cnmt.registry import get_components
         from cnmt.runtime import load_translator
         from cnmt.runtime.manifest import MANIFEST_NAME
 

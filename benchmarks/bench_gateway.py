@@ -66,7 +66,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def device_setting(name: str) -> Any:
-    from cnmt.profiles import DeviceSetting, load_device
+    from cnmt.profiling.devices import DeviceSetting, load_device
 
     if name == "host-1-thread":
         return DeviceSetting(name="host-1-thread", threads=1)
@@ -74,9 +74,9 @@ def device_setting(name: str) -> Any:
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
-    from cnmt.plugins import get_components
+    from cnmt.profiling.cpu_quota import CpuQuota
+    from cnmt.registry import get_components
     from cnmt.runtime import load_translator
-    from cnmt.runtime.cpu_quota import CpuQuota
     from cnmt.schedulers.base import LatencyModel
     from cnmt.serving.demo import pick_sentences
     from cnmt.serving.edge import EdgeWorker, QuotaSpec

@@ -45,7 +45,8 @@ def profiles(folder: Path) -> tuple[str, str, str]:
     edge, cloud = measured / "bilstm-de-en__edge-cpu-q25.json", measured / "bilstm-de-en__cloud-cpu.json"
     if edge.is_file() and cloud.is_file():
         return str(edge), str(cloud), "measured BiLSTM profiles"
-    from cnmt.profiles import Cell, DeviceProfile, DeviceSetting, fit_linear, save
+    from cnmt.profiling.devices import DeviceSetting
+    from cnmt.profiling.profiles import Cell, DeviceProfile, fit_linear, save
 
     rng = np.random.default_rng(0)
     paths = []
@@ -111,7 +112,7 @@ def bench_replay(requests: int, repeats: int) -> None:
 
 
 def bench_decision_vs_translation(samples: int) -> None:
-    from cnmt.plugins import get_components
+    from cnmt.registry import get_components
     from cnmt.runtime.tokenizers import Bpe, WordTokenizer
     from cnmt.schedulers import LatencyModel, LinkState, Request, SchedulerState
 

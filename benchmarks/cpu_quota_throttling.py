@@ -65,7 +65,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=60, help="runs per case (60)")
     args = parser.parse_args()
 
-    from cnmt.runtime.cpu_quota import CpuQuota, available, popen_in_quota
+    from cnmt.profiling.cpu_quota import CpuQuota, available, popen_in_quota
 
     reason = available()
     if reason is not None:

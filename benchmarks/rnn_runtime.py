@@ -67,7 +67,7 @@ def main() -> None:
 
     from cnmt.config import builtin_configs_root
     from cnmt.exporters.base import ExportRequest
-    from cnmt.plugins import get_components
+    from cnmt.registry import get_components
     from cnmt.runtime import load_translator
 
     torch.set_num_threads(args.threads)

@@ -1,22 +1,24 @@
 """YAML configuration: load safely, resolve ``extends``, substitute variables, validate.
 
-A config file is a mapping of sections. A *component section* selects a registered component by
-``name`` and passes it ``params``, validated against that component's ``Params`` schema::
+A config file is a mapping of sections. Which top-level keys exist, and the schema of each, is
+declared by the subsystems through the plugin hook ``cnmt_register_config_sections`` (see
+``cnmt config sections``): this module knows none of them. A *component section* selects a
+registered component by ``name`` and passes it ``params``, validated against that component's
+``Params``::
 
-    extends: base.yaml            # optional; a path relative to this file, or a list of them
+    extends: serving/default       # optional: a built-in config name or a path relative to
+                                   # this file (or a list of them)
     length_estimator:
       name: linear
       params: {gamma: 1.05, delta: 0.8}
-    device_policy:
-      name: cnmt
+    device_policy: cnmt            # a name alone: default params
 
-Other sections are plain typed mappings (see :data:`SECTIONS`). Merging: a file's own keys
-override its bases' keys, mappings merge recursively, lists are replaced, and a component
-section whose ``name`` changes drops the base's ``params``. Strings may use ``${data}`` (the data
-directory: ``$CNMT_DATA``, else the config's ``data_dir``, else ``./data`` or
-``../shared/data`` when one exists) and ``${config_dir}`` (the folder of the file that wrote the
-string). Built-in configs are addressed by their path under the package's ``configs`` folder,
-with or without ``.yaml``.
+Merging: a file's own keys override its bases' keys, mappings merge recursively, lists are
+replaced, a component selection whose ``name`` changes drops the base's ``params``, and a
+top-level section set to ``null`` is removed (``link: null``: this config launches no link).
+Strings may use ``${data}`` (the data directory, see :func:`data_dir`) and ``${config_dir}``
+(the folder of the file that wrote the string). Built-in configs are addressed by their path
+under the package's ``configs`` folder, with or without ``.yaml``.
 """
 
 from __future__ import annotations
@@ -25,60 +27,26 @@ import dataclasses
 import importlib.resources
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from cnmt.errors import ConfigError
+from cnmt.registry import ComponentSpec, get_components
 from cnmt.schema import build
 
 DATA_ENV = "CNMT_DATA"
+DATA_VAR = "${data}"
 _VAR = re.compile(r"\$\{([a-z_]+)\}")
-
-
-@dataclasses.dataclass(frozen=True)
-class ComponentConfig:
-    """A component selected in YAML: its registered ``name`` and validated ``params``."""
-
-    name: str
-    params: Any
-
-    def create(self, kind: str) -> Any:
-        from cnmt.plugins import get_components
-
-        return get_components().create(kind, self.name, self.params)
-
-
-@dataclasses.dataclass(frozen=True)
-class ComponentSection:
-    """A top-level key whose value selects a component of ``kind``."""
-
-    kind: str
-
-
-# Top-level key -> what its value must be: a component selection or a typed dataclass.
-# A callable is imported lazily so that the core loads without optional subsystems.
-SECTIONS: dict[str, ComponentSection | Callable[[], type[Any]]] = {
-    "length_estimator": ComponentSection("length_estimator"),
-    "device_policy": ComponentSection("device_policy"),
-    "rtt_estimator": ComponentSection("rtt_estimator"),
-    "gateway": lambda: importlib.import_module("cnmt.serving.settings").GatewaySettings,
-    "cloud": lambda: importlib.import_module("cnmt.serving.settings").CloudSettings,
-    "link": lambda: importlib.import_module("cnmt.serving.settings").LinkSettings,
-    "device": lambda: importlib.import_module("cnmt.profiles").DeviceSetting,
-    "marian": lambda: importlib.import_module("cnmt.exporters.marian").MarianModelConfig,
-    "model": lambda: importlib.import_module("cnmt.exporters.model_config").ModelConfig,
-    "replay": lambda: importlib.import_module("cnmt.experiments.config").ReplayConfig,
-}
 # Keys handled by the loader itself.
 RESERVED = ("extends", "data_dir", "description")
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """A loaded, validated configuration."""
+    """A loaded, validated configuration: each section's validated value by key."""
 
     source: str
     sections: Mapping[str, Any]
@@ -101,36 +69,91 @@ class Config:
         return self.sections.get(key, default)
 
     def create(self, key: str) -> Any:
-        """Instantiate the component selected by component section ``key``."""
-        section = SECTIONS[key]
-        assert isinstance(section, ComponentSection)
-        return self[key].create(section.kind)
+        """Instantiate the component that section ``key`` selects."""
+        spec = self[key]
+        if not isinstance(spec, ComponentSpec):
+            raise TypeError(f"section {key!r} is not a component selection")
+        return spec.create()
+
+
+# ----------------------------------------------------------------------------- the data folder
+
+
+def data_dir(raw: Mapping[str, Any] | None = None) -> Path | None:
+    """The data directory: $CNMT_DATA, else the config's ``data_dir``, else ``./data`` or
+    ``../shared/data`` when one exists, else None."""
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV])
+    if raw and isinstance(raw.get("data_dir"), str):
+        return Path(raw["data_dir"])
+    for candidate in (Path("data"), Path("..") / "shared" / "data"):
+        if candidate.is_dir():
+            return candidate.resolve()
+    return None
+
+
+def expand_data(text: str, *, what: str = "", root: Path | None = None) -> str:
+    """``text`` with ``${data}`` replaced by the data directory; ConfigError naming ``what``
+    (the key or option that holds the text) when it is needed and none is set."""
+    if DATA_VAR not in text:
+        return text
+    root = root if root is not None else data_dir()
+    if root is None:
+        prefix = f"{what}: " if what else ""
+        raise ConfigError(
+            f"{prefix}{text} uses {DATA_VAR} but no data directory is set; set "
+            f"{DATA_ENV}=/path/to/data (or `data_dir:` in the config)"
+        )
+    return text.replace(DATA_VAR, str(root))
+
+
+def portable(text: str) -> str:
+    """``text`` with the data directory written as ``${data}``: what files the project writes
+    store, so that they read the same on another machine."""
+    root = data_dir()
+    if root is None:
+        return text
+    for form in dict.fromkeys((str(Path(root).resolve()), str(root))):
+        text = text.replace(form, DATA_VAR)
+    return text
+
+
+# ----------------------------------------------------------------------------- finding files
 
 
 def builtin_configs_root() -> Path:
     return Path(str(importlib.resources.files("cnmt.configs")))
 
 
-def builtin_config_names() -> list[str]:
+def builtin_config_names(folder: str = "") -> list[str]:
+    """Built-in config names (``serving/default``), optionally only those under ``folder``."""
     root = builtin_configs_root()
-    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+    return sorted(
+        str(p.relative_to(root).with_suffix(""))
+        for p in (root / folder).rglob("*.yaml")
+    )
 
 
-def resolve_config_path(name_or_path: str | os.PathLike[str]) -> Path:
-    """A config file on disk, or a built-in config by name (``default``, ``experiments/gru``)."""
+def resolve_config_path(name_or_path: str | os.PathLike[str], relative_to: Path | None = None) -> Path:
+    """A config file: a path (relative to ``relative_to`` if given, else to the working
+    directory) or a built-in config by name (``default``, ``serving/default``)."""
     path = Path(name_or_path)
-    if path.is_file():
-        return path
+    local = (relative_to / path) if relative_to is not None and not path.is_absolute() else path
+    if local.is_file():
+        return local
     root = builtin_configs_root()
     for candidate in (root / path, root / path.with_suffix(".yaml")):
-        if candidate.is_file():
+        if not path.is_absolute() and candidate.is_file():
             return candidate
-    if path.suffix in (".yaml", ".yml") or os.sep in str(name_or_path):
-        raise ConfigError(f"{name_or_path}: no such config file")
+    if path.suffix in (".yaml", ".yml"):
+        raise ConfigError(f"{name_or_path}: no such config file (looked at {local})")
     raise ConfigError(
         f"{name_or_path}: no such config file or built-in config; built-in: "
         + ", ".join(builtin_config_names())
     )
+
+
+# ----------------------------------------------------------------------------- reading YAML
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -150,7 +173,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config must be a mapping of sections, got {type(data).__name__}")
+        raise ConfigError(
+            f"{path}: a config must be a mapping of sections, got {type(data).__name__}"
+        )
     return data
 
 
@@ -191,84 +216,56 @@ def load_raw(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     if isinstance(bases, str):
         bases = [bases]
     if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
-        raise ConfigError(f"{path}: extends: expected a path or a list of paths, got {bases!r}")
+        raise ConfigError(
+            f"{path}: extends: expected a config (a path or a built-in name) or a list of them, "
+            f"got {bases!r}"
+        )
     merged: dict[str, Any] = {}
     for base in bases:
-        base_path = (real.parent / base) if not Path(base).is_absolute() else Path(base)
-        if not base_path.is_file():
-            raise ConfigError(f"{path}: extends: base config {base!r} not found (looked at {base_path})")
+        try:
+            base_path = resolve_config_path(base, relative_to=real.parent)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: extends: {exc}") from None
         merged = _merge(merged, load_raw(base_path, (*_chain, real)))
     return _merge(merged, data)
 
 
-def data_dir(raw: Mapping[str, Any] | None = None) -> Path | None:
-    """The data directory: $CNMT_DATA, else the config's data_dir, else ./data or ../shared/data."""
-    if os.environ.get(DATA_ENV):
-        return Path(os.environ[DATA_ENV])
-    if raw and isinstance(raw.get("data_dir"), str):
-        return Path(raw["data_dir"])
-    for candidate in (Path("data"), Path("..") / "shared" / "data"):
-        if candidate.is_dir():
-            return candidate.resolve()
-    return None
-
-
-def _substitute_vars(value: Any, variables: dict[str, str | None], where: str, path: str) -> Any:
+def _substitute_vars(value: Any, folder: Path | None, where: str, path: str) -> Any:
     if isinstance(value, str):
+
         def replace(match: re.Match[str]) -> str:
-            name = match.group(1)
-            if name not in variables:
+            if match.group(1) != "data":
                 raise ConfigError(
-                    f"{where}: {path}: unknown variable ${{{name}}}; known: "
-                    + ", ".join(f"${{{v}}}" for v in sorted(variables))
+                    f"{where}: {path}: unknown variable ${{{match.group(1)}}}; known: "
+                    "${data}, ${config_dir}"
                 )
-            found = variables[name]
-            if found is None:
-                raise ConfigError(
-                    f"{where}: {path}: uses ${{data}} but no data directory is set; set "
-                    f"{DATA_ENV}=/path/to/data or `data_dir:` in the config"
-                )
-            return found
+            return expand_data(DATA_VAR, what=f"{where}: {path}", root=folder)
 
         return _VAR.sub(replace, value)
     if isinstance(value, dict):
         return {
-            k: _substitute_vars(v, variables, where, f"{path}.{k}" if path else str(k))
+            k: _substitute_vars(v, folder, where, f"{path}.{k}" if path else str(k))
             for k, v in value.items()
         }
     if isinstance(value, list):
-        return [_substitute_vars(v, variables, where, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [_substitute_vars(v, folder, where, f"{path}[{i}]") for i, v in enumerate(value)]
     return value
 
 
-def _build_component(kind: str, value: Any, key: str, where: str) -> ComponentConfig:
-    from cnmt.plugins import get_components, params_class
+# ----------------------------------------------------------------------------- validation
 
-    if isinstance(value, str):
-        value = {"name": value}
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}: {key}: expected a mapping with `name` and `params`, got {value!r}")
-    unknown = sorted(set(value) - {"name", "params"})
-    if unknown:
-        raise ConfigError(f"{where}: {key}.{unknown[0]}: unknown key; valid keys: name, params")
-    name = value.get("name")
-    if not isinstance(name, str):
-        raise ConfigError(f"{where}: {key}.name: missing or not a string")
-    components = get_components()
-    try:
-        entry = components.get(kind, name)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {key}.name: {exc}") from None
-    params = build(params_class(entry.cls), value.get("params"), path=f"{key}.params", where=where)
-    return ComponentConfig(name=name, params=params)
+
+def section_keys() -> list[str]:
+    """Every top-level key a config may have."""
+    return sorted((*get_components().sections(), *RESERVED))
 
 
 def build_section(key: str, value: Any, where: str) -> Any:
-    """Validate the value of top-level section ``key``."""
-    spec = SECTIONS[key]
-    if isinstance(spec, ComponentSection):
-        return _build_component(spec.kind, value, key, where)
-    return build(spec(), value, path=key, where=where)
+    """Validate the value of top-level section ``key`` against its registered schema."""
+    sections = get_components().sections()
+    if key not in sections:
+        raise ConfigError(f"{where}: {key}: unknown section; valid: {', '.join(section_keys())}")
+    return build(sections[key].load(), value, path=key, where=where)
 
 
 def load_config(name_or_path: str | os.PathLike[str]) -> Config:
@@ -276,21 +273,11 @@ def load_config(name_or_path: str | os.PathLike[str]) -> Config:
     path = resolve_config_path(name_or_path)
     where = str(path)
     raw = load_raw(path)
-    folder = data_dir(raw)
-    raw = _substitute_vars(raw, {"data": str(folder) if folder else None}, where, "")
-    valid = sorted((*SECTIONS, *RESERVED))
-    sections = {}
-    for key, value in raw.items():
-        if key in RESERVED:
-            continue
-        if key not in SECTIONS:
-            raise ConfigError(f"{where}: {key}: unknown section; valid: {', '.join(valid)}")
-        sections[key] = build_section(key, value, where)
+    raw = _substitute_vars(raw, data_dir(raw), where, "")
+    sections = {
+        key: build_section(key, value, where)
+        for key, value in raw.items()
+        if key not in RESERVED and value is not None
+    }
     description = raw.get("description", "")
     return Config(source=where, sections=sections, raw=raw, description=str(description))
-
-
-def iter_sections() -> Iterator[tuple[str, str]]:
-    """(key, what it holds) for each known top-level section, for help texts."""
-    for key, spec in sorted(SECTIONS.items()):
-        yield key, (f"component ({spec.kind})" if isinstance(spec, ComponentSection) else "mapping")

@@ -1,21 +1,20 @@
 """Hook specifications: what a C-NMT plugin may implement.
 
-Every hook receives ``register``; a plugin calls ``register(cls)`` once for each component it
-offers. ``cls.name`` is the name that YAML configs select and ``cls.Params`` (a frozen
-dataclass) is the schema of its ``params``. Hooks are called once, when the component
-registry is first built.
+Every hook receives ``register``; a plugin calls it once for each thing it offers. For the
+component hooks, ``register(cls)``: ``cls.name`` is the name YAML configs select and
+``cls.Params`` (a frozen dataclass) the schema of its ``params``. Each hook is called once, when
+the registry first needs that kind of component (:mod:`cnmt.registry`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import pluggy
 
 hookspec = pluggy.HookspecMarker("cnmt")
 
-Register = Callable[[type[Any]], None]
+Register = Callable[..., None]
 
 
 @hookspec
@@ -30,7 +29,7 @@ def cnmt_register_device_policies(register: Register) -> None:
 
 @hookspec
 def cnmt_register_rtt_estimators(register: Register) -> None:
-    """Offer round-trip-time estimators (subclasses of cnmt.schedulers.rtt_estimators.RttEstimator)."""
+    """Offer round-trip-time estimators (subclasses of cnmt.schedulers.RttEstimator)."""
 
 
 @hookspec
@@ -41,3 +40,10 @@ def cnmt_register_translators(register: Register) -> None:
 @hookspec
 def cnmt_register_exporters(register: Register) -> None:
     """Offer torch-side exporters of model families (cnmt.exporters.base.Exporter subclasses)."""
+
+
+@hookspec
+def cnmt_register_config_sections(register: Register) -> None:
+    """Offer top-level config sections: register(key, load), load() returning the schema type."""
+
+

@@ -4,7 +4,9 @@ A component declares its parameters as a frozen dataclass; :func:`build` turns t
 from YAML into an instance, or raises :class:`~cnmt.errors.ConfigError` naming the key path, the
 bad value and what was expected. Supported field types: ``bool``, ``int``, ``float`` (ints are
 accepted), ``str``, ``Literal[...]``, ``X | None``, ``list[X]``, ``tuple[X, ...]``,
-``dict[str, X]`` and nested dataclasses. Fields without a default are required.
+``dict[str, X]``, nested dataclasses, and ``Annotated[T, marker]`` where the marker has a
+``build_value(value, path, where)`` method that does the conversion (this is how a field selects
+a registered component: :func:`cnmt.registry.component`). Fields without a default are required.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from cnmt.errors import ConfigError
 
@@ -38,9 +40,19 @@ def _describe(value: Any) -> str:
     return repr(value)
 
 
+def _builder(tp: Any) -> Any:
+    """The marker of an ``Annotated`` type that converts values itself, or None."""
+    if get_origin(tp) is not Annotated:
+        return None
+    return next((m for m in tp.__metadata__ if hasattr(m, "build_value")), None)
+
+
 def type_name(tp: Any) -> str:
     """A short human name for a field type, as used in error messages and `cnmt plugins`."""
     origin = get_origin(tp)
+    marker = _builder(tp)
+    if marker is not None:
+        return str(getattr(marker, "description", "a mapping"))
     if tp is bool:
         return "a boolean"
     if tp is int:
@@ -63,7 +75,8 @@ def type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _fail(where: str, path: str, message: str) -> typing.NoReturn:
+def fail(where: str, path: str, message: str) -> typing.NoReturn:
+    """Raise the ConfigError of a bad value: ``FILE: key.path: message``."""
     prefix = f"{where}: " if where else ""
     raise ConfigError(f"{prefix}{path or '<top>'}: {message}")
 
@@ -81,6 +94,9 @@ def _convert(tp: Any, value: Any, path: str, where: str) -> Any:
     origin = get_origin(tp)
     if tp is Any:
         return value
+    marker = _builder(tp)
+    if marker is not None:
+        return marker.build_value(value, path, where)
     if dataclasses.is_dataclass(tp):
         return _build_dataclass(tp, value, path, where)
     if origin in (Union, types.UnionType):
@@ -96,44 +112,44 @@ def _convert(tp: Any, value: Any, path: str, where: str) -> Any:
                 errors.append(exc)
         if len(non_null) == 1:
             raise errors[0]
-        _fail(where, path, f"expected {type_name(tp)}, got {_describe(value)}")
+        fail(where, path, f"expected {type_name(tp)}, got {_describe(value)}")
     if origin is Literal:
         choices = get_args(tp)
         if value not in choices or isinstance(value, bool) != any(isinstance(c, bool) for c in choices):
             valid = ", ".join(repr(c) for c in choices)
-            _fail(where, path, f"{_describe(value)} is not a valid choice; valid: {valid}")
+            fail(where, path, f"{_describe(value)} is not a valid choice; valid: {valid}")
         return value
     if origin in (list, tuple):
         if not isinstance(value, list):
-            _fail(where, path, f"expected {type_name(tp)}, got {_describe(value)}")
+            fail(where, path, f"expected {type_name(tp)}, got {_describe(value)}")
         item = get_args(tp)[0]
         items = [_convert(item, v, f"{path}[{i}]", where) for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
-            _fail(where, path, f"expected a mapping, got {_describe(value)}")
+            fail(where, path, f"expected a mapping, got {_describe(value)}")
         key_tp, value_tp = get_args(tp)
         out = {}
         for k, v in value.items():
             if not isinstance(k, str):
-                _fail(where, path, f"keys must be strings, got {_describe(k)}")
+                fail(where, path, f"keys must be strings, got {_describe(k)}")
             out[k] = _convert(value_tp, v, f"{path}.{k}" if path else k, where)
         return out
     if tp is bool:
         if not isinstance(value, bool):
-            _fail(where, path, f"expected a boolean (true/false), got {_describe(value)}")
+            fail(where, path, f"expected a boolean (true/false), got {_describe(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            _fail(where, path, f"expected an integer, got {_describe(value)}")
+            fail(where, path, f"expected an integer, got {_describe(value)}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            _fail(where, path, f"expected a number, got {_describe(value)}")
+            fail(where, path, f"expected a number, got {_describe(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            _fail(where, path, f"expected a string, got {_describe(value)}")
+            fail(where, path, f"expected a string, got {_describe(value)}")
         return value
     raise TypeError(f"unsupported schema type {tp!r} at {path}")
 
@@ -142,41 +158,52 @@ def _build_dataclass(cls: Any, value: Any, path: str, where: str) -> Any:
     if value is None:
         value = {}
     if not isinstance(value, dict):
-        _fail(where, path, f"expected a mapping, got {_describe(value)}")
-    hints = get_type_hints(cls)
+        fail(where, path, f"expected a mapping, got {_describe(value)}")
+    hints = get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(value) - set(fields))
     if unknown:
         key = unknown[0]
         valid = ", ".join(sorted(fields)) or "(none: this component takes no parameters)"
-        _fail(where, _join(path, str(key)), f"unknown key; valid keys: {valid}")
+        fail(where, _join(path, str(key)), f"unknown key; valid keys: {valid}")
     kwargs = {}
     for name, field in fields.items():
         sub = _join(path, name)
         if name in value:
             kwargs[name] = _convert(hints[name], value[name], sub, where)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-            _fail(where, sub, f"missing required key ({type_name(hints[name])})")
+            fail(where, sub, f"missing required key ({type_name(hints[name])})")
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as exc:
         # __post_init__ checks of a component (ranges, consistency) become config errors too.
-        _fail(where, path, str(exc))
+        fail(where, path, str(exc))
 
 
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def describe_fields(cls: Any) -> list[tuple[str, str, Any]]:
-    """(name, type description, default or MISSING) for each field of a params dataclass."""
-    hints = get_type_hints(cls)
+@dataclasses.dataclass(frozen=True)
+class FieldInfo:
+    """One parameter of a schema, as `cnmt plugins --params` shows it."""
+
+    name: str
+    type: str
+    required: bool
+    default: Any = None  # meaningful only when not required (it may itself be None)
+
+
+def describe_fields(cls: Any) -> list[FieldInfo]:
+    """Each field of a params dataclass: its type, and its default or that it is required."""
+    hints = get_type_hints(cls, include_extras=True)
     rows = []
     for f in dataclasses.fields(cls):
-        default = f.default
-        if default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        rows.append((f.name, type_name(hints[f.name]), default))
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        default = None
+        if not required:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        rows.append(FieldInfo(f.name, type_name(hints[f.name]), required, to_plain(default)))
     return rows
 
 

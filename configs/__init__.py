@@ -1,1 +1,2 @@
-"""Built-in YAML configs and measured device profiles, shipped as package data."""
+"""Built-in YAML configs, measured device profiles, length models and tokenizers, shipped as
+package data (no code)."""

@@ -8,7 +8,6 @@ and call :func:`require_torch` first for a clear message when it is missing.
 from __future__ import annotations
 
 import abc
-import hashlib
 import importlib.util
 import os
 import shutil
@@ -80,14 +79,6 @@ def require_torch(what: str = "exporting models") -> None:
     """ConfigError with the install command when torch is missing (checked without importing)."""
     if importlib.util.find_spec("torch") is None:
         raise ConfigError(f"{what} needs torch, which is not installed; {EXPORT_INSTALL_HINT}")
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def prepare_out_dir(out_dir: Path, overwrite: bool) -> Path:

@@ -37,8 +37,8 @@ from cnmt.exporters.base import (
     prepare_out_dir,
     publish,
     require_torch,
-    sha256_file,
 )
+from cnmt.files import sha256_file
 from cnmt.runtime.manifest import Manifest, write_manifest
 from cnmt.runtime.manifest import replace as replace_manifest
 

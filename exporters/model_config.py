@@ -20,7 +20,8 @@ No torch here: `cnmt config validate` checks these files in the core environment
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 
 @dataclass(frozen=True)
@@ -74,3 +75,37 @@ class ModelConfig:
     @property
     def embedding_dim(self) -> int:
         return self.embedding_size or self.hidden_size
+
+
+@dataclass
+class Built:
+    """A torch model and everything the manifest says about it."""
+
+    model: Any
+    name: str
+    source_tokens: list[str]
+    target_tokens: list[str]
+    special_tokens: dict[str, int]
+    source_checksum: str
+    max_source_tokens: int
+    max_output_tokens: int
+    extra: dict[str, Any] = field(default_factory=dict)
+    bpe_codes: Path | None = None
+
+
+def config_extra(config: ModelConfig | None) -> dict[str, Any]:
+    """The manifest's ``extra`` keys a model config sets (defaults without a config)."""
+    if config is None:
+        return {
+            "source_language": "",
+            "target_language": "",
+            "lowercase": True,
+            "source_eos": False,
+        }
+    return {
+        "source_language": config.source_language,
+        "target_language": config.target_language,
+        "lowercase": config.lowercase,
+        "source_eos": False,
+        "description": config.description,
+    }

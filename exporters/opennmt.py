@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cnmt.errors import ConfigError
-from cnmt.exporters.base import sha256_file
-
-if TYPE_CHECKING:
-    from cnmt.exporters.model_config import ModelConfig
-    from cnmt.exporters.rnn import Built
+from cnmt.exporters.model_config import Built, ModelConfig, config_extra
+from cnmt.files import sha256_file
 
 # OpenNMT-py name -> ours; the LSTM weights keep their names.
 RENAMES = {
@@ -110,7 +107,6 @@ def _vocab(checkpoint: dict[str, Any], side: str, path: Path) -> list[str]:
 def load_opennmt_checkpoint(path: Path, config: ModelConfig | None) -> Built:
     """A Built BiLSTM from an OpenNMT-py checkpoint; ``config`` (optional) supplies the
     tokenizer settings and limits, its vocabulary sections are ignored."""
-    from cnmt.exporters.rnn import Built, _config_extra
     from cnmt.exporters.rnn_models import BiLstmSeq2Seq
 
     checkpoint = read_checkpoint(path)
@@ -153,7 +149,7 @@ def load_opennmt_checkpoint(path: Path, config: ModelConfig | None) -> Built:
                 f"{path}: {token} has id {source_id} in the source vocabulary but "
                 f"{special_tokens[role]} in the target vocabulary; this runtime needs them equal"
             )
-    extra = _config_extra(config)
+    extra = config_extra(config)
     extra.update(
         hidden_size=hidden,
         embedding_size=int(embedding),

@@ -23,7 +23,6 @@ import tempfile
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -36,9 +35,9 @@ from cnmt.exporters.base import (
     prepare_out_dir,
     publish,
     require_torch,
-    sha256_file,
 )
-from cnmt.exporters.model_config import ModelConfig, VocabConfig
+from cnmt.exporters.model_config import Built, ModelConfig, VocabConfig, config_extra
+from cnmt.files import sha256_file
 from cnmt.runtime.manifest import Manifest, write_manifest
 from cnmt.runtime.rnn import BiLstmTranslator, Cn2enTranslator, GruTranslator, RnnTranslator
 from cnmt.runtime.session import SessionConfig
@@ -47,22 +46,6 @@ from cnmt.runtime.tokenizers import Bpe, Vocabulary, WordTokenizer
 # OpenNMT-py's special tokens, in its order: ids 0..3 of every vocabulary built from a config.
 SPECIALS = ("<unk>", "<blank>", "<s>", "</s>")
 VALIDATION_STEPS = 40
-
-
-@dataclass
-class Built:
-    """A torch model and everything the manifest says about it."""
-
-    model: Any
-    name: str
-    source_tokens: list[str]
-    target_tokens: list[str]
-    special_tokens: dict[str, int]
-    source_checksum: str
-    max_source_tokens: int
-    max_output_tokens: int
-    extra: dict[str, Any] = field(default_factory=dict)
-    bpe_codes: Path | None = None
 
 
 class RnnExporter(Exporter):
@@ -326,23 +309,6 @@ def state_checksum(model: Any) -> str:
     return digest.hexdigest()
 
 
-def _config_extra(config: ModelConfig | None) -> dict[str, Any]:
-    if config is None:
-        return {
-            "source_language": "",
-            "target_language": "",
-            "lowercase": True,
-            "source_eos": False,
-        }
-    return {
-        "source_language": config.source_language,
-        "target_language": config.target_language,
-        "lowercase": config.lowercase,
-        "source_eos": False,
-        "description": config.description,
-    }
-
-
 def build_from_config(config: ModelConfig, make_model: Callable[[int, int], Any]) -> Built:
     from cnmt.exporters.rnn_models import init_uniform
 
@@ -355,7 +321,7 @@ def build_from_config(config: ModelConfig, make_model: Callable[[int, int], Any]
     )
     model = make_model(len(source_tokens), len(target_tokens))
     init_uniform(model, config.init_range, config.seed)
-    extra = _config_extra(config)
+    extra = config_extra(config)
     extra.update(
         hidden_size=config.hidden_size,
         embedding_size=config.embedding_dim,
@@ -497,22 +463,9 @@ class Cn2enExporter(RnnExporter):
         )
 
 
-def export_family(family: str, request: ExportRequest) -> Manifest:
-    """Export through the registry (what `cnmt export` does)."""
-    from cnmt.plugins import get_components
-
-    components = get_components()
-    if family not in components.names("exporter"):
-        raise ConfigError(
-            f"unknown model family {family!r}; known: {', '.join(components.names('exporter'))}"
-        )
-    return components.create("exporter", family).export(request)
-
-
 __all__: Sequence[str] = (
     "BiLstmExporter",
     "Cn2enExporter",
     "GruExporter",
-    "export_family",
     "validate_export",
 )

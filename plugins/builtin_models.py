@@ -1,20 +1,20 @@
-"""Registers the built-in model families: runtime translators and torch-side exporters.
+"""Registers the built-in model families: runtime translators, torch-side exporters, and the
+config sections that describe a model to build.
 
-Exporter modules import torch only inside their methods, so this module (and the registry)
-loads in the core environment without torch.
+Each hook imports its modules when called: the registry is built per kind, so opening a model
+(the translator hook) never imports an exporter, and a gateway runs without torch.
 """
 
 from __future__ import annotations
 
 from cnmt import hookimpl
-from cnmt.exporters import marian as marian_exporters
-from cnmt.exporters import rnn as rnn_exporters
 from cnmt.hookspecs import Register
-from cnmt.runtime import marian, rnn
 
 
 @hookimpl
 def cnmt_register_translators(register: Register) -> None:
+    from cnmt.runtime import marian, rnn
+
     register(rnn.BiLstmTranslator)
     register(rnn.GruTranslator)
     register(rnn.Cn2enTranslator)
@@ -23,7 +23,27 @@ def cnmt_register_translators(register: Register) -> None:
 
 @hookimpl
 def cnmt_register_exporters(register: Register) -> None:
-    register(rnn_exporters.BiLstmExporter)
-    register(rnn_exporters.GruExporter)
-    register(rnn_exporters.Cn2enExporter)
-    register(marian_exporters.MarianExporter)
+    from cnmt.exporters import marian, rnn
+
+    register(rnn.BiLstmExporter)
+    register(rnn.GruExporter)
+    register(rnn.Cn2enExporter)
+    register(marian.MarianExporter)
+
+
+def _model_config() -> type:
+    from cnmt.exporters.model_config import ModelConfig
+
+    return ModelConfig
+
+
+def _marian_config() -> type:
+    from cnmt.exporters.marian import MarianModelConfig
+
+    return MarianModelConfig
+
+
+@hookimpl
+def cnmt_register_config_sections(register: Register) -> None:
+    register("model", _model_config)
+    register("marian", _marian_config)

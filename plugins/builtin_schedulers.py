@@ -1,14 +1,16 @@
-"""Registers the built-in length estimators and device policies."""
+"""Registers the built-in schedulers: length estimators, device policies, RTT estimators, and
+the top-level config sections that select one of each."""
 
 from __future__ import annotations
 
 from cnmt import hookimpl
 from cnmt.hookspecs import Register
-from cnmt.schedulers import device_policies, length_estimators, rtt_estimators
 
 
 @hookimpl
 def cnmt_register_length_estimators(register: Register) -> None:
+    from cnmt.schedulers import length_estimators
+
     register(length_estimators.LinearLength)
     register(length_estimators.NaiveLength)
     register(length_estimators.OracleLength)
@@ -16,6 +18,8 @@ def cnmt_register_length_estimators(register: Register) -> None:
 
 @hookimpl
 def cnmt_register_device_policies(register: Register) -> None:
+    from cnmt.schedulers import device_policies
+
     register(device_policies.CnmtPolicy)
     register(device_policies.NaivePolicy)
     register(device_policies.EdgeOnly)
@@ -25,6 +29,16 @@ def cnmt_register_device_policies(register: Register) -> None:
 
 @hookimpl
 def cnmt_register_rtt_estimators(register: Register) -> None:
+    from cnmt.schedulers import rtt_estimators
+
     register(rtt_estimators.LastSample)
     register(rtt_estimators.Ewma)
     register(rtt_estimators.WindowedMedian)
+
+
+@hookimpl
+def cnmt_register_config_sections(register: Register) -> None:
+    from cnmt.registry import component
+
+    for kind in ("length_estimator", "device_policy", "rtt_estimator"):
+        register(kind, lambda kind=kind: component(kind))

@@ -1,6 +1,9 @@
-"""Runtime: ONNX Runtime sessions, tokenizers and decode loops. Never imports torch.
+"""Runtime: runs exported models. ONNX Runtime sessions, tokenizers and decode loops.
 
-Importing this package does not import onnxruntime either: sessions are created on demand.
+Only runs models: never imports torch, transformers or ``cnmt.exporters``, also not at call
+time (a built-in model is opened from the cache, never exported here), so a gateway runs on
+onnxruntime alone. Importing this package does not import onnxruntime either: sessions are
+created on demand. May import the core (and ``cnmt.registry`` to find a family's translator).
 """
 
 from __future__ import annotations

@@ -2,12 +2,10 @@
 
 A *model directory* is what ``cnmt export`` writes: ONNX graphs, vocabulary files and a
 ``manifest.json`` whose ``family`` selects the Translator class registered through the
-``cnmt_register_translators`` hook. A *built-in model* (``cn2en``) is exported on first use
-into the cache (``$CNMT_CACHE``, else ``~/.cache/cnmt``) by the family's registered exporter,
-which needs the export tools (torch); later uses only read the cache.
-
-This module reaches exporters only through the plugin registry: the runtime never imports
-torch itself, and with a model directory (or a filled cache) torch is never imported at all.
+``cnmt_register_translators`` hook. A *built-in model* (``cn2en``) is a model directory in the
+cache (``$CNMT_CACHE``, else ``~/.cache/cnmt``), written once by the family's exporter
+(:func:`cnmt.exporters.builtins.ensure_exported`; the commands that open models do it on first
+use). This module only opens what is exported: it never imports an exporter or torch.
 """
 
 from __future__ import annotations
@@ -18,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cnmt.errors import ConfigError
+from cnmt.registry import get_components
 from cnmt.runtime.base import Translator
 from cnmt.runtime.manifest import MANIFEST_NAME, load_manifest
 from cnmt.runtime.session import SessionConfig, session_config
@@ -52,13 +51,25 @@ def cache_dir() -> Path:
 
 def translator_class(family: str) -> type[Translator]:
     """The Translator registered for ``family``; ConfigError listing the known families."""
-    from cnmt.plugins import get_components
+    return get_components().get("translator", family, label="model family").cls
 
-    components = get_components()
-    if family not in components.names("translator"):
-        known = ", ".join(components.names("translator")) or "(none registered)"
-        raise ConfigError(f"unknown model family {family!r}; known families: {known}")
-    return components.get("translator", family).cls
+
+def builtin_dir(name: str) -> Path:
+    """Where built-in model ``name`` is (or will be) exported in the cache."""
+    return cache_dir() / "models" / name
+
+
+def unexported_builtin(name_or_dir: str | os.PathLike[str]) -> BuiltinModel | None:
+    """The built-in model ``name_or_dir`` names when its cache entry is still missing, else
+    None (an exported built-in, a model directory, or not a model name at all)."""
+    model = BUILTIN_MODELS.get(str(name_or_dir))
+    if model is None or _is_model_dir(Path(name_or_dir)):
+        return None
+    return None if _is_model_dir(builtin_dir(model.name)) else model
+
+
+def _is_model_dir(path: Path) -> bool:
+    return (path / MANIFEST_NAME).is_file()
 
 
 def load_translator(
@@ -78,10 +89,18 @@ def load_translator(
     name = str(name_or_dir)
     # A built-in name wins over a same-named folder in the working directory unless that folder
     # is an exported model: `cnmt translate --model cn2en` must not depend on where it runs.
-    if path.is_dir() and (name not in BUILTIN_MODELS or (path / MANIFEST_NAME).is_file()):
+    if path.is_dir() and (name not in BUILTIN_MODELS or _is_model_dir(path)):
         return open_model_dir(path, config)
     if name in BUILTIN_MODELS:
-        return open_model_dir(ensure_builtin(BUILTIN_MODELS[name]), config)
+        model = BUILTIN_MODELS[name]
+        if not _is_model_dir(builtin_dir(name)):
+            raise ConfigError(
+                f"built-in model {name!r} ({model.description}) is not exported into the model "
+                f"cache yet ({builtin_dir(name)}); export it once with `cnmt export --builtin "
+                f"{name}` (needs cnmt[export]; `cnmt translate`, `cnmt demo` and `cnmt launch` "
+                f"do it on first use), or set {CACHE_ENV} to a cache that has it"
+            )
+        return open_model_dir(builtin_dir(name), config)
     looks_like_path = os.sep in name or name.startswith(".") or path.suffix != ""
     what = f"{name}: no such model directory" if looks_like_path else f"unknown model {name!r}"
     raise ConfigError(
@@ -93,30 +112,3 @@ def load_translator(
 def open_model_dir(model_dir: Path, config: SessionConfig) -> Translator:
     manifest = load_manifest(model_dir)
     return translator_class(manifest.family).load(Path(model_dir), manifest, config)
-
-
-def ensure_builtin(model: BuiltinModel) -> Path:
-    """The cached export of a built-in model, exported now when the cache lacks it."""
-    target = cache_dir() / "models" / model.name
-    if (target / MANIFEST_NAME).is_file():
-        return target
-    from cnmt.plugins import get_components
-
-    components = get_components()
-    if model.family not in components.names("exporter"):
-        known = ", ".join(components.names("exporter")) or "(none registered)"
-        raise ConfigError(
-            f"built-in model {model.name!r}: no exporter for family {model.family!r}"
-            f" is registered (known: {known})"
-        )
-    exporter = components.create("exporter", model.family)
-    try:
-        exporter.export_builtin(target, name=model.name, pretrained=model.pretrained)
-    except ConfigError as exc:
-        raise ConfigError(
-            f"built-in model {model.name!r} ({model.description}) is exported on first use into "
-            f"{target}, and that failed: {exc}. Alternatively export it on a machine with the "
-            f"export tools (`cnmt export --family {model.family} --out DIR`) and pass "
-            "--model DIR"
-        ) from None
-    return target

@@ -2,7 +2,9 @@
 
 Everything here is pure: no model, no socket, no clock reads, no randomness. A decision is a
 function of the request, a snapshot of the scheduler's state and the time passed in by the
-caller, so the same inputs always give the same device.
+caller, so the same inputs always give the same device. May import the core and
+``cnmt.datasets.link`` (the serialisation formula); never runtime, exporters, serving or
+experiments.
 """
 
 from __future__ import annotations

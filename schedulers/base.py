@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from cnmt.datasets.link import serialisation_s
 from cnmt.schema import NoParams
 
 
@@ -62,7 +63,7 @@ class LinkState:
 
     def transmission_s(self, payload_bytes: int) -> float:
         """Round trip plus serialisation of the payload at the link's bandwidth."""
-        return self.rtt_s + 8.0 * payload_bytes / self.bandwidth_bps
+        return self.rtt_s + float(serialisation_s(payload_bytes, self.bandwidth_bps))
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from cnmt.datasets.link import serialisation_s
 from cnmt.errors import CnmtRuntimeError
 from cnmt.schedulers.base import (
     Device,
@@ -42,7 +43,7 @@ def edge_rtt_thresholds(
     m = np.asarray(m_tokens, dtype=float)
     t_edge = edge.a_n * n + edge.a_m * m + edge.b
     t_cloud = cloud.a_n * n + cloud.a_m * m + cloud.b
-    payload_s = 8.0 * np.asarray(payload_bytes, dtype=float) / bandwidth_bps
+    payload_s = serialisation_s(np.asarray(payload_bytes, dtype=float), bandwidth_bps)
     return t_edge - t_cloud - payload_s
 
 

@@ -7,13 +7,12 @@ Reading one needs only the standard library, so a gateway can load it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cnmt.errors import ConfigError
-from cnmt.jsonfile import read_json
+from cnmt.files import read_json, write_json
 
 FORMAT = "cnmt-length-model/1"
 
@@ -40,7 +39,7 @@ class LengthModel:
 def save_length_model(model: LengthModel, path: str | Path, extra: dict[str, Any] | None = None) -> None:
     """Write ``model`` (plus ``extra`` keys, e.g. per-N statistics, that loading ignores)."""
     data = {"format": FORMAT, **asdict(model), **(extra or {})}
-    Path(path).write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json(path, data)
 
 
 def load_length_model(path: str | Path) -> LengthModel:
@@ -49,7 +48,7 @@ def load_length_model(path: str | Path) -> LengthModel:
     data = read_json(
         path,
         what="length model",
-        missing=f"fit one with `cnmt fit-length --out {path}`",
+        fix=f"fit one with `cnmt fit-length --out {path}`",
         format=FORMAT,
     )
     try:

@@ -7,7 +7,7 @@ the estimate goes stale, exactly as on a live gateway.
 
 Using one (the live gateway and the offline replay do the same)::
 
-    from cnmt.plugins import get_components
+    from cnmt.registry import get_components
 
     rtt = get_components().create("rtt_estimator", "ewma")   # default params
     rtt.observe(0.152, at=t_done)          # after each offloaded exchange completes

@@ -37,7 +37,7 @@ def _data_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def fresh_registry() -> Iterator[None]:
     """Rebuild the component registry for this test and again afterwards."""
-    from cnmt.plugins import get_components
+    from cnmt.registry import get_components
 
     get_components.cache_clear()
     try:

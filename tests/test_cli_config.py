@@ -12,7 +12,7 @@ from typing import Literal
 import pytest
 
 import cnmt
-from cnmt import plugins
+from cnmt import registry
 from cnmt.cli import main
 from cnmt.config import load_config
 from cnmt.errors import ConfigError
@@ -48,7 +48,7 @@ def threshold_plugin(monkeypatch, fresh_registry):
 
     module.cnmt_register_device_policies = cnmt_register_device_policies
     monkeypatch.setitem(sys.modules, module.__name__, module)
-    monkeypatch.setattr(plugins, "DEFAULT_PLUGINS", (*plugins.DEFAULT_PLUGINS, module.__name__))
+    monkeypatch.setattr(registry, "DEFAULT_PLUGINS", (*registry.DEFAULT_PLUGINS, module.__name__))
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -118,7 +118,7 @@ def test_components_are_built_with_typed_params_and_defaults(tmp_path):
             ["device_policy.params", "max_tokens must be positive"],
         ),
         ("devise_policy:\n  name: cnmt\n", ["devise_policy", "unknown section", "device_policy"]),
-        ("device_policy: [cnmt]\n", ["device_policy", "expected a mapping"]),
+        ("device_policy: [cnmt]\n", ["device_policy", "expected a device policy ({name, params})"]),
         ("- just\n- a list\n", ["a config must be a mapping"]),
         (
             "device_policy:\n  name: cnmt\n  params: {}\n  parms: {}\n",
@@ -178,7 +178,7 @@ def test_cycle_in_base_configs_is_reported_with_the_chain(tmp_path, capsys):
 
 def test_missing_base_config_is_reported(tmp_path):
     path = write(tmp_path, "child.yaml", "extends: base.yaml\n")
-    with pytest.raises(ConfigError, match="base config 'base.yaml' not found"):
+    with pytest.raises(ConfigError, match="extends: base.yaml: no such config file"):
         load_config(path)
 
 

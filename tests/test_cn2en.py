@@ -28,10 +28,10 @@ SAMPLE_EVERY = 700  # a fixed sample: every 700th line of Tatoeba's 29,156 Chine
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from cnmt.exporters.base import ExportRequest
-    from cnmt.exporters.rnn import export_family
+    from cnmt.registry import get_components
 
     out = tmp_path_factory.mktemp("cn2en") / "cn2en"
-    export_family("cn2en", ExportRequest(out_dir=out))
+    get_components().create("exporter", "cn2en").export(ExportRequest(out_dir=out))
     return out
 
 
@@ -126,8 +126,8 @@ def test_too_long_and_empty_texts_are_refused(translator: Any) -> None:
 
 
 def test_manifest_records_the_source_weights_checksum(exported: Path) -> None:
-    from cnmt.exporters.base import sha256_file
     from cnmt.exporters.cn2en import locate
+    from cnmt.files import sha256_file
 
     manifest = load_manifest(exported)
     assert manifest.source_checksum == sha256_file(locate().weights)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cnmt.errors import CnmtRuntimeError, ConfigError
-from cnmt.runtime.cpu_quota import (
+from cnmt.profiling.cpu_quota import (
     JOIN_FAILED_EXIT,
     CgroupUnavailable,
     CpuQuota,

@@ -15,7 +15,7 @@ import pytest
 
 from cnmt.cli import main
 from cnmt.config import load_config
-from cnmt.plugins import collect, get_plugin_manager
+from cnmt.registry import Components, get_plugin_manager
 from cnmt.schedulers import Device, LatencyModel, LinkState, Request, SchedulerState
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "plugins" / "examples" / "cnmt-safety-margin"
@@ -39,9 +39,10 @@ def load_example_module(monkeypatch: pytest.MonkeyPatch):
 
 @pytest.fixture
 def policy_cls(monkeypatch):
+    monkeypatch.setenv("CNMT_DISABLE_PLUGIN_AUTOLOAD", "1")  # registered here, installed or not
     pm = get_plugin_manager()
     pm.register(load_example_module(monkeypatch), name="safety_margin")
-    return collect(pm).get("device_policy", "safety_margin").cls
+    return Components(pm).get("device_policy", "safety_margin").cls
 
 
 def test_margin_keeps_borderline_requests_on_the_edge(policy_cls):

@@ -15,8 +15,9 @@ from aiohttp import web
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import test_serving_doubles as doubles  # noqa: E402
 
+from cnmt.datasets.link import RttTimeline  # noqa: E402
 from cnmt.serving.launch import serve_app, url  # noqa: E402
-from cnmt.serving.proxy import DelayProxy, RttSchedule  # noqa: E402
+from cnmt.serving.proxy import DelayProxy  # noqa: E402
 
 run = doubles.run
 
@@ -115,7 +116,7 @@ def test_rtt_estimate_learns_the_links_delay_without_the_clouds_own_time() -> No
     async def body() -> None:
         cloud, cloud_url = await doubles.start_cloud(delay_s=0.2)
         host, port = cloud_url.removeprefix("http://").split(":")
-        link = DelayProxy((host, int(port)), RttSchedule.constant(0.1))
+        link = DelayProxy((host, int(port)), RttTimeline.constant(0.1))
         await link.start()
         gw = await doubles.start_gateway(url("127.0.0.1", link.port), policy="cloud")
         try:

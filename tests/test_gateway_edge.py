@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import test_serving_doubles as doubles  # noqa: E402
 
 from cnmt.errors import CnmtRuntimeError, ConfigError  # noqa: E402
-from cnmt.runtime.cpu_quota import available  # noqa: E402
+from cnmt.profiling.cpu_quota import available  # noqa: E402
 from cnmt.serving.edge import EdgeWorker, QuotaSpec  # noqa: E402
 
 run = doubles.run

@@ -6,14 +6,14 @@ import re
 from pathlib import Path
 
 from cnmt import hookspecs
-from cnmt.plugins import KINDS
+from cnmt.registry import KINDS, SECTIONS_HOOK
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HOOK_NAMES = sorted(name for name in dir(hookspecs) if name.startswith("cnmt_register_"))
 
 
 def test_every_kind_has_a_hook_and_every_hook_a_kind():
-    assert sorted(KINDS.values()) == HOOK_NAMES
+    assert sorted([*KINDS.values(), SECTIONS_HOOK]) == HOOK_NAMES
 
 
 def test_every_hookspec_has_a_one_line_docstring():

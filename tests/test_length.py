@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from cnmt.cli import main
+from cnmt.datasets.corpora import ParallelCorpus, heldout_mask, read_parallel
 from cnmt.errors import ConfigError
-from cnmt.experiments.corpora import ParallelCorpus, heldout_mask, read_parallel
 from cnmt.experiments.lengthfit import FilterRules, filter_pairs, fit_length
 from cnmt.experiments.tokens import get_counter
-from cnmt.plugins import get_components
+from cnmt.registry import get_components
 from cnmt.schedulers import Request
 from cnmt.schedulers.length_models import LengthModel, load_length_model, save_length_model
 from cnmt.schema import build
@@ -118,7 +118,7 @@ def synthetic_corpus(gamma: float, delta: float, rng: np.random.Generator, noise
 
 
 def test_fit_recovers_a_known_line(monkeypatch):
-    monkeypatch.setattr("cnmt.experiments.lengthfit._sha256", lambda path: "test")
+    monkeypatch.setattr("cnmt.experiments.lengthfit.sha256_file", lambda path: "test")
     exact = fit_length([synthetic_corpus(1.5, 2.0, np.random.default_rng(0), 0.0)], "words", "words")
     assert exact.model.gamma == pytest.approx(1.5, abs=0.02)
     assert exact.model.delta == pytest.approx(2.0, abs=0.3)  # rounding to whole tokens

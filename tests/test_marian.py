@@ -102,7 +102,7 @@ def _generate(model, input_ids: list[int], new_tokens: int, forced: bool = False
 
 
 def test_export_writes_a_validated_manifest_with_tokenizer_files(small_model: Path) -> None:
-    from cnmt.exporters.base import sha256_file
+    from cnmt.files import sha256_file
 
     manifest = load_manifest(small_model)
     assert manifest.family == "marian"

@@ -55,7 +55,7 @@ def test_bad_marian_config_names_the_key_and_the_problem(
 
 
 def test_marian_family_is_registered_for_translation_and_export(fresh_registry: None) -> None:
-    from cnmt.plugins import get_components
+    from cnmt.registry import get_components
 
     components = get_components()
     assert "marian" in components.names("translator")

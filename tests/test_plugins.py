@@ -14,7 +14,7 @@ import pytest
 import cnmt
 from cnmt.cli import main
 from cnmt.errors import ConfigError
-from cnmt.plugins import DEFAULT_PLUGINS, collect, get_components, get_plugin_manager
+from cnmt.registry import DEFAULT_PLUGINS, Components, get_components, get_plugin_manager
 from cnmt.schedulers import Device, DevicePolicy, LatencyModel, LinkState, Request, SchedulerState
 
 
@@ -134,7 +134,7 @@ def test_two_components_with_one_name_fail_naming_both_modules():
     pm = get_plugin_manager()
     pm.register(make_plugin_module("impostor_plugin", Impostor), name="impostor_plugin")
     with pytest.raises(ConfigError) as error:
-        collect(pm)
+        Components(pm).names("device_policy")
     message = str(error.value)
     assert "cnmt.schedulers.device_policies.CnmtPolicy" in message
     assert f"{__name__}" in message and "Impostor" in message
@@ -152,14 +152,14 @@ def test_component_without_frozen_params_is_rejected():
     pm = get_plugin_manager()
     pm.register(make_plugin_module("loose_plugin", Loose), name="loose_plugin")
     with pytest.raises(ConfigError, match="Params must be a frozen dataclass"):
-        collect(pm)
+        Components(pm).names("device_policy")
 
 
 def test_device_policy_hook_registers_a_usable_policy():
     """cnmt_register_device_policies: a registered policy decides through the public types."""
     pm = get_plugin_manager()
     pm.register(make_plugin_module("qa", QueueAware), name="qa")
-    policy = collect(pm).create("device_policy", "queue_aware")
+    policy = Components(pm).create("device_policy", "queue_aware")
     state = SchedulerState(LatencyModel(0, 0, 1), LatencyModel(0, 0, 0), LinkState(rtt_s=0.1))
     assert policy.choose(Request(n_tokens=5), 5.0, state) is Device.CLOUD
 
@@ -178,3 +178,55 @@ def test_rtt_estimator_hook_registers_the_last_sample_estimator():
     assert estimator.estimate(now=0.0) == estimator.params.initial_s
     estimator.observe(0.042, at=1.0)
     assert estimator.estimate(now=5.0) == 0.042
+
+
+@dataclass(frozen=True)
+class ToySection:
+    """A third-party config section."""
+
+    replicas: int
+    address: str | None = None
+
+
+def test_config_section_hook_adds_a_validated_top_level_section(tmp_path, fresh_registry):
+    """cnmt_register_config_sections: a plugin's section is loaded and checked like a built-in."""
+    from cnmt.config import load_config
+
+    class Plugin:
+        @cnmt.hookimpl
+        def cnmt_register_config_sections(self, register):
+            register("toy_cloud", lambda: ToySection)
+
+    get_components.cache_clear()
+    components = get_components()
+    components.pm.register(Plugin(), name="toy-sections")
+    path = tmp_path / "c.yaml"
+    path.write_text("toy_cloud: {replicas: 2}\n")
+    assert load_config(path)["toy_cloud"] == ToySection(replicas=2)
+    path.write_text("toy_cloud: {replica: 2}\n")
+    with pytest.raises(ConfigError, match=r"toy_cloud.replica: unknown key; valid keys: address, replicas"):
+        load_config(path)
+
+
+def test_a_config_section_declared_twice_names_both_plugins(fresh_registry):
+    class Plugin:
+        @cnmt.hookimpl
+        def cnmt_register_config_sections(self, register):
+            register("gateway", lambda: ToySection)
+
+    pm = get_plugin_manager()
+    pm.register(Plugin(), name="impostor-sections")
+    with pytest.raises(ConfigError, match="config section 'gateway'.*builtin_sections and impostor-sections"):
+        Components(pm).sections()
+
+
+def test_plugins_params_tell_required_from_optional_null(capsys, fresh_registry):
+    assert main(["plugins", "--json"]) == 0
+    rows = {(r["kind"], r["name"]): r for r in json.loads(capsys.readouterr().out)}
+    linear = {p["name"]: p for p in rows[("length_estimator", "linear")]["params"]}
+    assert linear["model"] == {"name": "model", "type": "a string or null", "required": False, "default": None}
+    assert rows[("config_section", "gateway")]["plugin"] == "cnmt.plugins.builtin_sections"
+    assert main(["plugins", "--params"]) == 0
+    out = capsys.readouterr().out
+    assert "- model: a string or null (default None)" in out
+    assert "required" not in out.split("length_estimator  linear")[1].split("length_estimator")[0]

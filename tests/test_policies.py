@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cnmt.errors import CnmtRuntimeError, ConfigError
-from cnmt.plugins import get_components
+from cnmt.registry import get_components
 from cnmt.schedulers import (
     Device,
     GroundTruth,

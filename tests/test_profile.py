@@ -13,16 +13,9 @@ import pytest
 
 from cnmt.cli import main
 from cnmt.errors import CnmtRuntimeError, ConfigError
-from cnmt.profiles import (
-    Cell,
-    DeviceProfile,
-    DeviceSetting,
-    fit_linear,
-    load,
-    load_device,
-    save,
-)
-from cnmt.runtime.cpu_quota import available
+from cnmt.profiling.cpu_quota import available
+from cnmt.profiling.devices import DeviceSetting, load_device
+from cnmt.profiling.profiles import Cell, DeviceProfile, fit_linear, load, save
 
 GRID_N = (4, 8, 16)
 GRID_M = (2, 6, 12)
@@ -154,7 +147,7 @@ def test_profile_round_trips_through_save_and_load(tmp_path):
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("{not json", "not a readable device profile"),
+        ("{not json", "not a device profile: invalid JSON"),
         ('{"format": "something-else"}', "not a device profile"),
         ('{"format": "cnmt-device-profile/1", "model": "m"}', "malformed device profile"),
     ],
@@ -218,7 +211,7 @@ def test_unknown_device_name_lists_the_builtin_devices():
 
 
 def test_worker_times_every_cell_and_the_fit_describes_the_samples(toy_loader):
-    from cnmt.runtime.profiler import measure
+    from cnmt.profiling.measure import measure
 
     device = DeviceSetting(name="host", threads=1)
     profile = measure(
@@ -235,7 +228,7 @@ def test_worker_times_every_cell_and_the_fit_describes_the_samples(toy_loader):
 
 
 def test_grid_order_is_shuffled_reproducibly():
-    from cnmt.runtime.profiler import measurement_order
+    from cnmt.profiling.measure import measurement_order
 
     order = measurement_order(GRID_N, GRID_M, seed=0)
     assert sorted(order) == [(n, m) for n in GRID_N for m in GRID_M]
@@ -246,7 +239,7 @@ def test_grid_order_is_shuffled_reproducibly():
 @pytest.mark.cgroup
 @pytest.mark.skipif(available() is not None, reason=f"cgroup CPU quota unusable: {available()}")
 def test_worker_on_a_quota_device_runs_inside_its_cgroup_which_is_removed_after(toy_loader):
-    from cnmt.runtime.profiler import measure
+    from cnmt.profiling.measure import measure
 
     device = DeviceSetting(name="edge", threads=1, cpu_quota=0.5)
     profile = measure(
@@ -258,7 +251,7 @@ def test_worker_on_a_quota_device_runs_inside_its_cgroup_which_is_removed_after(
 
 
 def test_model_errors_from_the_worker_reach_the_caller(toy_loader):
-    from cnmt.runtime.profiler import measure
+    from cnmt.profiling.measure import measure
 
     device = DeviceSetting(name="host")
     with pytest.raises(ConfigError, match="unknown model 'nope'; known: toy"):
@@ -266,7 +259,7 @@ def test_model_errors_from_the_worker_reach_the_caller(toy_loader):
 
 
 def test_a_model_crash_reports_the_exception_and_the_worker_traceback(toy_loader):
-    from cnmt.runtime.profiler import measure
+    from cnmt.profiling.measure import measure
 
     with pytest.raises(CnmtRuntimeError, match="RuntimeError: decoder exploded") as info:
         measure(
@@ -281,7 +274,7 @@ def test_a_model_crash_reports_the_exception_and_the_worker_traceback(toy_loader
 
 
 def test_input_longer_than_the_model_accepts_is_refused_before_timing(toy_loader):
-    from cnmt.runtime.profiler import measure
+    from cnmt.profiling.measure import measure
 
     with pytest.raises(ConfigError, match="--n 32 exceeds the longest input of this model"):
         measure(
@@ -300,7 +293,7 @@ def test_input_longer_than_the_model_accepts_is_refused_before_timing(toy_loader
     ],
 )
 def test_grids_that_cannot_be_fitted_are_refused(ns, ms, warmup, repeats, message):
-    from cnmt.runtime.profiler import check_grid
+    from cnmt.profiling.measure import check_grid
 
     with pytest.raises(ConfigError, match=message):
         check_grid(ns, ms, warmup, repeats)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from cnmt.cli import main
-from cnmt.profiles import load
-from cnmt.runtime.cpu_quota import available
+from cnmt.profiling.cpu_quota import available
+from cnmt.profiling.profiles import load
 
 pytestmark = pytest.mark.export
 
@@ -19,7 +19,7 @@ def gru_dir(tmp_path_factory, data_dir) -> Path:
     pytest.importorskip("torch")
     from cnmt.config import resolve_config_path
     from cnmt.exporters.base import ExportRequest
-    from cnmt.plugins import get_components
+    from cnmt.registry import get_components
 
     out = tmp_path_factory.mktemp("models") / "gru-fr-en"
     exporter = get_components().create("exporter", "gru")

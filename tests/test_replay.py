@@ -21,8 +21,9 @@ from cnmt.errors import ConfigError
 from cnmt.experiments.config import ConnectionSpec
 from cnmt.experiments.groundtruth import TimeSampler
 from cnmt.experiments.replay import PolicyRun, decide, link_timeline, replay
-from cnmt.plugins import get_components
-from cnmt.profiles import Cell, DeviceProfile, DeviceSetting, fit_linear, save
+from cnmt.profiling.devices import DeviceSetting
+from cnmt.profiling.profiles import Cell, DeviceProfile, fit_linear, save
+from cnmt.registry import ComponentSpec, get_components
 from cnmt.schedulers import Device, DevicePolicy, LatencyModel, RequestBatch
 from cnmt.schedulers.device_policies import edge_is_faster
 
@@ -207,7 +208,7 @@ def test_unknown_connection_lists_the_defined_ones(tmp_path):
 
 def test_ground_truth_comes_from_the_measured_samples_not_the_fit(tmp_path):
     profile_path = write_profile(tmp_path / "p.json", 0.004, 0.012, 0.02, noise=0.2, seed=4)
-    from cnmt.profiles import load
+    from cnmt.profiling.profiles import load
 
     profile = load(profile_path)
     sampler = TimeSampler(profile)
@@ -273,7 +274,7 @@ def test_the_generic_choose_path_decides_like_the_threshold_fast_path():
     components = get_components()
     decisions = {}
     for label, policy in (("fast", components.create("device_policy", "cnmt")), ("generic", ChooseOnly(None))):
-        run = PolicyRun(label, policy, None, lambda: components.create("rtt_estimator", "ewma"), "", "ewma")
+        run = PolicyRun(label, policy, None, ComponentSpec("rtt_estimator", "ewma", None), "")
         decisions[label], path = decide(run, batch, n * 1.0, edge, cloud, 1e8, arrival, completion, rtt)
         assert path == ("rtt_thresholds" if label == "fast" else "choose")
     assert (decisions["fast"] == decisions["generic"]).all()
@@ -348,7 +349,7 @@ def test_real_corpus_and_real_trace_replay(data_dir, tmp_path):
 def test_extrapolating_a_falling_profile_never_gives_free_or_negative_work(tmp_path):
     # Cell means 0.15 - 0.002*N + 0.01*M: beyond N = 80 the linear extrapolation drops below 0.
     profile_path = write_profile(tmp_path / "p.json", -0.002, 0.01, 0.15, noise=0.0)
-    from cnmt.profiles import load
+    from cnmt.profiling.profiles import load
 
     sampler = TimeSampler(load(profile_path))
     drawn = sampler.sample(np.array([200, 400]), np.array([1, 1]), np.random.default_rng(0))

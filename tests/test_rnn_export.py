@@ -61,12 +61,12 @@ class Exported:
 
 def _export(family: str, config: Path, out: Path) -> Exported:
     from cnmt.exporters.base import ExportRequest
-    from cnmt.exporters.rnn import export_family
-    from cnmt.plugins import get_components
+    from cnmt.registry import get_components
 
     request = ExportRequest(out_dir=out, config=config)
-    export_family(family, request)
-    built = get_components().create("exporter", family).build(request)
+    exporter = get_components().create("exporter", family)
+    exporter.export(request)
+    built = exporter.build(request)
     built.model.eval()
     return Exported(family, config, out, built)
 

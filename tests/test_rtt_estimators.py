@@ -7,7 +7,7 @@ import math
 import pytest
 
 from cnmt.errors import ConfigError
-from cnmt.plugins import get_components
+from cnmt.registry import get_components
 from cnmt.schema import build
 
 

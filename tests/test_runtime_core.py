@@ -223,7 +223,7 @@ def test_model_directory_of_an_unknown_family_lists_known_families(tmp_path: Pat
     folder = _model_dir(tmp_path, _manifest(family="transformer-xl"))
     with pytest.raises(
         ConfigError,
-        match=r"unknown model family 'transformer-xl'; known families: .*bilstm.*cn2en.*gru",
+        match=r"unknown model family 'transformer-xl'; known: .*bilstm.*cn2en.*gru",
     ):
         load_translator(folder)
 
@@ -251,7 +251,7 @@ def test_export_command_lists_families_for_an_unknown_one(
 
     assert main(["export", "--family", "lstm", "--out", str(tmp_path / "m")]) == 2
     err = capsys.readouterr().err
-    valid = err.split("unknown model family; valid: ")[1].strip().split(", ")
+    valid = err.split("unknown model family 'lstm'; known: ")[1].strip().split(", ")
     assert {"bilstm", "cn2en", "gru"} <= set(valid)
 
 
@@ -259,7 +259,7 @@ def test_export_command_lists_families_for_an_unknown_one(
 
 
 def test_plugins_can_add_families_through_both_hooks(fresh_registry: None) -> None:
-    from cnmt.plugins import collect, get_plugin_manager
+    from cnmt.registry import Components, get_plugin_manager
     from cnmt.runtime.base import Translator
 
     class ToyTranslator(Translator):
@@ -283,7 +283,7 @@ def test_plugins_can_add_families_through_both_hooks(fresh_registry: None) -> No
 
     pm = get_plugin_manager()
     pm.register(Plugin(), name="toy-plugin")
-    components = collect(pm)
+    components = Components(pm)
     assert components.get("translator", "toy").cls is ToyTranslator
     assert components.get("exporter", "toy").plugin == "toy-plugin"
     assert {"bilstm", "gru", "cn2en"} <= set(components.names("translator"))
@@ -308,11 +308,16 @@ NO_TORCH = textwrap.dedent(
     sys.modules["torch"] = None  # any `import torch` now raises ImportError
     import cnmt.runtime, cnmt.runtime.rnn, cnmt.runtime.tokenizers, cnmt.runtime.models
     import cnmt.exporters.rnn, cnmt.exporters.cn2en, cnmt.exporters.model_config
-    from cnmt.plugins import get_components
+    from cnmt.registry import get_components
     print(",".join(get_components().names("translator")))
     from cnmt.errors import ConfigError
     try:
         cnmt.runtime.load_translator("cn2en")
+    except ConfigError as exc:
+        print(exc)
+    from cnmt.exporters.builtins import ensure_exported
+    try:
+        ensure_exported("cn2en")
     except ConfigError as exc:
         print(exc)
     """
@@ -332,10 +337,12 @@ def test_runtime_and_registry_import_without_torch(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert {"bilstm", "cn2en", "gru"} <= set(lines[0].split(","))
-    # A built-in model that is not cached yet says exactly what to install.
-    assert "needs torch, which is not installed" in lines[1]
-    assert "pip install 'cnmt[export]'" in lines[1]
-    assert "--model DIR" in lines[1]
+    # The runtime opens a built-in model only from the cache, and says how to fill it.
+    assert "is not exported into the model cache yet" in lines[1]
+    assert "cnmt export --builtin cn2en" in lines[1]
+    # Exporting it needs torch: the message says exactly what to install.
+    assert "needs torch, which is not installed" in lines[2]
+    assert "pip install 'cnmt[export]'" in lines[2]
 
 
 def test_missing_onnxruntime_says_what_to_install() -> None:
@@ -356,14 +363,9 @@ def test_builtin_model_name_is_not_shadowed_by_a_same_named_folder(
 ) -> None:
     from cnmt.runtime import models
 
-    class OpenedBuiltin(Exception):
-        pass
-
-    def fake_ensure_builtin(model: models.BuiltinModel) -> Path:
-        raise OpenedBuiltin(model.name)
-
     (tmp_path / "cn2en").mkdir()  # e.g. where the user unpacked the cn2en wheel
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(models, "ensure_builtin", fake_ensure_builtin)
-    with pytest.raises(OpenedBuiltin, match="cn2en"):
+    monkeypatch.setenv("CNMT_CACHE", str(tmp_path / "empty-cache"))
+    # The built-in is looked up in the cache, not in the same-named folder.
+    with pytest.raises(ConfigError, match="built-in model 'cn2en'.*not exported"):
         models.load_translator("cn2en")

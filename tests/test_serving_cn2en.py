@@ -21,7 +21,7 @@ import test_serving_doubles as doubles  # noqa: E402
 from test_serving_launch import Launched  # noqa: E402
 
 from cnmt.config import load_config  # noqa: E402
-from cnmt.runtime.cpu_quota import available  # noqa: E402
+from cnmt.profiling.cpu_quota import available  # noqa: E402
 from cnmt.serving.launch import System  # noqa: E402
 
 pytestmark = pytest.mark.export

@@ -26,7 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from cnmt.errors import ConfigError
-from cnmt.plugins import get_components
+from cnmt.registry import get_components
 from cnmt.runtime.base import Translation, Translator
 from cnmt.schedulers.base import LatencyModel
 from cnmt.serving.cloud import CloudServer

@@ -228,7 +228,7 @@ def test_default_config_launches_the_whole_system_with_cn2en_on_both_sides() -> 
 
 def test_default_config_points_at_shipped_cn2en_profiles() -> None:
     # `cnmt launch` and `cnmt demo` work out of the box only if these measured profiles ship.
-    from cnmt.profiles import load
+    from cnmt.profiling.profiles import load
 
     config = load_config("serving/default")
     edge = load(os.path.normpath(config["gateway"].edge_profile))

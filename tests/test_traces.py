@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnmt.errors import ConfigError
-from cnmt.experiments.traces import (
+from cnmt.datasets.traces import (
     detect_format,
     load_plain,
     load_ripe_csv,
@@ -18,6 +17,7 @@ from cnmt.experiments.traces import (
     load_trace,
     ripe_results_url,
 )
+from cnmt.errors import ConfigError
 
 # A hand-written sample in the RIPE Atlas API's ping-result format (test data, not a download).
 RIPE_JSON_SAMPLE = [

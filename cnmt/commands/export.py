@@ -23,6 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
         epilog=(
             "examples:\n"
+            "  cnmt export --builtin cn2en        (into the model cache, where --model cn2en looks)\n"
             "  cnmt export --family cn2en --out models/cn2en\n"
             "  cnmt export --family bilstm --config models/bilstm-de-en --out models/bilstm-de-en\n"
             "  cnmt export --family gru --config models/gru-fr-en --out models/gru-fr-en\n"
@@ -32,10 +33,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument(
         "--family",
-        required=True,
         help="model family: bilstm, gru, cn2en, marian (any registered exporter; `cnmt plugins`)",
+    )
+    target.add_argument(
+        "--builtin",
+        metavar="NAME",
+        help="export a built-in model (cn2en) into the model cache ($CNMT_CACHE), replacing it",
     )
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
@@ -46,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     source.add_argument("--checkpoint", type=Path, help="trained weights (e.g. OpenNMT-py .pt)")
     source.add_argument("--pretrained", help="a hub model id or a local model directory")
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--out", type=Path, help="output directory (required with --family)")
     parser.add_argument("--name", help="model name in the manifest (default: from the source)")
     parser.add_argument(
         "--opset", type=int, help="ONNX opset (default: the family's, 17 for RNNs, 18 for marian)"
@@ -64,14 +70,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cnmt.exporters.base import ExportRequest
-    from cnmt.plugins import get_components
+    from cnmt.registry import get_components
 
+    if args.builtin is not None:
+        return _export_builtin(args)
+    if args.out is None:
+        raise ConfigError("--out DIR is required with --family (where to write the model)")
     components = get_components()
-    families = components.names("exporter")
-    if args.family not in families:
-        raise ConfigError(
-            f"--family {args.family}: unknown model family; valid: {', '.join(families)}"
-        )
+    try:
+        exporter = components.create("exporter", args.family, label="model family")
+    except ConfigError as exc:
+        raise ConfigError(f"--family: {exc}") from None
     if args.opset is not None and args.opset < 14:
         raise ConfigError(f"--opset {args.opset}: too old; use 14 or later")
     request = ExportRequest(
@@ -87,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"exporting {args.family} to {args.out} ...", file=sys.stderr)
     start = time.perf_counter()
-    manifest = components.create("exporter", args.family).export(request)
+    manifest = exporter.export(request)
     seconds = time.perf_counter() - start
     graphs = ", ".join(f"{role}={name}" for role, name in manifest.graphs.items())
     print(f"exported {manifest.family} model {manifest.name!r} to {args.out} in {seconds:.1f} s")
@@ -99,4 +108,16 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"  source sha256: {manifest.source_checksum}")
     print("  validated against torch: " + ("yes" if args.validate else "NO (--no-validate)"))
+    return 0
+
+
+def _export_builtin(args: argparse.Namespace) -> int:
+    from cnmt.exporters.builtins import export_builtin
+
+    for flag in ("config", "checkpoint", "pretrained", "out", "name", "opset"):
+        if getattr(args, flag) is not None:
+            raise ConfigError(f"--builtin takes no --{flag}: a built-in model has a fixed source")
+    start = time.perf_counter()
+    path = export_builtin(args.builtin)
+    print(f"exported built-in model {args.builtin!r} to {path} in {time.perf_counter() - start:.1f} s")
     return 0

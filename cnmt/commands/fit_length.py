@@ -49,10 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from cnmt.datasets.corpora import read_parallel
     from cnmt.errors import ConfigError
-    from cnmt.experiments.corpora import read_parallel
     from cnmt.experiments.lengthfit import FilterRules, fit_length, plot_length_fit
-    from cnmt.experiments.replay import _load_output_lengths
+    from cnmt.experiments.outputs import load_output_lengths
     from cnmt.schedulers.length_models import save_length_model
 
     if len(args.src) != len(args.tgt):
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     override = None
     if args.tgt_lengths:
         override = [
-            np.asarray(_load_output_lengths(path, c.src_path, len(c))[1])
+            np.asarray(load_output_lengths(path, c.src_path, len(c))[1])
             for path, c in zip(args.tgt_lengths, corpora, strict=True)
         ]
     fit = fit_length(

@@ -113,11 +113,13 @@ def run_measure(args: argparse.Namespace) -> int:
             + ", ".join(f"--{m}" for m in missing)
             + " (or use `cnmt profile show`)"
         )
-    from cnmt import profiles
-    from cnmt.profiling import summary
-    from cnmt.runtime.profiler import measure
+    from cnmt.exporters.builtins import ensure_exported
+    from cnmt.profiling import profiles
+    from cnmt.profiling.devices import load_device
+    from cnmt.profiling.measure import measure
+    from cnmt.profiling.plots import summary
 
-    device = profiles.load_device(args.device)
+    device = load_device(args.device)
     others = [profiles.load(p) for p in args.compare]  # bad files fail before a long measurement
     out_dir = Path(args.out).parent
     try:
@@ -126,6 +128,7 @@ def run_measure(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {args.out}: cannot create its folder: {exc}") from None
     if not os.access(out_dir, os.W_OK):
         raise ConfigError(f"--out {args.out}: the folder {out_dir} is not writable")
+    ensure_exported(args.model)
     profile = measure(
         args.model,
         device,
@@ -149,8 +152,8 @@ def run_measure(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from cnmt import profiles
-    from cnmt.profiling import summary
+    from cnmt.profiling import profiles
+    from cnmt.profiling.plots import summary
 
     loaded = [profiles.load(p) for p in args.profiles]
     for i, (profile, path) in enumerate(zip(loaded, args.profiles, strict=True)):
@@ -166,7 +169,7 @@ def run_show(args: argparse.Namespace) -> int:
 def _print_ratios(loaded: list) -> None:
     """How much slower each profile is than the first (or the first than it), measured on the
     cells they share."""
-    from cnmt.profiling import mean_ratio
+    from cnmt.profiling.plots import mean_ratio
 
     reference = loaded[0]
     for profile in loaded[1:]:
@@ -183,7 +186,7 @@ def _print_ratios(loaded: list) -> None:
 
 
 def run_devices(args: argparse.Namespace) -> int:
-    from cnmt.profiles import builtin_device_names, load_device
+    from cnmt.profiling.devices import builtin_device_names, load_device
 
     for name in builtin_device_names():
         device = load_device(name)
@@ -193,7 +196,7 @@ def run_devices(args: argparse.Namespace) -> int:
 
 
 def _plot(loaded: list, args: argparse.Namespace) -> None:
-    from cnmt.profiling import plot
+    from cnmt.profiling.plots import plot
 
     try:
         path = plot(loaded, args.plot, n=args.plot_n)

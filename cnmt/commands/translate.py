@@ -49,6 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cnmt.exporters.builtins import ensure_exported
     from cnmt.runtime import ProviderFallbackWarning, load_translator
 
     if args.threads is not None and args.threads < 0:
@@ -60,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     for number, text in enumerate(texts, start=1):
         if not text.strip():
             raise ConfigError(f"text {number} is empty: give a sentence to translate")
+    ensure_exported(args.model)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ProviderFallbackWarning)
         translator = load_translator(args.model, providers=providers or None, threads=args.threads)

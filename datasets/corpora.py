@@ -1,4 +1,4 @@
-"""Line-aligned parallel text: line i of the source file translates to line i of the target."""
+"""Parallel corpora: line-aligned text files, line i of the source translating line i of the target."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from cnmt.errors import ConfigError
+from cnmt.files import read_lines
 
 
 @dataclass(frozen=True)
@@ -21,29 +22,9 @@ class ParallelCorpus:
         return len(self.src)
 
 
-def read_lines(path: str | Path) -> list[str]:
-    """The lines of a UTF-8 text file without line endings; a bad byte names file and line."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such corpus file") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {exc.start})") from None
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()  # the final newline ends the last line, it does not start another
-    return [line.rstrip("\r") for line in lines]
-
-
 def read_parallel(src: str | Path, tgt: str | Path) -> ParallelCorpus:
     """Both sides of a corpus; their line counts must match."""
-    src_lines, tgt_lines = read_lines(src), read_lines(tgt)
+    src_lines, tgt_lines = read_lines(src, what="corpus file"), read_lines(tgt, what="corpus file")
     if len(src_lines) != len(tgt_lines):
         raise ConfigError(
             f"{src} has {len(src_lines)} lines but {tgt} has {len(tgt_lines)}: a parallel corpus "

@@ -8,8 +8,9 @@ components the gateway uses are the usual component sections (``length_estimator
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 from urllib.parse import urlsplit
+
+from cnmt.datasets.link import DEFAULT_LOSS_TIMEOUT_S, RttSource
 
 CPU = "CPUExecutionProvider"
 
@@ -35,7 +36,9 @@ class GatewaySettings:
     gateway faces the same edge/cloud contrast as the profile. ``cloud_url`` defaults to the
     link (or cloud) that the same config launches. ``cloud_timeout_s`` bounds a cloud exchange;
     past it the request is translated locally. ``max_pending`` bounds the requests inside the
-    gateway; more get 503 with ``Retry-After: retry_after_s``.
+    gateway; more get 503 with ``Retry-After: retry_after_s``. ``bandwidth_mbps`` is the link
+    bandwidth the gateway assumes for the bodies' serialisation time, in its predictions and when
+    it takes an RTT sample out of a cloud round trip.
     """
 
     edge_profile: str
@@ -53,7 +56,7 @@ class GatewaySettings:
     allow_unthrottled: bool = False
     probe_initial_s: float = 0.25
     probe_max_s: float = 5.0
-    bandwidth_bps: float = 100e6
+    bandwidth_mbps: float = 100.0
 
     def __post_init__(self) -> None:
         _check_port(self.port)
@@ -65,12 +68,16 @@ class GatewaySettings:
             max_body_bytes=self.max_body_bytes,
             probe_initial_s=self.probe_initial_s,
             probe_max_s=self.probe_max_s,
-            bandwidth_bps=self.bandwidth_bps,
+            bandwidth_mbps=self.bandwidth_mbps,
         )
         if self.probe_max_s < self.probe_initial_s:
             raise ValueError("probe_max_s must be at least probe_initial_s")
         if self.cloud_url is not None:
             check_http_url(self.cloud_url, "cloud_url")
+
+    @property
+    def bandwidth_bps(self) -> float:
+        return self.bandwidth_mbps * 1e6
 
 
 @dataclass(frozen=True)
@@ -106,39 +113,30 @@ class CloudSettings:
 
 
 @dataclass(frozen=True)
-class LinkSettings:
+class LinkSettings(RttSource):
     """The emulated gateway-cloud link: a TCP proxy that delays every byte by RTT/2 each way.
 
-    Give either a constant ``rtt_ms`` or a measured ``trace`` (one RTT in milliseconds per line
-    as in the tyrell traces, or RIPE Atlas CSV/JSON; ``trace_format`` auto-detects); its
-    answered pings are replayed in order from sample ``trace_start``, each holding for
-    ``trace_step_s`` seconds (real time, whatever the trace's own sampling interval), looping
-    at the end. ``bandwidth_bps`` (optional) also limits each
-    direction's throughput. ``upstream`` (``host:port``) defaults to the cloud that the same
-    config launches.
+    The RTT is the link model's (:mod:`cnmt.datasets.link`, the same keys and rules as a
+    replayed connection): a constant ``rtt_ms``, or a window of a measured ``trace`` replayed
+    in real time from when the link starts, looping at its end; ``sample_period_s`` sets how
+    long each trace sample holds (a RIPE trace's own 240 s spacing is slow for a live run).
+    ``bandwidth_mbps`` (optional) also limits each direction's throughput. ``upstream``
+    (``host:port``) defaults to the cloud that the same config launches.
     """
 
     host: str = "127.0.0.1"
     port: int = 8082
     upstream: str | None = None
-    rtt_ms: float | None = None
-    trace: str | None = None
-    trace_format: Literal["auto", "plain", "ripe-csv", "ripe-json"] = "auto"
-    trace_step_s: float = 1.0
-    trace_start: int = 0
-    bandwidth_bps: float | None = None
+    bandwidth_mbps: float | None = None
+    loss_timeout_s: float = DEFAULT_LOSS_TIMEOUT_S
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check_port(self.port)
-        if (self.rtt_ms is None) == (self.trace is None):
-            raise ValueError("give exactly one of rtt_ms (a constant RTT) and trace (a file)")
-        if self.rtt_ms is not None and self.rtt_ms < 0:
-            raise ValueError(f"rtt_ms must be >= 0, got {self.rtt_ms}")
-        _check_positive(trace_step_s=self.trace_step_s)
-        if self.trace_start < 0:
-            raise ValueError(f"trace_start must be >= 0, got {self.trace_start}")
-        if self.bandwidth_bps is not None:
-            _check_positive(bandwidth_bps=self.bandwidth_bps)
+        if self.bandwidth_mbps is not None:
+            _check_positive(bandwidth_mbps=self.bandwidth_mbps)
+        if self.loss_timeout_s < 0:
+            raise ValueError(f"loss_timeout_s must be >= 0, got {self.loss_timeout_s}")
         if self.upstream is not None:
             split_host_port(self.upstream, "upstream")
 

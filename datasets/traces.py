@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from cnmt.errors import CnmtRuntimeError, ConfigError
+from cnmt.files import read_lines
 
 FORMATS = ("ripe-csv", "ripe-json", "plain")
 RIPE_API = "https://atlas.ripe.net/api/v2/measurements/{id}/results/"
@@ -163,7 +164,7 @@ def load_ripe_csv(path: str | Path) -> RttTrace:
     epochs: list[float] = []
     rtts: list[float] = []
     lost: list[bool] = []
-    lines = _read_lines(path)
+    lines = read_lines(path, what="RTT trace file")
     if not lines or lines[0].strip().replace(" ", "").lower().split(";")[:2] != ["epoch", "rtt"]:
         raise _bad(path, 1, "expected the header 'epoch;rtt;cp' of a RIPE Atlas CSV trace")
     for number, raw in enumerate(lines[1:], start=2):
@@ -209,7 +210,7 @@ def _ripe_result(obj: Any, path: Path, where: int) -> tuple[float, float, bool]:
 def load_ripe_json(path: str | Path) -> RttTrace:
     """RIPE Atlas API ping results: a JSON list, or JSON Lines (one result per line)."""
     path = Path(path)
-    text = "\n".join(_read_lines(path))
+    text = "\n".join(read_lines(path, what="RTT trace file"))
     items: list[tuple[int, Any]]
     if text.lstrip().startswith("["):
         try:
@@ -248,7 +249,7 @@ def load_plain(path: str | Path) -> RttTrace:
     path = Path(path)
     rtts: list[float] = []
     lost: list[bool] = []
-    for number, raw in enumerate(_read_lines(path), start=1):
+    for number, raw in enumerate(read_lines(path, what="RTT trace file"), start=1):
         text = raw.strip()
         if not text:
             continue
@@ -256,17 +257,6 @@ def load_plain(path: str | Path) -> RttTrace:
         rtts.append(value)
         lost.append(value < 0)
     return _finish(path, "plain", None, rtts, lost)
-
-
-def _read_lines(path: Path) -> list[str]:
-    try:
-        return path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such RTT trace file") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not a text trace (byte {exc.start} is not UTF-8)") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the trace: {exc}") from None
 
 
 def detect_format(path: str | Path) -> str:

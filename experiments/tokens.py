@@ -31,15 +31,18 @@ Counting never appends EOS: N and M are the tokens of the text, like ``Translati
 from __future__ import annotations
 
 import abc
+import contextlib
 import functools
-import hashlib
+import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
+from cnmt.config import data_dir, expand_data
 from cnmt.errors import ConfigError
+from cnmt.files import sha256_file
 
 KINDS = (
     "words",
@@ -140,14 +143,11 @@ class BpeCount(TokenCounter):
 
 class ModelCount(TokenCounter):
     def __init__(self, name_or_dir: str) -> None:
+        from cnmt.exporters.builtins import ensure_exported
+        from cnmt.runtime import load_translator
+
         self.spec = f"model:{name_or_dir}"
-        try:
-            from cnmt.runtime import load_translator
-        except ImportError as exc:
-            raise ConfigError(
-                f"{self.spec}: this installation's runtime cannot open models ({exc}); "
-                "count with words, chars, sentencepiece:PATH or bpe:CODES instead"
-            ) from None
+        ensure_exported(name_or_dir)
         self._translator = load_translator(name_or_dir)
 
     def count(self, text: str) -> int:
@@ -160,8 +160,6 @@ class ModelCount(TokenCounter):
             return 0
 
     def count_many(self, texts: Iterable[str]) -> np.ndarray:
-        from cnmt.experiments.outputs import quiet_runtime_logs
-
         with quiet_runtime_logs():
             return super().count_many(texts)
 
@@ -201,17 +199,7 @@ def _file_identity(arg: str) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _sha256(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def expand(spec: str) -> str:
-    """``spec`` with ``${data}`` (as stored in fitted files) replaced by the data directory."""
-    if "${data}" not in spec:
-        return spec
-    from cnmt.config import data_dir
-
-    root = data_dir()
-    return spec if root is None else spec.replace("${data}", str(root))
+    return sha256_file(path)  # cached: one tokenizer file is compared many times per replay
 
 
 def same_tokenizer(a: str, b: str, a_hashes: dict[str, str] | None = None) -> bool:
@@ -229,7 +217,27 @@ def same_tokenizer(a: str, b: str, a_hashes: dict[str, str] | None = None) -> bo
             elif arg in hashes:  # what the file held when the model was fitted
                 out.append((kind, hashes[arg]))
             else:
-                out.append((kind, _file_identity(expand(arg))))
+                out.append((kind, _file_identity(_expand(arg))))
         return out
 
     return parts(a, a_hashes or {}) == parts(b, {})
+
+
+def _expand(arg: str) -> str:
+    """A stored tokenizer argument with ``${data}`` expanded when a data directory is set (it
+    stays as written otherwise, and then matches only itself)."""
+    root = data_dir()
+    return arg if root is None else expand_data(arg, root=root)
+
+
+@contextlib.contextmanager
+def quiet_runtime_logs() -> Iterator[None]:
+    """Silence the runtime's per-sentence warnings (e.g. cn2en's dropped unknown characters)
+    during bulk work: over a corpus they would bury the progress bar."""
+    runtime_logger = logging.getLogger("cnmt.runtime")
+    previous = runtime_logger.level
+    runtime_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        runtime_logger.setLevel(previous)

@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from cnmt.errors import ConfigError
-from cnmt.profiles import DeviceProfile
-
-PLOTS_HINT = "install matplotlib with: pip install 'cnmt[plots]'"
+from cnmt.plotting import pyplot
+from cnmt.profiling.profiles import DeviceProfile
 
 
 def _device_line(profile: DeviceProfile) -> str:
@@ -96,17 +95,6 @@ def mean_ratio(profile: DeviceProfile, reference: DeviceProfile) -> tuple[float,
     return sum(mine[k] for k in common) / sum(theirs[k] for k in common), len(common)
 
 
-def _pyplot():
-    try:
-        import matplotlib
-    except ImportError as exc:
-        raise ConfigError(f"plotting needs matplotlib ({exc}); {PLOTS_HINT}") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def fixed_n(profiles: Sequence[DeviceProfile], n: int | None) -> int:
     """The N to compare several profiles at: ``n`` if all have it, else the largest common N."""
     common = set.intersection(*({c.n for c in p.cells} for p in profiles))
@@ -133,7 +121,7 @@ def plot(profiles: Sequence[DeviceProfile], path: str | Path, n: int | None = No
     """
     if not profiles:
         raise ValueError("plot needs at least one profile")
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     if len(profiles) == 1 and n is None:

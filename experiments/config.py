@@ -31,7 +31,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from cnmt.datasets.link import DEFAULT_LOSS_TIMEOUT_S, RttSource
+from cnmt.registry import ComponentSpec, Kind
+from cnmt.schema import fail
 
 
 @dataclass(frozen=True)
@@ -71,41 +75,35 @@ class CorpusSpec:
 
 
 @dataclass(frozen=True)
-class ConnectionSpec:
-    """A connection profile: a window of an RTT trace and how requests arrive in it.
+class ConnectionSpec(RttSource):
+    """A connection profile: a window of an RTT trace (the link model's keys, see
+    :mod:`cnmt.datasets.link`) and how requests arrive in it.
 
     ``arrivals: spread`` spaces the requests evenly over the window's duration; ``interval``
     sends one every ``interval_s`` seconds of trace time (wrapping around the window).
-    ``sample_period_s`` is the spacing of samples in traces without timestamps.
     """
 
-    trace: str
-    format: Literal["auto", "ripe-csv", "ripe-json", "plain"] = "auto"
-    start: int = 0
-    samples: int | None = None
     arrivals: Literal["spread", "interval"] = "spread"
     interval_s: float | None = None
-    sample_period_s: float = 1.0
     description: str = ""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.trace is None:
+            raise ValueError("a replayed connection needs a `trace` (a window of measured RTTs)")
         if self.arrivals == "interval" and (self.interval_s is None or self.interval_s <= 0):
             raise ValueError("arrivals: interval needs a positive `interval_s`")
-        if self.start < 0:
-            raise ValueError(f"start must be >= 0, got {self.start}")
         if self.samples is not None and self.samples < 2:
             raise ValueError(f"samples must be >= 2 or null (to the end), got {self.samples}")
-        if self.sample_period_s <= 0:
-            raise ValueError(f"sample_period_s must be positive, got {self.sample_period_s}")
 
 
 @dataclass(frozen=True)
 class LinkSpec:
-    """The gateway-cloud link: bandwidth (the paper: 100 Mbps), the cost of a lost packet
-    (one retransmission timeout; RFC 6298's initial RTO is 1 s) and HTTP overhead bytes."""
+    """The gateway-cloud link: bandwidth (the paper: 100 Mbps), the cost of a lost ping (one
+    retransmission timeout, see :mod:`cnmt.datasets.link`) and the HTTP bytes around a text."""
 
     bandwidth_mbps: float = 100.0
-    loss_timeout_s: float = 1.0
+    loss_timeout_s: float = DEFAULT_LOSS_TIMEOUT_S
     overhead_bytes: int = 400
 
     def __post_init__(self) -> None:
@@ -125,20 +123,51 @@ class DevicesSpec:
 
 @dataclass(frozen=True)
 class PolicySpec:
-    """A device policy to replay; ``label`` names it in the results (default: ``name``).
+    """A device policy to replay, validated against the registry like every component.
 
-    ``length_estimator`` and ``rtt_estimator`` ({name, params}) override the config's
-    top-level sections for this policy only.
+    ``label`` names it in the results (default: its name); ``length_estimator`` and
+    ``rtt_estimator`` override the config's top-level sections for this policy only.
     """
 
-    name: str
-    label: str | None = None
-    params: dict[str, Any] | None = None
-    length_estimator: dict[str, Any] | None = None
-    rtt_estimator: dict[str, Any] | None = None
+    policy: ComponentSpec
+    label: str
+    length_estimator: ComponentSpec | None = None
+    rtt_estimator: ComponentSpec | None = None
 
 
-DEFAULT_POLICIES: list[str | PolicySpec] = ["edge", "cloud", "oracle", "cnmt"]
+@dataclass(frozen=True)
+class PolicyField:
+    """Schema marker of one entry of ``replay.policies``: a name, or ``{name, params, label,
+    length_estimator, rtt_estimator}``."""
+
+    description = "a device policy (a name, or {name, params, label, length_estimator, rtt_estimator})"
+    KEYS = ("name", "params", "label", "length_estimator", "rtt_estimator")
+
+    def build_value(self, value: Any, path: str, where: str) -> PolicySpec:
+        if isinstance(value, str):
+            value = {"name": value}
+        if not isinstance(value, dict):
+            fail(where, path, f"expected {self.description}, got {value!r}")
+        unknown = sorted(str(k) for k in set(value) - set(self.KEYS))
+        if unknown:
+            fail(where, f"{path}.{unknown[0]}", f"unknown key; valid keys: {', '.join(self.KEYS)}")
+        label = value.get("label")
+        if label is not None and not isinstance(label, str):
+            fail(where, f"{path}.label", f"expected a string, got {label!r}")
+        policy = Kind("device_policy").build_value(
+            {k: value[k] for k in ("name", "params") if k in value}, path, where
+        )
+        overrides = {
+            key: Kind(key).build_value(value[key], f"{path}.{key}", where)
+            for key in ("length_estimator", "rtt_estimator")
+            if value.get(key) is not None
+        }
+        return PolicySpec(policy=policy, label=label or policy.name, **overrides)
+
+
+Policy = Annotated[PolicySpec, PolicyField()]
+
+DEFAULT_POLICIES = ("edge", "cloud", "oracle", "cnmt")
 
 
 @dataclass(frozen=True)
@@ -147,7 +176,7 @@ class ReplayConfig:
     corpus: CorpusSpec
     devices: DevicesSpec
     connections: dict[str, ConnectionSpec]
-    policies: list[str | PolicySpec] = field(default_factory=lambda: list(DEFAULT_POLICIES))
+    policies: list[Policy] | None = None  # None: DEFAULT_POLICIES
     requests: int = 100_000
     seed: int = 0
     link: LinkSpec = field(default_factory=LinkSpec)
@@ -163,7 +192,14 @@ class ReplayConfig:
                 f"default_connection {self.default_connection!r} is not one of the connections: "
                 + ", ".join(self.connections)
             )
-        labels = [p if isinstance(p, str) else (p.label or p.name) for p in self.policies]
+        labels = [p.label for p in self.policies or ()]
         duplicates = sorted({x for x in labels if labels.count(x) > 1})
         if duplicates:
             raise ValueError(f"policies: labels must be unique; repeated: {', '.join(duplicates)}")
+
+    def policy_specs(self) -> list[PolicySpec]:
+        """The policies to replay (the configured ones, else edge, cloud, oracle and cnmt)."""
+        if self.policies is not None:
+            return list(self.policies)
+        field_ = PolicyField()
+        return [field_.build_value(name, "replay.policies", "") for name in DEFAULT_POLICIES]

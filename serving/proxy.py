@@ -2,8 +2,10 @@
 
 Kernel traffic shaping (netem) is not available to an unprivileged test, so the link is a
 user-space proxy between the gateway and the cloud. Every chunk of bytes read on one side is
-written to the other side ``RTT(t)/2`` seconds after it arrived, where ``RTT(t)`` is the trace
-value in effect at arrival time ``t``: a request and its answer together pay one RTT. Chunks
+written to the other side ``RTT(t)/2`` seconds after it arrived, where ``RTT(t)`` is the link
+model's RTT (:mod:`cnmt.datasets.link`, the same as the replay's: trace time, looping, lost
+pings) at arrival time ``t`` since the proxy started: a request and its answer together pay one
+RTT. Chunks
 of one direction of one connection keep their order (a chunk is never delivered before the one
 read before it, as on a real in-order link). With a bandwidth limit, each direction is a shared
 serial line: a chunk starts transmitting when the previous one (of any connection) has left
@@ -22,52 +24,13 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable
+
+from cnmt.datasets.link import RttTimeline, serialisation_s
 
 log = logging.getLogger("cnmt.serving.proxy")
 
 CHUNK = 65536
-
-
-def read_rtt_trace(path: str | Path, format: str = "auto") -> list[float]:
-    """The RTTs (seconds) of a measured trace, in measurement order, lost pings left out.
-
-    Any format :func:`cnmt.experiments.traces.load_trace` reads: one RTT in ms per line (the
-    tyrell traces), RIPE Atlas CSV or JSON; ``auto`` detects it. A lost ping is no RTT the
-    link could apply, so it is skipped (its neighbours hold a little longer).
-    """
-    from cnmt.experiments.traces import load_trace
-
-    trace = load_trace(path, format)
-    return [
-        float(ms) / 1000.0 for ms, lost in zip(trace.rtt_ms, trace.lost, strict=True) if not lost
-    ]
-
-
-class RttSchedule:
-    """RTT as a function of time: trace value ``i`` holds during ``[start + i*step, start +
-    (i+1)*step)``, counting from index ``offset`` and looping at the end of the trace."""
-
-    def __init__(
-        self, rtts_s: Sequence[float], step_s: float = 1.0, offset: int = 0, start: float = 0.0
-    ) -> None:
-        if not rtts_s:
-            raise ValueError("an RTT schedule needs at least one value")
-        if step_s <= 0:
-            raise ValueError("step_s must be positive")
-        self.rtts_s = list(rtts_s)
-        self.step_s = step_s
-        self.offset = offset
-        self.start = start
-
-    @classmethod
-    def constant(cls, rtt_s: float) -> RttSchedule:
-        return cls([rtt_s])
-
-    def rtt_at(self, t: float) -> float:
-        index = self.offset + max(0, int((t - self.start) // self.step_s))
-        return self.rtts_s[index % len(self.rtts_s)]
 
 
 class _PreciseTimer:
@@ -136,7 +99,7 @@ class _Direction:
         if self.bandwidth_bps is None:
             return now
         start = max(now, self.free_at)
-        self.free_at = start + 8.0 * nbytes / self.bandwidth_bps
+        self.free_at = start + float(serialisation_s(nbytes, self.bandwidth_bps))
         return self.free_at
 
 
@@ -147,14 +110,15 @@ class DelayProxy:
     def __init__(
         self,
         upstream: tuple[str, int],
-        schedule: RttSchedule,
+        timeline: RttTimeline,
         host: str = "127.0.0.1",
         port: int = 0,
         bandwidth_bps: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.upstream = upstream
-        self.schedule = schedule
+        self.timeline = timeline
+        self.started_at = 0.0
         self.host = host
         self.requested_port = port
         self.clock = clock
@@ -167,7 +131,7 @@ class DelayProxy:
         self._timer: _PreciseTimer | None = None
 
     async def start(self) -> None:
-        self.schedule.start = self.clock()
+        self.started_at = self.clock()
         self._timer = _PreciseTimer(asyncio.get_running_loop(), self.clock)
         self._server = await asyncio.start_server(self._handle, self.host, self.requested_port)
         self.port = self._server.sockets[0].getsockname()[1]
@@ -247,7 +211,7 @@ class DelayProxy:
                     data = b""
                 now = self.clock()
                 due = max(
-                    last_due, line.departure(now, len(data)) + self.schedule.rtt_at(now) / 2.0
+                    last_due, line.departure(now, len(data)) + self.timeline.rtt_at(now - self.started_at) / 2.0
                 )
                 last_due = due
                 queue.put_nowait((due, data))

@@ -28,8 +28,6 @@ and seed give the same numbers):
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import heapq
 import os
 import time
@@ -39,18 +37,19 @@ from typing import Any
 
 import numpy as np
 
-from cnmt.config import Config
+from cnmt.config import Config, portable
+from cnmt.datasets.corpora import heldout_mask, read_parallel
+from cnmt.datasets.link import serialisation_s
+from cnmt.datasets.traces import RttTrace
 from cnmt.errors import ConfigError
-from cnmt.experiments.config import ConnectionSpec, CorpusSpec, PolicySpec, ReplayConfig
-from cnmt.experiments.corpora import heldout_mask, read_parallel
+from cnmt.experiments.config import ConnectionSpec, CorpusSpec, ReplayConfig
 from cnmt.experiments.groundtruth import TimeSampler
-from cnmt.experiments.lengthfit import portable
-from cnmt.experiments.outputs import FORMAT as OUTPUTS_FORMAT
+from cnmt.experiments.outputs import load_output_lengths
 from cnmt.experiments.tokens import get_counter
-from cnmt.experiments.traces import RttTrace, load_trace
-from cnmt.jsonfile import read_json
-from cnmt.profiles import DeviceProfile
-from cnmt.profiles import load as load_profile
+from cnmt.plotting import pyplot
+from cnmt.profiling.profiles import DeviceProfile
+from cnmt.profiling.profiles import load as load_profile
+from cnmt.registry import ComponentSpec
 from cnmt.schedulers.base import (
     Device,
     DevicePolicy,
@@ -82,28 +81,6 @@ class CorpusLines:
     info: dict[str, Any]
 
 
-def _load_output_lengths(path: str, src_path: str, lines: int) -> tuple[np.ndarray | None, np.ndarray]:
-    """(N as the model encoded each line, or None if not cached; M it produced)."""
-    data = read_json(
-        path,
-        what="output-length cache",
-        missing=f"run the model over {src_path} with `cnmt replay CONFIG --cache-outputs` "
-        "(needs the model's runtime)",
-        format=OUTPUTS_FORMAT,
-    )
-    digest = hashlib.sha256(Path(src_path).read_bytes()).hexdigest()
-    if data.get("src_sha256") != digest or len(data.get("output_tokens", [])) != lines:
-        raise ConfigError(
-            f"{path}: was made from another version of {src_path} (checksum or line count "
-            "differs); make it again with `cnmt replay CONFIG --cache-outputs`"
-        )
-    sources = data.get("source_tokens")
-    return (
-        None if sources is None else np.asarray(sources, dtype=np.int64),
-        np.asarray(data["output_tokens"], dtype=np.int64),
-    )
-
-
 def load_corpus_lines(spec: CorpusSpec, heldout_only: bool = True) -> CorpusLines:
     """Count tokens of the lines requests may be drawn from (held-out lines only, if set)."""
     tgt_counter = get_counter(spec.tgt_tokenizer)
@@ -122,7 +99,7 @@ def load_corpus_lines(spec: CorpusSpec, heldout_only: bool = True) -> CorpusLine
         m_corpus = tgt_counter.count_many(tgt)
         if part.output_lengths:
             # The cache holds the N the model really encoded: no need to load the model here.
-            cached_n, cached_m = _load_output_lengths(part.output_lengths, part.src, len(corpus))
+            cached_n, cached_m = load_output_lengths(part.output_lengths, part.src, len(corpus))
             m = cached_m[pool]
             n = cached_n[pool] if cached_n is not None else get_counter(spec.src_tokenizer).count_many(src)
             missing_target = np.zeros(len(n), dtype=bool)
@@ -192,34 +169,23 @@ class LinkTimeline:
     info: dict[str, Any]
 
 
-def link_timeline(spec: ConnectionSpec, count: int, loss_timeout_s: float, trace: RttTrace | None = None) -> LinkTimeline:
-    trace = trace if trace is not None else load_trace(spec.trace, spec.format)
-    window = trace.window(spec.start, spec.samples)
+def link_timeline(spec: ConnectionSpec, count: int, loss_timeout_s: float) -> LinkTimeline:
+    """Requests placed in the connection's RTT window, each with the RTT it pays."""
+    timeline = spec.timeline(loss_timeout_s)
+    window = timeline.window
+    assert window is not None  # a replayed connection always has a trace
     if len(window) < 2:
         raise ConfigError(f"{spec.trace}: a connection window needs at least 2 samples")
-    if window.times_s is None:
-        times = np.arange(len(window), dtype=float) * spec.sample_period_s
-        period = spec.sample_period_s
-    else:
-        times = window.times_s
-        period = float(np.median(np.diff(times))) or spec.sample_period_s
-    duration = float(times[-1] - times[0]) + period
+    duration = timeline.duration_s
     if spec.arrivals == "spread":
         arrival = np.arange(count, dtype=float) * (duration / count)
     else:
         assert spec.interval_s is not None
         arrival = np.arange(count, dtype=float) * spec.interval_s
-    sample = np.searchsorted(times, np.mod(arrival, duration), side="right") - 1
-    # The RTT to charge a lost ping: the latest answered sample (or the first one, at the start).
-    answered = np.where(~window.lost, np.arange(len(window)), -1)
-    last_answered = np.maximum.accumulate(answered)
-    first = int(np.flatnonzero(~window.lost)[0])
-    last_answered[last_answered < 0] = first
-    base_ms = window.rtt_ms[last_answered[sample]]
-    lossy = window.lost[sample]
-    rtt_s = base_ms / 1e3 + np.where(lossy, loss_timeout_s, 0.0)
+    sample = timeline.index_at(arrival)
+    lossy = timeline.lost[sample]
     info = {
-        "trace": portable(spec.trace),
+        "trace": portable(str(spec.trace)),
         "format": window.format,
         "description": spec.description,
         "window": {
@@ -235,7 +201,7 @@ def link_timeline(spec: ConnectionSpec, count: int, loss_timeout_s: float, trace
         "requests_hit_by_loss": int(lossy.sum()),
         "loss_timeout_s": loss_timeout_s,
     }
-    return LinkTimeline(arrival, rtt_s, lossy, window, info)
+    return LinkTimeline(arrival, timeline.rtt_s[sample], lossy, window, info)
 
 
 # ----------------------------------------------------------------------------- policies
@@ -245,65 +211,33 @@ def link_timeline(spec: ConnectionSpec, count: int, loss_timeout_s: float, trace
 class PolicyRun:
     label: str
     policy: DevicePolicy
-    length: LengthEstimator
-    rtt_factory: Any  # zero-argument callable returning a fresh RttEstimator
+    length: LengthEstimator | None
+    rtt: ComponentSpec  # each replay of the policy creates a fresh estimator from it
     length_name: str
-    rtt_name: str
+
+    @property
+    def rtt_name(self) -> str:
+        return self.rtt.name
 
 
-def _component(kind: str, value: dict[str, Any] | None, where: str) -> tuple[Any, str]:
-    from cnmt.plugins import get_components, params_class
-    from cnmt.schema import build
-
-    if value is None:
-        return None, ""
-    name = value.get("name")
-    unknown = sorted(set(value) - {"name", "params"})
-    if unknown or not isinstance(name, str):
-        raise ConfigError(f"{where}: expected {{name, params}}, got {value!r}")
-    components = get_components()
-    try:
-        cls = components.get(kind, name).cls
-    except ConfigError as exc:
-        raise ConfigError(f"{where}.name: {exc}") from None
-    params = build(params_class(cls), value.get("params"), path=f"{where}.params")
-    return functools.partial(cls, params), name
+DEFAULT_RTT = ComponentSpec(kind="rtt_estimator", name="last", params=None)
 
 
 def build_policies(config: Config, replay: ReplayConfig) -> list[PolicyRun]:
-    """Instantiate every policy with its length and RTT estimators; config errors name the key."""
-    from cnmt.plugins import get_components, params_class
-    from cnmt.schema import build
-
-    components = get_components()
+    """Instantiate every policy with its length and RTT estimators (validated when loaded)."""
     runs = []
-    for index, entry in enumerate(replay.policies):
-        spec = PolicySpec(name=entry) if isinstance(entry, str) else entry
-        where = f"{config.source}: replay.policies[{index}]"
-        try:
-            cls = components.get("device_policy", spec.name).cls
-        except ConfigError as exc:
-            raise ConfigError(f"{where}.name: {exc}") from None
-        params = build(params_class(cls), spec.params, path=f"replay.policies[{index}].params", where=config.source)
-        policy = cls(params)
-        make_length, length_name = _component("length_estimator", spec.length_estimator, where + ".length_estimator")
-        if make_length is not None:
-            length = make_length()
-        elif "length_estimator" in config:
-            length = config.create("length_estimator")
-            length_name = config["length_estimator"].name
-        else:
-            length, length_name = None, ""
-        make_rtt, rtt_name = _component("rtt_estimator", spec.rtt_estimator, where + ".rtt_estimator")
-        if make_rtt is None:
-            if "rtt_estimator" in config:
-                section = config["rtt_estimator"]
-                make_rtt = functools.partial(section.create, "rtt_estimator")
-                rtt_name = section.name
-            else:
-                make_rtt = functools.partial(components.create, "rtt_estimator", "last")
-                rtt_name = "last"
-        runs.append(PolicyRun(spec.label or spec.name, policy, length, make_rtt, length_name, rtt_name))
+    for spec in replay.policy_specs():
+        length_spec = spec.length_estimator or config.get("length_estimator")
+        rtt_spec = spec.rtt_estimator or config.get("rtt_estimator") or DEFAULT_RTT
+        runs.append(
+            PolicyRun(
+                label=spec.label,
+                policy=spec.policy.create(),
+                length=length_spec.create() if length_spec is not None else None,
+                rtt=rtt_spec,
+                length_name=length_spec.name if length_spec is not None else "",
+            )
+        )
     return runs
 
 
@@ -323,7 +257,7 @@ def decide(
     at_once = policy.choose_many(batch, m_estimate, edge, cloud)
     if at_once is not None:
         return np.asarray(at_once, dtype=bool), "choose_many"
-    estimator: RttEstimator = run.rtt_factory()
+    estimator: RttEstimator = run.rtt.create()
     thresholds = policy.rtt_thresholds(batch, m_estimate, edge, cloud, bandwidth_bps)
     count = len(batch)
     on_edge = np.zeros(count, dtype=bool)
@@ -463,7 +397,7 @@ def replay(
     # expects a response as many times larger as the corpus' targets are on average.
     ratio = float(lines.tgt_bytes.sum()) / max(float(lines.src_bytes.sum()), 1.0)
     expected_bytes = np.round(lines.src_bytes[pick] * (1.0 + ratio)).astype(np.int64) + spec.link.overhead_bytes
-    transmission_s = link.rtt_s + 8.0 * true_bytes / bandwidth_bps
+    transmission_s = link.rtt_s + serialisation_s(true_bytes, bandwidth_bps)
     batch = RequestBatch(
         n_tokens=n,
         payload_bytes=expected_bytes,
@@ -607,9 +541,7 @@ def markdown_table(result: dict[str, Any]) -> str:
 
 def plot_rtt_window(link_info: dict[str, Any], window: RttTrace, path: str | Path, title: str = "") -> None:
     """Fig. 4 style: the RTT of the replayed window over time, lost pings marked."""
-    from cnmt.experiments.lengthfit import require_pyplot
-
-    plt = require_pyplot()
+    plt = pyplot()
     if window.times_s is not None:
         x, unit = window.times_s / 3600.0, "hours since window start"
     else:

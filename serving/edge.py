@@ -1,7 +1,7 @@
 """The gateway's local translator: one worker process, optionally under a CPU quota.
 
 The edge device is emulated by running its translations in a separate process placed in a
-cgroup with the CPU quota of the edge device profile (see :mod:`cnmt.runtime.cpu_quota`), so a
+cgroup with the CPU quota of the edge device profile (see :mod:`cnmt.profiling.cpu_quota`), so a
 live gateway faces the same edge/cloud contrast that the profile measured. The gateway's own
 event loop stays in the unthrottled parent process: only the model runs slowly.
 
@@ -121,7 +121,7 @@ class EdgeWorker:
         self.throttled = False
         self.pid: int | None = None
         self.restarts = 0
-        self._quota: Any = None  # cnmt.runtime.cpu_quota.CpuQuota once created
+        self._quota: Any = None  # cnmt.profiling.cpu_quota.CpuQuota once created
         self._process: Any = None
         self._conn: Any = None
         self._queue: collections.deque[tuple[str, asyncio.Future[Translation]]] = (
@@ -147,7 +147,7 @@ class EdgeWorker:
         spec = self.quota_spec
         if spec is None:
             return
-        from cnmt.runtime.cpu_quota import CgroupUnavailable, CpuQuota
+        from cnmt.profiling.cpu_quota import CgroupUnavailable, CpuQuota
 
         try:
             self._quota = CpuQuota(spec.fraction, spec.period_us).create()

@@ -1,7 +1,7 @@
 """Characterization: time a translator on a grid of (N, M) and fit ``T = a_n*N + a_m*M + b``.
 
 The measurement runs in a *worker* subprocess so that a device's CPU quota (a cgroup, see
-:mod:`cnmt.runtime.cpu_quota`) throttles the model and nothing else: the parent only reads
+:mod:`cnmt.profiling.cpu_quota`) throttles the model and nothing else: the parent only reads
 events, draws the progress bar and fits. The worker joins the cgroup before its first
 instruction, loads the translator with the device's providers and threads, then for every grid
 cell, in an order shuffled with a fixed seed (so that slow drift of the machine spreads over the
@@ -16,7 +16,7 @@ runs of 4 ms of CPU at a 25% quota taking 4.04x their CPU time back to back but 
 one clock read between runs, while the process as a whole ran at 4.0x in both cases. So between
 the runs of a cell the worker makes no system call (``perf_counter`` is a vDSO call).
 
-Worker protocol: the parent starts ``python -m cnmt.runtime.profiler JOB_JSON`` and reads one
+Worker protocol: the parent starts ``python -m cnmt.profiling.measure JOB_JSON`` and reads one
 JSON object per line from the worker's stdout (anything else the worker prints goes to stderr)::
 
     {"event": "ready", "family": ..., "providers": [...], "warnings": [...], "versions": {...},
@@ -51,8 +51,9 @@ from pathlib import Path
 from typing import Any
 
 from cnmt.errors import CnmtError, CnmtRuntimeError, ConfigError
-from cnmt.profiles import Cell, DeviceProfile, DeviceSetting, fit_linear
-from cnmt.runtime.cpu_quota import JOIN_FAILED_EXIT, CgroupUnavailable, CpuQuota, popen_in_quota
+from cnmt.profiling.cpu_quota import JOIN_FAILED_EXIT, CgroupUnavailable, CpuQuota, popen_in_quota
+from cnmt.profiling.devices import DeviceSetting
+from cnmt.profiling.profiles import Cell, DeviceProfile, fit_linear
 
 BUSY_LOAD = 0.5  # 1-minute load average from which a measurement is flagged as disturbed
 LOADER = "cnmt.runtime.models:load_translator"
@@ -154,16 +155,16 @@ def _load_average() -> list[float] | None:
 def resolve_model(model: str) -> tuple[str, dict[str, str]]:
     """The model directory to hand to the worker, and its manifest's name/family/checksum.
 
-    A built-in model missing from the cache is exported here, in the unthrottled parent; a
-    name that is neither a directory nor a built-in goes to the worker unchanged, where
+    A built-in model is opened from the cache (export it first: `cnmt profile` does); a name
+    that is neither a directory nor a built-in goes to the worker unchanged, where
     ``load_translator`` reports it.
     """
     from cnmt.runtime.manifest import MANIFEST_NAME, load_manifest
-    from cnmt.runtime.models import BUILTIN_MODELS, ensure_builtin
+    from cnmt.runtime.models import BUILTIN_MODELS, builtin_dir
 
     path = Path(model)
     if not path.is_dir() and model in BUILTIN_MODELS:
-        path = ensure_builtin(BUILTIN_MODELS[model])
+        path = builtin_dir(model)
     if path.is_dir() and (path / MANIFEST_NAME).is_file():
         manifest = load_manifest(path)
         info = {
@@ -313,7 +314,7 @@ def _worker_events(
     if the caller stops early (an error, Ctrl-C)."""
     stderr = tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")
     # -P: a checkout's cnmt/ folder in the working directory must not shadow the installed package
-    args = [python, "-P", "-m", "cnmt.runtime.profiler", job.to_json()]
+    args = [python, "-P", "-m", "cnmt.profiling.measure", job.to_json()]
     proc = popen_in_quota(args, quota, stdout=subprocess.PIPE, stderr=stderr, text=True)
 
     def worker_stderr() -> str:
@@ -423,7 +424,7 @@ def active_providers(translator: Any) -> list[str]:
 
 def _cgroups() -> dict[str, str]:
     try:
-        from cnmt.runtime.cpu_quota import cgroup_of
+        from cnmt.profiling.cpu_quota import cgroup_of
 
         return cgroup_of()
     except OSError:
@@ -494,7 +495,7 @@ def run_worker(job: Job, send: Callable[[dict[str, Any]], None]) -> None:
 
 
 def worker_main(argv: Sequence[str]) -> int:
-    """Entry point of the worker process: ``python -m cnmt.runtime.profiler JOB_JSON``."""
+    """Entry point of the worker process: ``python -m cnmt.profiling.measure JOB_JSON``."""
     # Events go to a private copy of stdout; everything else that writes to fd 1 (native
     # libraries included) is sent to stderr so that it cannot corrupt the event stream.
     events = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
@@ -507,7 +508,7 @@ def worker_main(argv: Sequence[str]) -> int:
 
     try:
         if len(argv) != 1:
-            raise ConfigError("usage: python -m cnmt.runtime.profiler JOB_JSON")
+            raise ConfigError("usage: python -m cnmt.profiling.measure JOB_JSON")
         run_worker(Job.from_json(argv[0]), send)
         return 0
     except CnmtError as exc:

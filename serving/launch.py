@@ -61,6 +61,17 @@ def url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+def prepare_model(model: str) -> None:
+    """Export a built-in model into the cache if it is not there yet. The exporters (and torch)
+    are imported only then: a gateway whose cache is filled never loads them."""
+    from cnmt.runtime.models import unexported_builtin
+
+    if unexported_builtin(model) is not None:
+        from cnmt.exporters.builtins import ensure_exported
+
+        ensure_exported(model)
+
+
 def load_translators(model: str, providers: tuple[str, ...], threads: int, count: int) -> list[Any]:
     from cnmt.runtime import load_translator
 
@@ -189,7 +200,7 @@ def _receive(conn: Connection, process: Any, timeout_s: float) -> tuple[str, Any
 
 
 def load_profile(path: str, key: str, model: str) -> Any:
-    from cnmt.profiles import load
+    from cnmt.profiling.profiles import load
 
     try:
         return load(os.path.normpath(path))
@@ -279,29 +290,24 @@ def build_gateway(
     )
 
 
-def build_schedule(settings: LinkSettings) -> Any:
-    """The link's RTT over time: its trace (read now, so a bad file fails early) or constant."""
-    from cnmt.serving.proxy import RttSchedule, read_rtt_trace
-
-    if settings.trace is not None:
-        try:
-            rtts = read_rtt_trace(settings.trace, settings.trace_format)
-        except ConfigError as exc:
-            raise ConfigError(f"link.trace: {exc}") from None
-        return RttSchedule(rtts, settings.trace_step_s, settings.trace_start)
-    assert settings.rtt_ms is not None
-    return RttSchedule.constant(settings.rtt_ms / 1000.0)
+def build_timeline(settings: LinkSettings) -> Any:
+    """The link's RTT over time (its trace is read now, so a bad file fails early)."""
+    try:
+        return settings.timeline(settings.loss_timeout_s)
+    except ConfigError as exc:
+        raise ConfigError(f"link.trace: {exc}") from None
 
 
-def build_link(settings: LinkSettings, upstream: tuple[str, int], schedule: Any) -> Any:
+def build_link(settings: LinkSettings, upstream: tuple[str, int], timeline: Any) -> Any:
     from cnmt.serving.proxy import DelayProxy
 
+    bandwidth = settings.bandwidth_mbps
     return DelayProxy(
         upstream,
-        schedule,
+        timeline,
         host=settings.host,
         port=settings.port,
-        bandwidth_bps=settings.bandwidth_bps,
+        bandwidth_bps=None if bandwidth is None else bandwidth * 1e6,
     )
 
 
@@ -390,7 +396,9 @@ class System:
             self.cloud_settings,
             self.link_settings,
         )
-        schedule = await loop.run_in_executor(None, build_schedule, link_cfg) if link_cfg else None
+        timeline = await loop.run_in_executor(None, build_timeline, link_cfg) if link_cfg else None
+        for model in dict.fromkeys(c.model for c in (gateway_cfg, cloud_cfg) if c is not None):
+            await loop.run_in_executor(None, prepare_model, model)
         if gateway_cfg is not None:
             # Profiles and schedulers are checked before anything slow, and the gateway's model
             # is loaded (a built-in one exported once into the cache) before the cloud process
@@ -436,16 +444,14 @@ class System:
                 else cloud_address
             )
             assert upstream is not None
-            self._link = build_link(link_cfg, upstream, schedule)
+            self._link = build_link(link_cfg, upstream, timeline)
             await self._link.start()
             link_url = url(link_cfg.host, self._link.port)
-            what = (
-                f"trace {link_cfg.trace}, {link_cfg.trace_step_s:g} s per value"
-                if link_cfg.trace
-                else f"RTT {link_cfg.rtt_ms:g} ms"
+            bandwidth = f", {link_cfg.bandwidth_mbps:g} Mbit/s" if link_cfg.bandwidth_mbps else ""
+            self.say(
+                f"link:    {link_url} -> {upstream[0]}:{upstream[1]}  "
+                f"({link_cfg.describe()}{bandwidth})"
             )
-            bandwidth = f", {link_cfg.bandwidth_bps:g} bit/s" if link_cfg.bandwidth_bps else ""
-            self.say(f"link:    {link_url} -> {upstream[0]}:{upstream[1]}  ({what}{bandwidth})")
         gateway_url = None
         if gateway_cfg is not None:
             from cnmt.serving.cloud_client import CloudClient

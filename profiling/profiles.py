@@ -7,8 +7,6 @@ scheduler uses). Reading one needs neither torch nor onnxruntime.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,53 +14,11 @@ from typing import Any
 import numpy as np
 
 from cnmt.errors import ConfigError
-from cnmt.jsonfile import read_json
+from cnmt.files import read_json, write_json
+from cnmt.profiling.devices import CPU_PROVIDER, DeviceSetting
 from cnmt.schedulers.base import LatencyModel
 
 FORMAT = "cnmt-device-profile/1"
-
-
-CPU_PROVIDER = "CPUExecutionProvider"
-
-
-@dataclass(frozen=True)
-class DeviceSetting:
-    """How a model runs on one (real or emulated) device: the ``device`` section of a config.
-
-    ``providers`` are ONNX Runtime execution providers by preference (later ones are fallbacks),
-    ``threads`` the intra-op threads (0 = ONNX Runtime's default), ``cpu_quota`` the fraction
-    of one CPU core the model may use (0.25 = a quarter; above 1 = several cores; null =
-    unthrottled), enforced by a cgroup in windows of ``cpu_period_us`` microseconds.
-    """
-
-    name: str
-    providers: tuple[str, ...] = (CPU_PROVIDER,)
-    threads: int = 1
-    cpu_quota: float | None = None
-    cpu_period_us: int = 10_000
-    description: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.name:
-            raise ValueError("name: give the device a name (it labels profiles and plots)")
-        if not self.providers:
-            raise ValueError("providers: give at least one execution provider")
-        if self.threads < 0:
-            raise ValueError(f"threads: {self.threads} must be 0 (ONNX Runtime default) or more")
-        if self.cpu_quota is not None and not self.cpu_quota > 0:
-            raise ValueError(
-                f"cpu_quota: {self.cpu_quota} must be a positive fraction of a core "
-                "(e.g. 0.25), or null for no quota"
-            )
-        if not 1_000 <= self.cpu_period_us <= 1_000_000:
-            raise ValueError(
-                f"cpu_period_us: {self.cpu_period_us} out of the kernel's range 1000..1000000"
-            )
-
-    @property
-    def provider(self) -> str:
-        """The preferred execution provider."""
-        return self.providers[0]
 
 
 @dataclass(frozen=True)
@@ -173,14 +129,14 @@ def to_json(profile: DeviceProfile) -> dict[str, Any]:
 
 
 def save(profile: DeviceProfile, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(to_json(profile), indent=1) + "\n", encoding="utf-8")
+    write_json(path, to_json(profile))
 
 
 def load(path: str | Path) -> DeviceProfile:
     """Read a profile file; a missing or malformed file raises ConfigError naming it."""
     path = Path(path)
     data = read_json(
-        path, what="device profile", missing="measure one with `cnmt profile`", format=FORMAT
+        path, what="device profile", fix="measure one with `cnmt profile`", format=FORMAT
     )
     try:
         cells = tuple(
@@ -213,31 +169,3 @@ def load(path: str | Path) -> DeviceProfile:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: malformed device profile: {exc!r}") from None
-
-
-def builtin_device_names() -> list[str]:
-    """The device settings shipped in the package (``configs/devices/*.yaml``)."""
-    from cnmt.config import builtin_configs_root
-
-    return sorted(p.stem for p in (builtin_configs_root() / "devices").glob("*.yaml"))
-
-
-def load_device(name_or_path: str | Path) -> DeviceSetting:
-    """A device setting from a config file with a ``device`` section, or a built-in one by name
-    (``edge-cpu-q25``); ConfigError naming the file, key and the built-in choices."""
-    from cnmt.config import load_config
-
-    path = Path(name_or_path)
-    if not path.is_file() and str(name_or_path) in builtin_device_names():
-        name_or_path = f"devices/{name_or_path}"
-    elif not path.is_file():
-        raise ConfigError(
-            f"{name_or_path}: no such device file or built-in device; built-in: "
-            + ", ".join(builtin_device_names())
-        )
-    config = load_config(name_or_path)
-    setting = config["device"]
-    assert isinstance(setting, DeviceSetting)
-    if not setting.description and config.description:
-        setting = dataclasses.replace(setting, description=config.description.strip())
-    return setting

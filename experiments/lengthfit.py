@@ -17,16 +17,18 @@ same pairs, and ``mean_m`` is their mean M (the Naive baseline's constant).
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cnmt.config import portable
+from cnmt.datasets.corpora import ParallelCorpus, heldout_mask
 from cnmt.errors import ConfigError
-from cnmt.experiments.corpora import ParallelCorpus, heldout_mask
 from cnmt.experiments.tokens import get_counter
+from cnmt.files import sha256_file
+from cnmt.plotting import pyplot
 from cnmt.schedulers.length_models import LengthModel
 
 RULES = ("empty", "identical", "too_long", "ratio")
@@ -132,18 +134,6 @@ def per_n_stats(n: np.ndarray, m: np.ndarray) -> list[dict[str, float]]:
     return rows
 
 
-def portable(text: str) -> str:
-    """``text`` with the data directory written as ``${data}``, so files stay machine-neutral."""
-    from cnmt.config import data_dir
-
-    root = data_dir()
-    if root is None:
-        return text
-    for form in dict.fromkeys((str(Path(root).resolve()), str(root))):
-        text = text.replace(form, "${data}")
-    return text
-
-
 def tokenizer_files(*specs: str) -> dict[str, str]:
     """sha256 of every file a tokenizer spec names, so a fitted model records its exact units."""
     files: dict[str, str] = {}
@@ -151,12 +141,8 @@ def tokenizer_files(*specs: str) -> dict[str, str]:
         for piece in spec.replace("+bpe:", "\0bpe:").split("\0"):
             arg = piece.partition(":")[2]
             if arg and Path(arg).is_file():
-                files[portable(arg)] = _sha256(arg)
+                files[portable(arg)] = sha256_file(arg)
     return files
-
-
-def _sha256(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def fit_length(
@@ -203,8 +189,8 @@ def fit_length(
             {
                 "src": portable(c.src_path),
                 "tgt": portable(c.tgt_path),
-                "src_sha256": _sha256(c.src_path),
-                "tgt_sha256": _sha256(c.tgt_path),
+                "src_sha256": sha256_file(c.src_path),
+                "tgt_sha256": sha256_file(c.tgt_path),
                 "lines": len(c),
             }
             for c in corpora
@@ -232,7 +218,7 @@ def fit_length(
 
 def plot_length_fit(fit: LengthFit, path: str | Path, title: str = "") -> None:
     """Fig. 3 style: mean and std of M for each N, with the fitted line."""
-    plt = require_pyplot()
+    plt = pyplot()
     rows = fit.per_n
     n = np.array([r["n"] for r in rows])
     mean = np.array([r["mean_m"] for r in rows])
@@ -255,15 +241,3 @@ def plot_length_fit(fit: LengthFit, path: str | Path, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def require_pyplot() -> Any:
-    """matplotlib.pyplot on the Agg backend, or a ConfigError saying how to install it."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise ConfigError("plots need matplotlib: pip install 'cnmt[plots]'") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt

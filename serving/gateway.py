@@ -10,7 +10,7 @@
 4. translates in the local worker (:mod:`cnmt.serving.edge`) or sends the text to the cloud;
 5. after a cloud exchange, feeds the RTT estimator one sample: the round trip it measured
    minus the time the cloud says it held the request (``sent_at - received_at``) and minus
-   the bodies' serialisation time at the configured ``bandwidth_bps``.
+   the bodies' serialisation time at the configured ``bandwidth_mbps``.
 
 It answers::
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cnmt.profiles import DeviceProfile
+from cnmt.profiling.profiles import DeviceProfile
 
 
 def _axis(grid: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

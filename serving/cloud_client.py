@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 
+from cnmt.datasets.link import serialisation_s
 from cnmt.serving.cloud import SERVICE
 from cnmt.serving.protocol import JSON_CONTENT_TYPE, dumps
 
@@ -60,7 +61,7 @@ class CloudReply:
         """One RTT sample of the link: the round trip minus the time spent in the server and
         minus the bodies' serialisation at ``bandwidth_bps`` (the part of the exchange that
         :meth:`cnmt.schedulers.LinkState.transmission_s` adds back per request)."""
-        serialisation = 8.0 * self.wire_bytes / bandwidth_bps
+        serialisation = float(serialisation_s(self.wire_bytes, bandwidth_bps))
         return max(0.0, self.round_trip_s - self.server_s - serialisation)
 
 

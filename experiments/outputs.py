@@ -8,35 +8,39 @@ model stays fitted on corpus lengths, which measures the difference between the 
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import hashlib
-import json
-import logging
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cnmt.errors import CnmtError
-from cnmt.experiments.corpora import read_lines
-from cnmt.experiments.lengthfit import portable
+import numpy as np
+
+from cnmt.config import portable
+from cnmt.errors import CnmtError, ConfigError
+from cnmt.experiments.tokens import quiet_runtime_logs
+from cnmt.files import read_json, read_lines, sha256_file, write_json
 
 FORMAT = "cnmt-output-lengths/1"
+FIX = "make it with `cnmt replay CONFIG --cache-outputs` (runs the model over the corpus part)"
 
 
-@contextlib.contextmanager
-def quiet_runtime_logs() -> Iterator[None]:
-    """Silence the runtime's per-sentence warnings (e.g. cn2en's dropped unknown characters)
-    during bulk work: over a corpus they would bury the progress bar."""
-    runtime_logger = logging.getLogger("cnmt.runtime")
-    previous = runtime_logger.level
-    runtime_logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        runtime_logger.setLevel(previous)
+def load_output_lengths(
+    path: str, src_path: str, lines: int
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """(N as the model encoded each line, or None if not cached; M it produced), from a cache
+    made from exactly this ``src_path`` (same checksum and line count)."""
+    data = read_json(path, what="output-length cache", fix=FIX, format=FORMAT)
+    if data.get("src_sha256") != sha256_file(src_path) or len(data.get("output_tokens", [])) != lines:
+        raise ConfigError(
+            f"{path}: was made from another version of {src_path} (checksum or line count "
+            f"differs); {FIX}"
+        )
+    sources = data.get("source_tokens")
+    return (
+        None if sources is None else np.asarray(sources, dtype=np.int64),
+        np.asarray(data["output_tokens"], dtype=np.int64),
+    )
 
 
 def cache_output_lengths(model: str, src_path: str, out_path: str, limit: int | None = None) -> dict[str, Any]:
@@ -47,10 +51,12 @@ def cache_output_lengths(model: str, src_path: str, out_path: str, limit: int | 
     """
     from tqdm import tqdm
 
+    from cnmt.exporters.builtins import ensure_exported
     from cnmt.runtime import load_translator
 
+    ensure_exported(model)
     translator = load_translator(model)
-    lines = read_lines(src_path)
+    lines = read_lines(src_path, what="corpus file")
     if limit is not None:
         lines = lines[:limit]
     sources: list[int] = []
@@ -77,7 +83,7 @@ def cache_output_lengths(model: str, src_path: str, out_path: str, limit: int | 
         "format": FORMAT,
         "model": model,
         "src": portable(str(src_path)),
-        "src_sha256": hashlib.sha256(Path(src_path).read_bytes()).hexdigest(),
+        "src_sha256": sha256_file(src_path),
         "lines": len(lengths),
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "seconds": round(time.perf_counter() - began, 1),
@@ -87,5 +93,5 @@ def cache_output_lengths(model: str, src_path: str, out_path: str, limit: int | 
         "source_tokens": sources,
         "output_tokens": lengths,
     }
-    Path(out_path).write_text(json.dumps(data, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json(out_path, data, indent=None)
     return data

@@ -1,0 +1,257 @@
+"""The component registry: what plugins offer, by kind and name, and how YAML selects it.
+
+Plugins (pluggy) implement the hooks in :mod:`cnmt.hookspecs`; each hook hands them a
+``register`` callback. The built-in plugins are the modules in :data:`DEFAULT_PLUGINS`,
+registered in that order by import (the one place the core names them); third-party plugins
+announce themselves in the ``cnmt`` entry point group and load unless
+``CNMT_DISABLE_PLUGIN_AUTOLOAD`` is set to a non-empty value other than ``0``.
+
+The registry is built per kind, on first use: opening a model calls only the translator hook,
+so a gateway never runs (or imports) what the exporter hook would. A name must be unique within
+its kind; a second registration fails naming both modules.
+
+YAML selects a component with ``{name: NAME, params: {...}}`` (or just ``NAME``). A schema
+field typed :func:`component` (``component("length_estimator")``) validates such a selection
+against the registered class's ``Params`` and yields a :class:`ComponentSpec`, so nested
+components (a replayed policy's own RTT estimator) are checked by ``cnmt config validate`` like
+top-level ones. Top-level config sections are registered too (``cnmt_register_config_sections``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import os
+from collections.abc import Callable, Iterable
+from typing import Annotated, Any
+
+import pluggy
+
+from cnmt import hookspecs
+from cnmt.errors import ConfigError
+from cnmt.schema import NoParams, build, fail
+
+ENTRY_POINT_GROUP = "cnmt"
+DISABLE_AUTOLOAD_ENV = "CNMT_DISABLE_PLUGIN_AUTOLOAD"
+
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "cnmt.plugins.builtin_schedulers",
+    "cnmt.plugins.builtin_models",
+    "cnmt.plugins.builtin_sections",
+)
+
+# Component kind -> the hook that offers components of that kind.
+KINDS: dict[str, str] = {
+    "length_estimator": "cnmt_register_length_estimators",
+    "device_policy": "cnmt_register_device_policies",
+    "rtt_estimator": "cnmt_register_rtt_estimators",
+    "translator": "cnmt_register_translators",
+    "exporter": "cnmt_register_exporters",
+}
+SECTIONS_HOOK = "cnmt_register_config_sections"
+
+
+@dataclasses.dataclass(frozen=True)
+class Registered:
+    """One component known to the registry."""
+
+    kind: str
+    name: str
+    cls: type[Any]
+    plugin: str
+
+    @property
+    def module(self) -> str:
+        return self.cls.__module__
+
+    @property
+    def summary(self) -> str:
+        doc = (self.cls.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Section:
+    """A top-level config key; ``load()`` returns its schema (imported only when used)."""
+
+    key: str
+    load: Callable[[], Any]
+    plugin: str
+
+
+def params_class(cls: type[Any]) -> type[Any]:
+    """The parameter schema a component declares (``NoParams`` when it declares none)."""
+    return getattr(cls, "Params", NoParams)
+
+
+class Components:
+    """Every registered component, by kind and name; each kind is collected on first use."""
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self.pm = pm
+        self._by_kind: dict[str, dict[str, Registered]] = {}
+        self._sections: dict[str, Section] | None = None
+
+    def _kind(self, kind: str) -> dict[str, Registered]:
+        if kind not in KINDS:
+            raise ConfigError(f"unknown component kind {kind!r}; known: {', '.join(sorted(KINDS))}")
+        if kind not in self._by_kind:
+            entries: dict[str, Registered] = {}
+            for plugin, call in _implementations(self.pm, KINDS[kind]):
+
+                def register(cls: type[Any], *, _plugin: str = plugin) -> None:
+                    _add(entries, kind, cls, _plugin)
+
+                call(register=register)
+            self._by_kind[kind] = entries
+        return self._by_kind[kind]
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self._kind(kind))
+
+    def all(self) -> list[Registered]:
+        return [e for kind in sorted(KINDS) for _, e in sorted(self._kind(kind).items())]
+
+    def get(self, kind: str, name: str, label: str | None = None) -> Registered:
+        """The component ``name`` of ``kind``; ConfigError listing the known names (``label``
+        says what the user calls the kind, e.g. "model family" for a translator)."""
+        entries = self._kind(kind)
+        try:
+            return entries[name]
+        except KeyError:
+            known = ", ".join(sorted(entries)) or "(none registered)"
+            what = label or kind.replace("_", " ")
+            raise ConfigError(f"unknown {what} {name!r}; known: {known}") from None
+
+    def create(self, kind: str, name: str, params: Any = None, label: str | None = None) -> Any:
+        """Instantiate component ``name`` of ``kind`` with validated params (default: defaults)."""
+        cls = self.get(kind, name, label).cls
+        return cls(params_class(cls)() if params is None else params)
+
+    def sections(self) -> dict[str, Section]:
+        """Every top-level config section, by key."""
+        if self._sections is None:
+            found: dict[str, Section] = {}
+            for plugin, call in _implementations(self.pm, SECTIONS_HOOK):
+
+                def register(key: str, load: Callable[[], Any], *, _plugin: str = plugin) -> None:
+                    if key in found:
+                        raise ConfigError(
+                            f"two plugins declare the config section {key!r}: "
+                            f"{found[key].plugin} and {_plugin}; rename one of them"
+                        )
+                    found[key] = Section(key, load, _plugin)
+
+                call(register=register)
+            self._sections = found
+        return self._sections
+
+
+def _implementations(
+    pm: pluggy.PluginManager, hook_name: str
+) -> Iterable[tuple[str, Callable[..., Any]]]:
+    """(plugin name, function) of each implementation, in registration order (built-ins first;
+    ``get_hookimpls`` lists them so, though pluggy *calls* the last registered first), so that
+    each registration knows its plugin and a duplicate name blames the later one."""
+    for impl in getattr(pm.hook, hook_name).get_hookimpls():
+        yield impl.plugin_name, impl.function
+
+
+def _add(entries: dict[str, Registered], kind: str, cls: type[Any], plugin: str) -> None:
+    name = getattr(cls, "name", None)
+    where = f"plugin {plugin}: {cls.__module__}.{cls.__qualname__}"
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{where} has no `name`")
+    params = params_class(cls)
+    if not (dataclasses.is_dataclass(params) and params.__dataclass_params__.frozen):
+        raise ConfigError(f"{where}.Params must be a frozen dataclass")
+    existing = entries.get(name)
+    if existing is not None:
+        raise ConfigError(
+            f"two {kind.replace('_', ' ')}s are named {name!r}: "
+            f"{existing.module}.{existing.cls.__qualname__} (plugin {existing.plugin}) and "
+            f"{cls.__module__}.{cls.__qualname__} (plugin {plugin}); rename one of them"
+        )
+    entries[name] = Registered(kind=kind, name=name, cls=cls, plugin=plugin)
+
+
+def autoload_enabled() -> bool:
+    return os.environ.get(DISABLE_AUTOLOAD_ENV, "") in ("", "0")
+
+
+def get_plugin_manager() -> pluggy.PluginManager:
+    """A plugin manager with the hookspecs, the built-ins and (unless disabled) entry points."""
+    pm = pluggy.PluginManager("cnmt")
+    pm.add_hookspecs(hookspecs)
+    for module_name in DEFAULT_PLUGINS:
+        pm.register(importlib.import_module(module_name), name=module_name)
+    if autoload_enabled():
+        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    pm.check_pending()
+    return pm
+
+
+@functools.cache
+def get_components() -> Components:
+    """The process-wide registry, built on first use."""
+    return Components(get_plugin_manager())
+
+
+def distribution_of(pm: pluggy.PluginManager, plugin_name: str) -> str:
+    """'name version' of the distribution a plugin came from, or 'built-in'."""
+    for plugin, dist in pm.list_plugin_distinfo():
+        if pm.get_name(plugin) == plugin_name:
+            return f"{dist.metadata['name']} {dist.version}"
+    return "built-in"
+
+
+# ----------------------------------------------------------------------- components in YAML
+
+
+@dataclasses.dataclass(frozen=True)
+class ComponentSpec:
+    """A component selected in YAML: its kind, registered ``name`` and validated ``params``."""
+
+    kind: str
+    name: str
+    params: Any
+
+    def create(self) -> Any:
+        return get_components().create(self.kind, self.name, self.params)
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """Schema marker: the annotated field selects a registered component of ``kind``."""
+
+    kind: str
+
+    @property
+    def description(self) -> str:
+        return f"a {self.kind.replace('_', ' ')} ({{name, params}})"
+
+    def build_value(self, value: Any, path: str, where: str) -> ComponentSpec:
+        if isinstance(value, str):
+            value = {"name": value}
+        if not isinstance(value, dict):
+            fail(where, path, f"expected {self.description}, got {value!r}")
+        unknown = sorted(str(k) for k in set(value) - {"name", "params"})
+        if unknown:
+            fail(where, f"{path}.{unknown[0]}", "unknown key; valid keys: name, params")
+        name = value.get("name")
+        if not isinstance(name, str):
+            fail(where, f"{path}.name", "missing or not a string")
+        try:
+            entry = get_components().get(self.kind, name)
+        except ConfigError as exc:
+            fail(where, f"{path}.name", str(exc))
+        params = build(params_class(entry.cls), value.get("params"), path=f"{path}.params", where=where)
+        return ComponentSpec(kind=self.kind, name=name, params=params)
+
+
+def component(kind: str) -> Any:
+    """The schema type of a field that selects a component of ``kind`` in YAML."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown component kind {kind!r}; known: {', '.join(sorted(KINDS))}")
+    return Annotated[ComponentSpec, Kind(kind)]
