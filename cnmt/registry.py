@@ -94,8 +94,7 @@ class Components:
         self._sections: dict[str, Section] | None = None
 
     def _kind(self, kind: str) -> dict[str, Registered]:
-        if kind not in KINDS:
-            raise ConfigError(f"unknown component kind {kind!r}; known: {', '.join(sorted(KINDS))}")
+        _check_kind(kind)
         if kind not in self._by_kind:
             entries: dict[str, Registered] = {}
             for plugin, call in _implementations(self.pm, KINDS[kind]):
@@ -146,6 +145,11 @@ class Components:
                 call(register=register)
             self._sections = found
         return self._sections
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ConfigError(f"unknown component kind {kind!r}; known: {', '.join(sorted(KINDS))}")
 
 
 def _implementations(
@@ -252,6 +256,5 @@ class Kind:
 
 def component(kind: str) -> Any:
     """The schema type of a field that selects a component of ``kind`` in YAML."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown component kind {kind!r}; known: {', '.join(sorted(KINDS))}")
+    _check_kind(kind)
     return Annotated[ComponentSpec, Kind(kind)]

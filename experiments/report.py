@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cnmt.errors import CnmtError, ConfigError
+from cnmt.files import read_json
 
 # The paper's own Table I could not be retrieved: the stored copies of "C-NMT: A Collaborative
 # Inference Framework for Neural Machine Translation" (Chen et al., ISCAS 2022, arXiv
@@ -126,7 +127,7 @@ def length_figures(scenarios: list[Scenario], out_dir: Path) -> dict[str, str]:
         path = getattr(getattr(section, "params", None), "model", None)
         if not path or path in done:
             continue
-        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        raw = read_json(path, what="length model", fix="fit it with `cnmt fit-length`")
         if "per_n" not in raw:
             continue
         fit = LengthFit(model=load_length_model(path), dropped=raw.get("dropped", {}), per_n=raw["per_n"])

@@ -38,7 +38,7 @@ from cnmt.exporters.base import (
     publish,
     require_torch,
 )
-from cnmt.files import sha256_file
+from cnmt.files import read_json, sha256_file
 from cnmt.runtime.manifest import Manifest, write_manifest
 from cnmt.runtime.manifest import replace as replace_manifest
 
@@ -309,10 +309,9 @@ def check_tokenizer_dir(folder: Path) -> dict[str, int]:
             f"{folder}: not a Marian tokenizer directory, missing {', '.join(missing)} (a Marian "
             "model needs source.spm, target.spm and vocab.json)"
         )
-    try:
-        vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{folder / 'vocab.json'}: cannot read it ({exc})") from None
+    vocab = read_json(
+        folder / "vocab.json", what="Marian vocabulary", fix="give a Marian tokenizer directory"
+    )
     for token in (EOS, UNK, PAD):
         if token not in vocab:
             raise ConfigError(f"{folder / 'vocab.json'}: special token {token!r} is missing")

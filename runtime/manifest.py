@@ -9,7 +9,6 @@ or copied to another machine as a whole.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cnmt.errors import ConfigError
+from cnmt.files import read_json, write_json
 from cnmt.schema import build, to_plain
 
 MANIFEST_NAME = "manifest.json"
@@ -110,14 +110,7 @@ def load_manifest(model_dir: str | os.PathLike[str]) -> Manifest:
         raise ConfigError(f"{folder}: no such model directory; {fix}")
     if not path.is_file():
         raise ConfigError(f"{path}: not found, so {folder} is not an exported model; {fix}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the manifest ({exc}); {fix}") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"{path}:{exc.lineno}:{exc.colno}: corrupt manifest (invalid JSON: {exc.msg}); {fix}"
-        ) from None
+    data = read_json(path, what="model manifest", fix=fix)
     try:
         manifest = build(Manifest, data, where=str(path))
     except ConfigError as exc:
@@ -141,12 +134,7 @@ def write_manifest(model_dir: str | os.PathLike[str], manifest: Manifest) -> Pat
     """Write ``manifest.json`` into ``model_dir`` (created if needed); returns its path."""
     folder = Path(model_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / MANIFEST_NAME
-    data = to_plain(manifest)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_json(folder / MANIFEST_NAME, to_plain(manifest), indent=2)
 
 
 def replace(manifest: Manifest, **changes: Any) -> Manifest:

@@ -8,7 +8,6 @@ model directory this module reads: three graphs exported by optimum-onnx (``enco
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Sequence
@@ -18,6 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from cnmt.errors import ConfigError
+from cnmt.files import read_json
 from cnmt.runtime.base import Translation, Translator
 from cnmt.runtime.manifest import Manifest, file_path, graph_path
 from cnmt.runtime.session import SessionConfig, create_session
@@ -58,19 +58,7 @@ def _load_spm(path: Path) -> Any:
 
 
 def _load_json_mapping(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: not found; {REEXPORT}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read it ({exc}); {REEXPORT}") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"{path}:{exc.lineno}:{exc.colno}: corrupt JSON ({exc.msg}); {REEXPORT}"
-        ) from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object, got {type(data).__name__}; {REEXPORT}")
-    return data
+    return read_json(path, what="tokenizer file", fix=REEXPORT)
 
 
 def _load_vocab(path: Path) -> dict[str, int]:

@@ -13,14 +13,13 @@ Two tokenizers:
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from cnmt.errors import ConfigError
+from cnmt.files import read_json, read_lines, write_json
 
 
 class Vocabulary:
@@ -42,25 +41,14 @@ class Vocabulary:
         return self.index[token]
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        Path(path).write_text(json.dumps(self.tokens, ensure_ascii=False) + "\n", encoding="utf-8")
+        write_json(path, self.tokens, indent=None)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Vocabulary:
         fix = "export the model again with `cnmt export`"
-        try:
-            tokens = json.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: vocabulary file missing; {fix}") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"{path}: corrupt vocabulary ({exc}); {fix}") from None
-        if (
-            not isinstance(tokens, list)
-            or not all(isinstance(t, str) for t in tokens)
-            or not tokens
-        ):
-            raise ConfigError(
-                f"{path}: corrupt vocabulary (expected a JSON list of strings); {fix}"
-            )
+        tokens = read_json(path, what="vocabulary", fix=fix, expect=list)
+        if not tokens or not all(isinstance(t, str) for t in tokens):
+            raise ConfigError(f"{path}: not a vocabulary: expected a JSON list of strings; {fix}")
         return cls(tokens)
 
 
@@ -139,12 +127,7 @@ class Bpe:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Bpe:
         ranks: dict[tuple[str, str], int] = {}
-        try:
-            lines = Path(path).read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: BPE codes file not found") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: cannot read BPE codes ({exc})") from None
+        lines = read_lines(path, what="BPE codes file")
         start = 1 if lines and lines[0].startswith("#version:") else 0
         for number, line in enumerate(lines[start:], start=start + 1):
             parts = line.split(" ")

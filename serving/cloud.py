@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from cnmt.errors import CnmtError
 from cnmt.runtime.base import Translation, Translator
@@ -68,17 +69,23 @@ class CloudServer:
             max_workers=len(translators), thread_name_prefix="cloud-translate"
         )
         self.pending = 0
-        self.metrics = m.Registry()
-        self._requests = self.metrics.counter(
+        self.metrics = CollectorRegistry()
+        self._requests = Counter(
             "cnmt_cloud_requests_total",
             "Translation requests answered, by HTTP status.",
             ["status"],
+            registry=self.metrics,
         )
-        self._exec = self.metrics.histogram(
-            "cnmt_cloud_exec_seconds", "Model execution time per translation.", m.LATENCY_BUCKETS_S
+        self._exec = Histogram(
+            "cnmt_cloud_exec_seconds",
+            "Model execution time per translation.",
+            buckets=m.LATENCY_BUCKETS_S,
+            registry=self.metrics,
         )
-        self._pending = self.metrics.gauge(
-            "cnmt_cloud_pending_requests", "Requests waiting for or inside a translation."
+        self._pending = Gauge(
+            "cnmt_cloud_pending_requests",
+            "Requests waiting for or inside a translation.",
+            registry=self.metrics,
         )
 
     def app(self) -> web.Application:
@@ -112,9 +119,9 @@ class CloudServer:
                 self.pending -= 1
                 self._pending.set(self.pending)
         except RequestError as exc:
-            self._requests.inc(status=str(exc.status))
+            self._requests.labels(status=str(exc.status)).inc()
             return error_response(exc)
-        self._requests.inc(status="200")
+        self._requests.labels(status="200").inc()
         self._exec.observe(result.seconds)
         body = {
             "translation": result.text,
@@ -147,6 +154,4 @@ class CloudServer:
         return json_response({"status": "ok", "service": SERVICE, "pending": self.pending})
 
     async def handle_metrics(self, request: web.Request) -> web.Response:
-        return web.Response(
-            body=self.metrics.render().encode(), headers={"Content-Type": m.CONTENT_TYPE}
-        )
+        return m.response(self.metrics)

@@ -42,6 +42,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from cnmt.errors import CnmtError
 from cnmt.runtime.base import Translator
@@ -119,52 +120,66 @@ class Gateway:
     # --- metrics -------------------------------------------------------------------------------
 
     def _init_metrics(self) -> None:
-        r = self.metrics = m.Registry()
-        self.m_requests = r.counter(
+        r = self.metrics = CollectorRegistry()
+        self.m_requests = Counter(
             "cnmt_gateway_requests_total",
             "Requests answered with a translation, by the device that translated them.",
             ["device"],
+            registry=r,
         )
-        self.m_decisions = r.counter(
-            "cnmt_gateway_decisions_total", "Device policy decisions, by chosen device.", ["device"]
+        self.m_decisions = Counter(
+            "cnmt_gateway_decisions_total",
+            "Device policy decisions, by chosen device.",
+            ["device"],
+            registry=r,
         )
-        self.m_fallbacks = r.counter(
+        self.m_fallbacks = Counter(
             "cnmt_gateway_fallbacks_total",
             "Requests translated on the other device than decided, by reason.",
             ["reason"],
+            registry=r,
         )
-        self.m_rejected = r.counter(
+        self.m_rejected = Counter(
             "cnmt_gateway_rejected_total",
             "Requests answered with an error, by HTTP status.",
             ["status"],
+            registry=r,
         )
-        self.m_latency = r.histogram(
+        self.m_latency = Histogram(
             "cnmt_gateway_latency_seconds",
             "Time from request arrival to answer, by the device that translated.",
-            m.LATENCY_BUCKETS_S,
             ["device"],
+            buckets=m.LATENCY_BUCKETS_S,
+            registry=r,
         )
-        self.m_length_error = r.histogram(
+        self.m_length_error = Histogram(
             "cnmt_gateway_length_estimate_error_tokens",
             "Estimated minus actual output length (tokens).",
-            m.LENGTH_ERROR_BUCKETS,
+            buckets=m.LENGTH_ERROR_BUCKETS,
+            registry=r,
         )
-        self.m_length_abs_error = r.counter(
+        self.m_length_abs_error = Counter(
             "cnmt_gateway_length_estimate_abs_error_tokens_total",
             "Sum of |estimated - actual| output length over translated requests (tokens).",
+            registry=r,
         )
-        self.m_rtt_estimate = r.gauge(
-            "cnmt_gateway_rtt_estimate_seconds", "The RTT estimator's current estimate of the link."
+        self.m_rtt_estimate = Gauge(
+            "cnmt_gateway_rtt_estimate_seconds",
+            "The RTT estimator's current estimate of the link.",
+            registry=r,
         )
-        self.m_rtt_sample = r.histogram(
+        self.m_rtt_sample = Histogram(
             "cnmt_gateway_rtt_sample_seconds",
             "RTT samples: cloud round trip minus the cloud's own time.",
-            m.LATENCY_BUCKETS_S,
+            buckets=m.LATENCY_BUCKETS_S,
+            registry=r,
         )
-        self.m_cloud_healthy = r.gauge(
-            "cnmt_gateway_cloud_healthy", "1 while the cloud is considered healthy, else 0."
+        self.m_cloud_healthy = Gauge(
+            "cnmt_gateway_cloud_healthy", "1 while the cloud is considered healthy, else 0.", registry=r
         )
-        self.m_pending = r.gauge("cnmt_gateway_pending_requests", "Requests inside the gateway.")
+        self.m_pending = Gauge(
+            "cnmt_gateway_pending_requests", "Requests inside the gateway.", registry=r
+        )
         self.m_cloud_healthy.set(1.0 if self.cloud_healthy else 0.0)
         self.m_rtt_estimate.set(self.rtt_estimator.estimate(self.clock()))
 
@@ -249,11 +264,11 @@ class Gateway:
                 self.pending -= 1
                 self.m_pending.set(self.pending)
         except RequestError as exc:
-            self.m_rejected.inc(status=str(exc.status))
+            self.m_rejected.labels(status=str(exc.status)).inc()
             return error_response(exc)
         except Exception as exc:  # a bug, not the user's fault: say so, keep serving
             log.exception("request failed")
-            self.m_rejected.inc(status="500")
+            self.m_rejected.labels(status="500").inc()
             return error_response(RequestError(500, f"internal error: {type(exc).__name__}: {exc}"))
         return json_response(answer)
 
@@ -280,7 +295,7 @@ class Gateway:
         except (CnmtError, ValueError) as exc:
             log.error("scheduler failed: %s", exc)
             raise RequestError(500, f"the gateway's scheduler failed: {exc}") from None
-        self.m_decisions.inc(device=decided.value)
+        self.m_decisions.labels(device=decided.value).inc()
 
         device, fallback = decided, None
         text_out: str | None = None
@@ -331,9 +346,9 @@ class Gateway:
 
         latency = self.timer() - started
         if fallback is not None:
-            self.m_fallbacks.inc(reason=fallback)
-        self.m_requests.inc(device=device.value)
-        self.m_latency.observe(latency, device=device.value)
+            self.m_fallbacks.labels(reason=fallback).inc()
+        self.m_requests.labels(device=device.value).inc()
+        self.m_latency.labels(device=device.value).observe(latency)
         self.m_length_error.observe(m_estimated - m_actual)
         self.m_length_abs_error.inc(abs(m_estimated - m_actual))
         return {
@@ -392,6 +407,4 @@ class Gateway:
 
     async def handle_metrics(self, request: web.Request) -> web.Response:
         self.m_rtt_estimate.set(self.rtt_estimator.estimate(self.clock()))
-        return web.Response(
-            body=self.metrics.render().encode(), headers={"Content-Type": m.CONTENT_TYPE}
-        )
+        return m.response(self.metrics)

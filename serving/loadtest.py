@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from cnmt.errors import ConfigError
+from cnmt.files import read_lines
 
 
 def check_loopback(base_url: str) -> None:
@@ -61,15 +62,8 @@ def read_sentences(
     path: str | Path, limit: int | None = None, seed: int | None = None
 ) -> list[str]:
     """Non-empty lines of a corpus file, optionally shuffled with ``seed``, at most ``limit``."""
-    path = Path(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = [line.strip() for line in f]
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such corpus file (one sentence per line)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the corpus: {exc}") from None
-    sentences = [line for line in lines if line]
+    lines = read_lines(path, what="corpus file (one sentence per line)")
+    sentences = [line.strip() for line in lines if line.strip()]
     if not sentences:
         raise ConfigError(f"{path}: the corpus has no non-empty line")
     if seed is not None:

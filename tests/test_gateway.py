@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -133,10 +132,8 @@ def test_rtt_estimate_learns_the_links_delay_without_the_clouds_own_time() -> No
         # The cloud held each request >= 200 ms; the sample leaves that out of the link's RTT.
         assert first["latency_ms"] - first["rtt_sample_ms"] >= 200.0
         assert second["rtt_estimate_ms"] == first["rtt_sample_ms"]  # learnt from the exchange
-        gauge = re.search(r"^cnmt_gateway_rtt_estimate_seconds (\S+)$", metrics, re.M)
-        assert gauge and float(gauge.group(1)) * 1000 == pytest.approx(
-            second["rtt_sample_ms"], abs=0.01
-        )
+        gauge = doubles.metric_samples(metrics)["cnmt_gateway_rtt_estimate_seconds"]
+        assert gauge * 1000 == pytest.approx(second["rtt_sample_ms"], abs=0.01)
 
     run(body())
 
@@ -191,8 +188,9 @@ def test_falls_back_to_the_edge_when_the_cloud_times_out() -> None:
         )
         assert answer["latency_ms"] >= 300.0  # it did wait for the deadline first
         assert health["cloud"] == "unhealthy"
-        assert 'cnmt_gateway_fallbacks_total{reason="timeout"} 1' in metrics
-        assert "cnmt_gateway_cloud_healthy 0" in metrics
+        samples = doubles.metric_samples(metrics)
+        assert samples['cnmt_gateway_fallbacks_total{reason="timeout"}'] == 1
+        assert samples["cnmt_gateway_cloud_healthy"] == 0
 
     run(body())
 
@@ -341,7 +339,8 @@ def test_answers_503_with_retry_after_when_the_queue_is_full() -> None:
         for headers, answer in refused:
             assert headers["Retry-After"] == "3"
             assert "overloaded" in answer["error"]
-        assert f'cnmt_gateway_rejected_total{{status="503"}} {len(refused)}' in metrics
+        samples = doubles.metric_samples(metrics)
+        assert samples['cnmt_gateway_rejected_total{status="503"}'] == len(refused)
 
     run(body())
 
@@ -384,7 +383,6 @@ def test_bad_input_gets_a_4xx_with_a_message_naming_the_problem() -> None:
     run(body())
 
 
-SAMPLE = re.compile(r'^[a-z_]+(\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\})? [-+0-9.eEInfa]+$')
 
 
 def test_metrics_expose_requests_latency_length_errors_and_rtt_in_prometheus_format() -> None:
@@ -398,27 +396,24 @@ def test_metrics_expose_requests_latency_length_errors_and_rtt_in_prometheus_for
                 for text in ("yi", "yi er", "yi er san"):
                     await post(s, gw.url, {"text": text})
                 async with s.get(f"{gw.url}/metrics") as response:
-                    assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+                    assert response.headers["Content-Type"].startswith("text/plain; version=")
                     return await response.text()
         finally:
             await gw.close()
             await cloud.cleanup()
 
-    text = run(body())
-    for line in text.splitlines():
-        assert line.startswith("# HELP ") or line.startswith("# TYPE ") or SAMPLE.match(line), line
-    assert 'cnmt_gateway_requests_total{device="edge"} 3' in text
-    assert 'cnmt_gateway_decisions_total{device="edge"} 3' in text
-    assert "# TYPE cnmt_gateway_latency_seconds histogram" in text
-    assert 'cnmt_gateway_latency_seconds_bucket{device="edge",le="+Inf"} 3' in text
-    assert 'cnmt_gateway_latency_seconds_count{device="edge"} 3' in text
+    samples = doubles.metric_samples(run(body()))
+    assert samples['cnmt_gateway_requests_total{device="edge"}'] == 3
+    assert samples['cnmt_gateway_decisions_total{device="edge"}'] == 3
+    assert samples['cnmt_gateway_latency_seconds_bucket{device="edge",le="+Inf"}'] == 3
+    assert samples['cnmt_gateway_latency_seconds_count{device="edge"}'] == 3
     # Estimates 4, 5, 6 against actual lengths 2, 3, 4: every error is +2 tokens.
-    assert 'cnmt_gateway_length_estimate_error_tokens_bucket{le="1"} 0' in text
-    assert 'cnmt_gateway_length_estimate_error_tokens_bucket{le="2"} 3' in text
-    assert "cnmt_gateway_length_estimate_error_tokens_sum 6" in text
-    assert "cnmt_gateway_length_estimate_abs_error_tokens_total 6" in text
-    assert "cnmt_gateway_rtt_estimate_seconds 0.1" in text
-    assert "cnmt_gateway_cloud_healthy 1" in text
+    assert samples['cnmt_gateway_length_estimate_error_tokens_bucket{le="1.0"}'] == 0
+    assert samples['cnmt_gateway_length_estimate_error_tokens_bucket{le="2.0"}'] == 3
+    assert samples["cnmt_gateway_length_estimate_error_tokens_count"] == 3
+    assert samples["cnmt_gateway_length_estimate_abs_error_tokens_total"] == 6
+    assert samples["cnmt_gateway_rtt_estimate_seconds"] == 0.1
+    assert samples["cnmt_gateway_cloud_healthy"] == 1
 
 
 def test_health_and_ready_endpoints() -> None:

@@ -218,3 +218,16 @@ async def start_gateway(
 def broken_model() -> Translator:
     """A translator factory whose model cannot be opened, as with a missing model directory."""
     raise ConfigError("/models/zh-en: no such model directory")
+
+
+def metric_samples(text: str) -> dict[str, float]:
+    """``/metrics`` parsed with prometheus-client's own parser: sample value by
+    ``name{label="value",...}`` (labels sorted; no braces without labels)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples

@@ -60,19 +60,10 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from cnmt.config import data_dir
-    from cnmt.errors import ConfigError
+    from cnmt.config import expand_data
     from cnmt.serving.loadtest import check_loopback, read_sentences, run_load
 
-    corpus = args.corpus
-    if "${data}" in corpus:
-        folder = data_dir()
-        if folder is None:
-            raise ConfigError(
-                f"--corpus: {corpus} needs a data directory; set CNMT_DATA=/path/to/data or give "
-                "--corpus FILE (one sentence per line)"
-            )
-        corpus = corpus.replace("${data}", str(folder))
+    corpus = expand_data(args.corpus, what="--corpus (or give --corpus FILE, one sentence a line)")
     check_loopback(args.url)
     concurrency = args.concurrency if args.concurrency is not None or args.rate is not None else 4
     count = args.count if args.count is not None or args.duration is not None else 200
