@@ -78,7 +78,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "families always use the default session settings, spinning on, since their tiny "
         "per-step ops suffer more from waking blocked threads)",
     )
-    parser.add_argument("--cache-dir", type=Path, help="default: $CNMT_CACHE/bench or ~/.cache/cnmt/bench")
+    parser.add_argument(
+        "--cache-dir", type=Path, help="default: $CNMT_CACHE/bench or ~/.cache/cnmt/bench"
+    )
     parser.add_argument("--json", type=Path, help="also write every raw sample to this JSON file")
     parser.add_argument("--plot", type=Path, help="also plot ms vs M per engine (needs matplotlib)")
     args = parser.parse_args(argv)
@@ -193,10 +195,15 @@ def marian_engines(args: argparse.Namespace, root: Path) -> tuple[Any, dict[str,
     if "ctranslate2" in args.engine_list:
         import ctranslate2
 
-        ct2_dir = ensure_ctranslate2(root, model_dir / "source", translator.manifest.source_checksum)
+        ct2_dir = ensure_ctranslate2(
+            root, model_dir / "source", translator.manifest.source_checksum
+        )
         ct2 = ctranslate2.Translator(
-            str(ct2_dir), device="cpu", compute_type="float32",
-            intra_threads=args.threads, inter_threads=1,
+            str(ct2_dir),
+            device="cpu",
+            compute_type="float32",
+            intra_threads=args.threads,
+            inter_threads=1,
         )
         pieces = {i: p for p, i in translator.tokenizer.vocab.items()}
         piece_ids = translator.tokenizer.vocab
@@ -257,8 +264,9 @@ def rnn_engines(
             def ours(n: int, m: int, t: Any = translator) -> Callable[[], Any]:
                 return lambda: t.run_forced(n, m)
 
-            def reference(n: int, m: int, model: Any = model, bos: int = bos,
-                          start: int = first_ordinary) -> Callable[[], Any]:
+            def reference(
+                n: int, m: int, model: Any = model, bos: int = bos, start: int = first_ordinary
+            ) -> Callable[[], Any]:
                 source = list(range(start, start + n))
                 return lambda: model.greedy(source, bos, -1, m)  # eos -1: never stops early
 
@@ -282,7 +290,7 @@ def time_cell(cell: Cell, runs: dict[str, Callable[[], Any]], rounds: int, check
         cell.same_tokens = {name: tokens[name] == tokens["ours"] for name in names}
     cell.seconds = {name: [] for name in names}
     for r in range(rounds):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             # Let the previous engine's idle worker threads stop spinning (OpenMP in torch and
             # CTranslate2, ONNX Runtime's pool): otherwise they steal cores from the next one.
@@ -322,7 +330,9 @@ def plot(path: Path, cells: list[Cell], engines: list[str], threads: int) -> Non
     for ax, n in zip(axes[0], n_values, strict=True):
         chosen = sorted((c for c in cells if c.n == n), key=lambda c: c.m)
         for engine in engines:
-            ax.plot([c.m for c in chosen], [c.median_ms(engine) for c in chosen], "o-", label=engine)
+            ax.plot(
+                [c.m for c in chosen], [c.median_ms(engine) for c in chosen], "o-", label=engine
+            )
         ax.set_title(f"Marian EN-ZH, N={n}, {threads} threads")
         ax.set_xlabel("M (forced output tokens)")
         ax.set_ylabel("median ms per sentence")
@@ -341,8 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     cores = os.cpu_count()
     translator, marian = marian_engines(args, root)
-    rnn, missing = ({}, ["RNN families: skipped (--no-rnn)"]) if args.no_rnn else rnn_engines(
-        args, root
+    rnn, missing = (
+        ({}, ["RNN families: skipped (--no-rnn)"]) if args.no_rnn else rnn_engines(args, root)
     )
     marian_cells = [Cell("marian", n, m) for n in args.n_values for m in args.m_values]
     rnn_cells = {f: [Cell(f, n, m) for n in args.n_values for m in args.m_values] for f in rnn}
@@ -374,8 +384,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"load average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f}"
-        + (" -- the machine was busy: ratios are noisy" if max(load_before[0], load_after[0])
-           > 0.25 * (cores or 1) else "")
+        + (
+            " -- the machine was busy: ratios are noisy"
+            if max(load_before[0], load_after[0]) > 0.25 * (cores or 1)
+            else ""
+        )
     )
     print(
         f"Marian: {translator.manifest.name}, {translator.manifest.extra.get('weights')}, "
@@ -383,15 +396,27 @@ def main(argv: list[str] | None = None) -> int:
         f"{translator.manifest.extra.get('d_model')}; forced length M, batch 1"
     )
     engines = list(marian)
-    print_table("MarianMT EN-ZH (ms per sentence; engine/ours > 1 means ours is faster)",
-                marian_cells, engines)
-    differing = [f"N={c.n} M={c.m}: {e}" for c in marian_cells for e, same in
-                 c.same_tokens.items() if not same]
-    print("same output tokens as ours in every cell: " + (
-        "yes" if not differing else "no (" + "; ".join(differing) + ")"))
+    print_table(
+        "MarianMT EN-ZH (ms per sentence; engine/ours > 1 means ours is faster)",
+        marian_cells,
+        engines,
+    )
+    differing = [
+        f"N={c.n} M={c.m}: {e}"
+        for c in marian_cells
+        for e, same in c.same_tokens.items()
+        if not same
+    ]
+    print(
+        "same output tokens as ours in every cell: "
+        + ("yes" if not differing else "no (" + "; ".join(differing) + ")")
+    )
     for family, cells in rnn_cells.items():
-        print_table(f"{family} (ORT vs torch modules, ms; torch/ours > 1 means ours is faster)",
-                    cells, ["ours", "torch"])
+        print_table(
+            f"{family} (ORT vs torch modules, ms; torch/ours > 1 means ours is faster)",
+            cells,
+            ["ours", "torch"],
+        )
     for line in missing:
         print(line)
     at_32 = [c for c in marian_cells if c.m == 32]
@@ -399,12 +424,16 @@ def main(argv: list[str] | None = None) -> int:
         print("\ntargets at M=32 (medians of this run):")
         if "transformers" in marian:
             worst = min(c.median_ms("transformers") / c.median_ms("ours") for c in at_32)
-            print(f"  ours vs transformers generate: >= {worst:.2f}x faster "
-                  f"(target 3x: {'met' if worst >= 3 else 'NOT met'})")
+            print(
+                f"  ours vs transformers generate: >= {worst:.2f}x faster "
+                f"(target 3x: {'met' if worst >= 3 else 'NOT met'})"
+            )
         if "ctranslate2" in marian:
             worst = min(c.median_ms("ctranslate2") / c.median_ms("ours") for c in at_32)
-            print(f"  ours vs CTranslate2 fp32: ctranslate2/ours >= {worst:.2f}x "
-                  f"(target >= 1: {'met' if worst >= 1 else 'NOT met'})")
+            print(
+                f"  ours vs CTranslate2 fp32: ctranslate2/ours >= {worst:.2f}x "
+                f"(target >= 1: {'met' if worst >= 1 else 'NOT met'})"
+            )
     if args.json:
         raw = {
             "threads": args.threads,

@@ -42,7 +42,10 @@ def data_dir() -> Path:
 def profiles(folder: Path) -> tuple[str, str, str]:
     """(edge path, cloud path, what they are)."""
     measured = REPO / "configs" / "profiles"
-    edge, cloud = measured / "bilstm-de-en__edge-cpu-q25.json", measured / "bilstm-de-en__cloud-cpu.json"
+    edge, cloud = (
+        measured / "bilstm-de-en__edge-cpu-q25.json",
+        measured / "bilstm-de-en__cloud-cpu.json",
+    )
     if edge.is_file() and cloud.is_file():
         return str(edge), str(cloud), "measured BiLSTM profiles"
     from cnmt.profiling.devices import DeviceSetting
@@ -52,11 +55,27 @@ def profiles(folder: Path) -> tuple[str, str, str]:
     paths = []
     for name, (a_n, a_m, b) in (("edge", (0.004, 0.012, 0.02)), ("cloud", (0.001, 0.003, 0.01))):
         cells = tuple(
-            Cell(n, m, tuple(float(v) for v in (a_n * n + a_m * m + b) * (1 + 0.05 * rng.standard_normal(10))))
-            for n in (1, 8, 16, 32, 64, 128) for m in (1, 8, 16, 32, 64, 128)
+            Cell(
+                n,
+                m,
+                tuple(
+                    float(v) for v in (a_n * n + a_m * m + b) * (1 + 0.05 * rng.standard_normal(10))
+                ),
+            )
+            for n in (1, 8, 16, 32, 64, 128)
+            for m in (1, 8, 16, 32, 64, 128)
         )
         path = folder / f"{name}.json"
-        save(DeviceProfile("bilstm-de-en", "synthetic", DeviceSetting(name=f"synthetic-{name}"), cells, fit_linear(cells)), path)
+        save(
+            DeviceProfile(
+                "bilstm-de-en",
+                "synthetic",
+                DeviceSetting(name=f"synthetic-{name}"),
+                cells,
+                fit_linear(cells),
+            ),
+            path,
+        )
         paths.append(str(path))
     return paths[0], paths[1], "SYNTHETIC profiles (measured ones not found)"
 
@@ -79,11 +98,28 @@ def bench_replay(requests: int, repeats: int) -> None:
                     "src_tokenizer": f"moses:de+bpe:{bpe}",
                     "tgt_tokenizer": f"moses:en+bpe:{bpe}",
                     "heldout_every": 10,
-                    "parts": [{"src": f"{data}/corpora/iwslt14-de-en/valid.de", "tgt": f"{data}/corpora/iwslt14-de-en/valid.en"}],
+                    "parts": [
+                        {
+                            "src": f"{data}/corpora/iwslt14-de-en/valid.de",
+                            "tgt": f"{data}/corpora/iwslt14-de-en/valid.en",
+                        }
+                    ],
                 },
                 "devices": {"edge": edge, "cloud": cloud},
-                "connections": {"cp1": {"trace": f"{data}/rtt/ripe-atlas-2016/15271.csv", "start": 1000, "samples": 2000}},
-                "policies": ["edge", "cloud", "oracle", {"name": "naive", "params": {"model": lengths}}, "cnmt"],
+                "connections": {
+                    "cp1": {
+                        "trace": f"{data}/rtt/ripe-atlas-2016/15271.csv",
+                        "start": 1000,
+                        "samples": 2000,
+                    }
+                },
+                "policies": [
+                    "edge",
+                    "cloud",
+                    "oracle",
+                    {"name": "naive", "params": {"model": lengths}},
+                    "cnmt",
+                ],
             },
             "length_estimator": {"name": "linear", "params": {"model": lengths}},
             "rtt_estimator": {"name": "median", "params": {"window": 5, "max_age_s": 30}},
@@ -99,16 +135,23 @@ def bench_replay(requests: int, repeats: int) -> None:
         cold_wall, cold = runs[0]
         wall, timings = min(runs, key=lambda r: r[0])
         print(f"replay of {requests:,} requests x 5 policies ({what}):")
-        print(f"  first run (tokenizers loaded, corpus counted): {cold_wall:.3f} s, of which load "
-              f"{cold['load_s']:.3f} s")
+        print(
+            f"  first run (tokenizers loaded, corpus counted): {cold_wall:.3f} s, of which load "
+            f"{cold['load_s']:.3f} s"
+        )
         print(f"  best of {repeats} (token counters cached in the process):")
         print(f"  load (trace, corpus, token counts): {timings['load_s']:.3f} s")
         print(f"  prepare (sampling, ground truth):    {timings['prepare_s']:.3f} s")
         for key, value in timings.items():
             if key.startswith("policy_"):
-                print(f"  {key.removeprefix('policy_').removesuffix('_s'):<8} {value:.3f} s  ({requests / value:,.0f} requests/s)")
-        print(f"  total {wall:.3f} s = {requests / wall:,.0f} requests/s end to end "
-              f"({5 * requests / wall:,.0f} decisions/s)")
+                print(
+                    f"  {key.removeprefix('policy_').removesuffix('_s'):<8} {value:.3f} s  "
+                    f"({requests / value:,.0f} requests/s)"
+                )
+        print(
+            f"  total {wall:.3f} s = {requests / wall:,.0f} requests/s end to end "
+            f"({5 * requests / wall:,.0f} decisions/s)"
+        )
 
 
 def bench_decision_vs_translation(samples: int) -> None:
@@ -120,8 +163,11 @@ def bench_decision_vs_translation(samples: int) -> None:
     components = get_components()
     policy = components.create("device_policy", "cnmt")
     length = components.create(
-        "length_estimator", "linear",
-        components.get("length_estimator", "linear").cls.Params(model=str(REPO / "configs/lengths/iwslt14-de-en.json")),
+        "length_estimator",
+        "linear",
+        components.get("length_estimator", "linear").cls.Params(
+            model=str(REPO / "configs/lengths/iwslt14-de-en.json")
+        ),
     )
     rtt = components.create("rtt_estimator", "median")
     words, bpe = WordTokenizer("de"), Bpe.load(f"{data}/tokenizers/iwslt14-de-en-bpe10k/code")
@@ -144,7 +190,9 @@ def bench_decision_vs_translation(samples: int) -> None:
             decide(float(i))
         times.append((time.perf_counter() - began) / loops)
     decision = min(times)
-    print(f"one live decision (tokenize + estimate M + RTT + rule + observe): {decision * 1e6:.1f} us")
+    print(
+        f"one live decision (tokenize + estimate M + RTT + rule + observe): {decision * 1e6:.1f} us"
+    )
     try:
         from cnmt.runtime import load_translator
 
@@ -164,15 +212,23 @@ def bench_decision_vs_translation(samples: int) -> None:
             runs.append(time.perf_counter() - began)
         per_sentence.append(statistics.median(runs))
     translation = statistics.mean(per_sentence)
-    print(f"one cn2en translation (median of {samples}, mean over {len(sentences)} short sentences): {translation * 1e3:.2f} ms")
-    print(f"decision / translation = {decision / translation:.4f} ({translation / decision:,.0f}x cheaper)")
+    print(
+        f"one cn2en translation (median of {samples}, mean over {len(sentences)} short "
+        f"sentences): {translation * 1e3:.2f} ms"
+    )
+    print(
+        f"decision / translation = {decision / translation:.4f} "
+        f"({translation / decision:,.0f}x cheaper)"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--translations", type=int, default=20, help="timed translations per sentence")
+    parser.add_argument(
+        "--translations", type=int, default=20, help="timed translations per sentence"
+    )
     args = parser.parse_args()
     bench_replay(args.requests, args.repeats)
     bench_decision_vs_translation(args.translations)

@@ -128,13 +128,12 @@ def builtin_configs_root() -> Path:
 def builtin_config_names(folder: str = "") -> list[str]:
     """Built-in config names (``serving/default``), optionally only those under ``folder``."""
     root = builtin_configs_root()
-    return sorted(
-        str(p.relative_to(root).with_suffix(""))
-        for p in (root / folder).rglob("*.yaml")
-    )
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in (root / folder).rglob("*.yaml"))
 
 
-def resolve_config_path(name_or_path: str | os.PathLike[str], relative_to: Path | None = None) -> Path:
+def resolve_config_path(
+    name_or_path: str | os.PathLike[str], relative_to: Path | None = None
+) -> Path:
     """A config file: a path (relative to ``relative_to`` if given, else to the working
     directory) or a built-in config by name (``default``, ``serving/default``)."""
     path = Path(name_or_path)

@@ -41,7 +41,9 @@ def read_json(
         line = path.read_bytes()[: exc.start].count(b"\n") + 1
         raise ConfigError(f"{path}:{line}: not a {what}: not UTF-8 text; {fix}") from None
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read this {what}: {exc.strerror or exc}; {fix}") from None
+        raise ConfigError(
+            f"{path}: cannot read this {what}: {exc.strerror or exc}; {fix}"
+        ) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -88,7 +90,9 @@ def read_lines(path: PathLike, *, what: str = "text file") -> list[str]:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {exc.start}); not a {what}") from None
+        raise ConfigError(
+            f"{path}:{line}: not UTF-8 text (byte {exc.start}); not a {what}"
+        ) from None
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()

@@ -45,5 +45,3 @@ def cnmt_register_exporters(register: Register) -> None:
 @hookspec
 def cnmt_register_config_sections(register: Register) -> None:
     """Offer top-level config sections: register(key, load), load() returning the schema type."""
-
-

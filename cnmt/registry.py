@@ -250,7 +250,9 @@ class Kind:
             entry = get_components().get(self.kind, name)
         except ConfigError as exc:
             fail(where, f"{path}.name", str(exc))
-        params = build(params_class(entry.cls), value.get("params"), path=f"{path}.params", where=where)
+        params = build(
+            params_class(entry.cls), value.get("params"), path=f"{path}.params", where=where
+        )
         return ComponentSpec(kind=self.kind, name=name, params=params)
 
 

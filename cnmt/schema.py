@@ -115,7 +115,9 @@ def _convert(tp: Any, value: Any, path: str, where: str) -> Any:
         fail(where, path, f"expected {type_name(tp)}, got {_describe(value)}")
     if origin is Literal:
         choices = get_args(tp)
-        if value not in choices or isinstance(value, bool) != any(isinstance(c, bool) for c in choices):
+        if value not in choices or isinstance(value, bool) != any(
+            isinstance(c, bool) for c in choices
+        ):
             valid = ", ".join(repr(c) for c in choices)
             fail(where, path, f"{_describe(value)} is not a valid choice; valid: {valid}")
         return value

@@ -1,4 +1,5 @@
-"""Parallel corpora: line-aligned text files, line i of the source translating line i of the target."""
+"""Parallel corpora: line-aligned text files, line i of the source translating line i of the
+target."""
 
 from __future__ import annotations
 

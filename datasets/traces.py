@@ -236,7 +236,9 @@ def load_ripe_json(path: str | Path) -> RttTrace:
             stamp, rtt, was_lost = _ripe_result(obj, path, where)
         except ConfigError as exc:
             if label:
-                raise ConfigError(str(exc).replace(f"{path}:{where}:", f"{path}: {label}{where}:")) from None
+                raise ConfigError(
+                    str(exc).replace(f"{path}:{where}:", f"{path}: {label}{where}:")
+                ) from None
             raise
         epochs.append(stamp)
         rtts.append(rtt)

@@ -11,7 +11,8 @@
         tgt_tokenizer: bpe:${data}/tokenizers/iwslt14-de-en-bpe10k/code
         heldout_every: 10              # requests from lines i % 10 == 9 only
         parts:
-          - {src: ${data}/corpora/iwslt14-de-en/valid.de, tgt: ${data}/corpora/iwslt14-de-en/valid.en}
+          - src: ${data}/corpora/iwslt14-de-en/valid.de
+            tgt: ${data}/corpora/iwslt14-de-en/valid.en
       devices:
         edge: ${config_dir}/../profiles/bilstm-de-en__edge-cpu-q25.json
         cloud: ${config_dir}/../profiles/bilstm-de-en__cloud-cpu.json
@@ -69,7 +70,9 @@ class CorpusSpec:
             if any(s is None for s in shares):
                 raise ValueError("parts: give `share` for every part or for none")
             if abs(sum(shares) - 1.0) > 1e-6:  # type: ignore[arg-type]
-                raise ValueError(f"parts: the shares must add up to 1, they add up to {sum(shares)}")  # type: ignore[arg-type]
+                raise ValueError(
+                    f"parts: the shares must add up to 1, they add up to {sum(shares)}"
+                )  # type: ignore[arg-type]
         if self.heldout_every is not None and self.heldout_every < 2:
             raise ValueError(f"heldout_every must be >= 2 or null, got {self.heldout_every}")
 
@@ -140,7 +143,9 @@ class PolicyField:
     """Schema marker of one entry of ``replay.policies``: a name, or ``{name, params, label,
     length_estimator, rtt_estimator}``."""
 
-    description = "a device policy (a name, or {name, params, label, length_estimator, rtt_estimator})"
+    description = (
+        "a device policy (a name, or {name, params, label, length_estimator, rtt_estimator})"
+    )
     KEYS = ("name", "params", "label", "length_estimator", "rtt_estimator")
 
     def build_value(self, value: Any, path: str, where: str) -> PolicySpec:

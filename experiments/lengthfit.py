@@ -69,7 +69,9 @@ def filter_pairs(
 
     drop("empty", (n == 0) | (m == 0))
     if rules.drop_identical:
-        same = np.fromiter((a.strip() == b.strip() for a, b in zip(src, tgt, strict=True)), bool, len(n))
+        same = np.fromiter(
+            (a.strip() == b.strip() for a, b in zip(src, tgt, strict=True)), bool, len(n)
+        )
         drop("identical", same)
     else:
         dropped["identical"] = 0
@@ -113,7 +115,9 @@ class LengthFit:
 def least_squares(n: np.ndarray, m: np.ndarray) -> tuple[float, float, float, float]:
     """(gamma, delta, r2, mse) of m ~ gamma*n + delta."""
     if len(n) < 2:
-        raise ConfigError(f"need at least 2 sentence pairs to fit a line, {len(n)} left after filtering")
+        raise ConfigError(
+            f"need at least 2 sentence pairs to fit a line, {len(n)} left after filtering"
+        )
     x = np.asarray(n, dtype=float)
     y = np.asarray(m, dtype=float)
     design = np.column_stack([x, np.ones_like(x)])
@@ -129,7 +133,12 @@ def per_n_stats(n: np.ndarray, m: np.ndarray) -> list[dict[str, float]]:
     for value in np.unique(n):
         sel = m[n == value].astype(float)
         rows.append(
-            {"n": int(value), "count": int(len(sel)), "mean_m": float(sel.mean()), "std_m": float(sel.std())}
+            {
+                "n": int(value),
+                "count": int(len(sel)),
+                "mean_m": float(sel.mean()),
+                "std_m": float(sel.std()),
+            }
         )
     return rows
 
@@ -228,7 +237,12 @@ def plot_length_fit(fit: LengthFit, path: str | Path, title: str = "") -> None:
     ax.errorbar(n, mean, yerr=std, fmt="o", ms=3, lw=0.8, capsize=2, label="mean ± std of M per N")
     xs = np.array([0, n.max()])
     m = fit.model
-    ax.plot(xs, m.gamma * xs + m.delta, "r-", label=f"M = {m.gamma:.3f}·N + {m.delta:.3f} (R²={m.r2:.3f})")
+    ax.plot(
+        xs,
+        m.gamma * xs + m.delta,
+        "r-",
+        label=f"M = {m.gamma:.3f}·N + {m.delta:.3f} (R²={m.r2:.3f})",
+    )
     ax.set_xlabel(f"N (input tokens, {m.src_tokenizer.split(':')[0]})")
     ax.set_ylabel(f"M (output tokens, {m.tgt_tokenizer.split(':')[0]})")
     ax.set_title(title or f"{m.pairs_kept} of {m.pairs_total} pairs kept")
@@ -236,8 +250,16 @@ def plot_length_fit(fit: LengthFit, path: str | Path, title: str = "") -> None:
     ax.legend(loc="upper left", fontsize=8)
     sparse = count < 5
     if sparse.any():
-        ax.text(0.99, 0.01, f"{int(sparse.sum())} N values with < 5 pairs", transform=ax.transAxes,
-                ha="right", va="bottom", fontsize=7, color="gray")
+        ax.text(
+            0.99,
+            0.01,
+            f"{int(sparse.sum())} N values with < 5 pairs",
+            transform=ax.transAxes,
+            ha="right",
+            va="bottom",
+            fontsize=7,
+            color="gray",
+        )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -31,7 +31,10 @@ def load_output_lengths(
     """(N as the model encoded each line, or None if not cached; M it produced), from a cache
     made from exactly this ``src_path`` (same checksum and line count)."""
     data = read_json(path, what="output-length cache", fix=FIX, format=FORMAT)
-    if data.get("src_sha256") != sha256_file(src_path) or len(data.get("output_tokens", [])) != lines:
+    if (
+        data.get("src_sha256") != sha256_file(src_path)
+        or len(data.get("output_tokens", [])) != lines
+    ):
         raise ConfigError(
             f"{path}: was made from another version of {src_path} (checksum or line count "
             f"differs); {FIX}"
@@ -43,7 +46,9 @@ def load_output_lengths(
     )
 
 
-def cache_output_lengths(model: str, src_path: str, out_path: str, limit: int | None = None) -> dict[str, Any]:
+def cache_output_lengths(
+    model: str, src_path: str, out_path: str, limit: int | None = None
+) -> dict[str, Any]:
     """Translate every line of ``src_path`` with ``model`` (via cnmt.runtime) and cache M per line.
 
     Empty lines get M = 0 without running the model. ``limit`` translates only the first lines
@@ -65,7 +70,9 @@ def cache_output_lengths(model: str, src_path: str, out_path: str, limit: int | 
     examples: list[dict[str, Any]] = []
     began = time.perf_counter()
     with quiet_runtime_logs():
-        for text in tqdm(lines, desc=f"{model} over {Path(src_path).name}", unit="line", file=sys.stderr):
+        for text in tqdm(
+            lines, desc=f"{model} over {Path(src_path).name}", unit="line", file=sys.stderr
+        ):
             try:
                 result = translator.translate(text)
             except CnmtError as exc:
@@ -78,7 +85,14 @@ def cache_output_lengths(model: str, src_path: str, out_path: str, limit: int | 
             sources.append(int(result.source_tokens))
             lengths.append(int(result.output_tokens))
             if len(examples) < 5:
-                examples.append({"src": text, "output": result.text, "n": result.source_tokens, "m": result.output_tokens})
+                examples.append(
+                    {
+                        "src": text,
+                        "output": result.text,
+                        "n": result.source_tokens,
+                        "m": result.output_tokens,
+                    }
+                )
     data = {
         "format": FORMAT,
         "model": model,

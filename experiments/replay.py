@@ -93,7 +93,11 @@ def load_corpus_lines(spec: CorpusSpec, heldout_only: bool = True) -> CorpusLine
     }
     for index, part in enumerate(spec.parts):
         corpus = read_parallel(part.src, part.tgt)
-        pool = heldout_mask(len(corpus), spec.heldout_every) if (heldout_only and spec.heldout_every) else np.ones(len(corpus), bool)
+        pool = (
+            heldout_mask(len(corpus), spec.heldout_every)
+            if (heldout_only and spec.heldout_every)
+            else np.ones(len(corpus), bool)
+        )
         src = [s for s, keep in zip(corpus.src, pool, strict=True) if keep]
         tgt = [t for t, keep in zip(corpus.tgt, pool, strict=True) if keep]
         m_corpus = tgt_counter.count_many(tgt)
@@ -101,7 +105,11 @@ def load_corpus_lines(spec: CorpusSpec, heldout_only: bool = True) -> CorpusLine
             # The cache holds the N the model really encoded: no need to load the model here.
             cached_n, cached_m = load_output_lengths(part.output_lengths, part.src, len(corpus))
             m = cached_m[pool]
-            n = cached_n[pool] if cached_n is not None else get_counter(spec.src_tokenizer).count_many(src)
+            n = (
+                cached_n[pool]
+                if cached_n is not None
+                else get_counter(spec.src_tokenizer).count_many(src)
+            )
             missing_target = np.zeros(len(n), dtype=bool)
         else:
             n = get_counter(spec.src_tokenizer).count_many(src)
@@ -124,7 +132,9 @@ def load_corpus_lines(spec: CorpusSpec, heldout_only: bool = True) -> CorpusLine
                 "excluded_empty_target": int(((n > 0) & missing_target).sum()),
                 "eligible_lines": int(eligible.sum()),
                 "m_source": (
-                    f"model outputs ({os.path.normpath(part.output_lengths)})" if part.output_lengths else "corpus targets"
+                    f"model outputs ({os.path.normpath(part.output_lengths)})"
+                    if part.output_lengths
+                    else "corpus targets"
                 ),
             }
         )
@@ -141,7 +151,9 @@ def load_corpus_lines(spec: CorpusSpec, heldout_only: bool = True) -> CorpusLine
     )
 
 
-def draw_requests(lines: CorpusLines, spec: CorpusSpec, count: int, rng: np.random.Generator) -> np.ndarray:
+def draw_requests(
+    lines: CorpusLines, spec: CorpusSpec, count: int, rng: np.random.Generator
+) -> np.ndarray:
     """Indices into ``lines`` of ``count`` requests (uniform, or per part by ``share``)."""
     if spec.parts[0].share is None:
         return rng.integers(0, len(lines.n), size=count)
@@ -360,11 +372,15 @@ def replay(
     """Run one connection profile of ``config`` through every policy."""
     spec: ReplayConfig = config["replay"]
     if requests is not None or seed is not None:
-        spec = replace(spec, requests=requests or spec.requests, seed=spec.seed if seed is None else seed)
+        spec = replace(
+            spec, requests=requests or spec.requests, seed=spec.seed if seed is None else seed
+        )
     names = list(spec.connections)
     chosen = connection or spec.default_connection or names[0]
     if chosen not in spec.connections:
-        raise ConfigError(f"{config.source}: no connection profile {chosen!r}; defined: {', '.join(names)}")
+        raise ConfigError(
+            f"{config.source}: no connection profile {chosen!r}; defined: {', '.join(names)}"
+        )
     conn = spec.connections[chosen]
     if trace_path is not None:
         # The configured window belongs to the configured trace: another trace is replayed
@@ -396,7 +412,9 @@ def replay(
     # Before translating, the gateway knows the request's size, not the response's: it
     # expects a response as many times larger as the corpus' targets are on average.
     ratio = float(lines.tgt_bytes.sum()) / max(float(lines.src_bytes.sum()), 1.0)
-    expected_bytes = np.round(lines.src_bytes[pick] * (1.0 + ratio)).astype(np.int64) + spec.link.overhead_bytes
+    expected_bytes = (
+        np.round(lines.src_bytes[pick] * (1.0 + ratio)).astype(np.int64) + spec.link.overhead_bytes
+    )
     transmission_s = link.rtt_s + serialisation_s(true_bytes, bandwidth_bps)
     batch = RequestBatch(
         n_tokens=n,
@@ -426,7 +444,17 @@ def replay(
         else:
             m_est = np.full(len(n), np.nan)
             run.length_name = ""
-        on_edge, path = decide(run, batch, m_est, edge_lm, cloud_lm, bandwidth_bps, link.arrival_s, completion_s, link.rtt_s)
+        on_edge, path = decide(
+            run,
+            batch,
+            m_est,
+            edge_lm,
+            cloud_lm,
+            bandwidth_bps,
+            link.arrival_s,
+            completion_s,
+            link.rtt_s,
+        )
         latency = np.where(on_edge, edge_s, cloud_s + transmission_s)
         policies[run.label] = {
             "policy": run.policy.name,
@@ -522,7 +550,8 @@ class ReplayOutcome:
 def markdown_table(result: dict[str, Any]) -> str:
     """Totals, device split and Table I's percentages of one replay."""
     rows = [
-        "| policy | total (s) | mean (ms) | p95 (ms) | edge | cloud | vs edge | vs cloud | vs Oracle |",
+        "| policy | total (s) | mean (ms) | p95 (ms) | edge | cloud | vs edge | vs cloud "
+        "| vs Oracle |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
@@ -534,12 +563,15 @@ def markdown_table(result: dict[str, Any]) -> str:
         rows.append(
             f"| {label} | {p['total_s']:.1f} | {p['mean_s'] * 1e3:.1f} | {p['p95_s'] * 1e3:.1f} | "
             f"{p['share_edge'] * 100:.1f}% | {p['share_cloud'] * 100:.1f}% | "
-            f"{pct(t.get('vs_edge_pct'))} | {pct(t.get('vs_cloud_pct'))} | {pct(t.get('vs_oracle_pct'))} |"
+            f"{pct(t.get('vs_edge_pct'))} | {pct(t.get('vs_cloud_pct'))} | "
+            f"{pct(t.get('vs_oracle_pct'))} |"
         )
     return "\n".join(rows)
 
 
-def plot_rtt_window(link_info: dict[str, Any], window: RttTrace, path: str | Path, title: str = "") -> None:
+def plot_rtt_window(
+    link_info: dict[str, Any], window: RttTrace, path: str | Path, title: str = ""
+) -> None:
     """Fig. 4 style: the RTT of the replayed window over time, lost pings marked."""
     plt = pyplot()
     if window.times_s is not None:
@@ -552,11 +584,19 @@ def plot_rtt_window(link_info: dict[str, Any], window: RttTrace, path: str | Pat
         low = np.nanmin(window.rtt_ms)
         ax.plot(x[window.lost], np.full(int(window.lost.sum()), low), "rx", ms=4, label="lost ping")
     stats = window.summary()
-    ax.axhline(stats["median_ms"], color="gray", lw=0.8, ls="--", label=f"median {stats['median_ms']:.1f} ms")
+    ax.axhline(
+        stats["median_ms"],
+        color="gray",
+        lw=0.8,
+        ls="--",
+        label=f"median {stats['median_ms']:.1f} ms",
+    )
     ax.set_xlabel(unit)
     ax.set_ylabel("RTT (ms)")
     w = link_info["window"]
-    where = f"{Path(link_info['trace']).name}, samples {w['start']}..{w['start'] + w['samples'] - 1}"
+    where = (
+        f"{Path(link_info['trace']).name}, samples {w['start']}..{w['start'] + w['samples'] - 1}"
+    )
     ax.set_title(f"{title}: {where}" if title else where, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper right")

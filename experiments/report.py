@@ -29,7 +29,9 @@ PAPER = {
     "authors": "Y. Chen, R. Chiaro, E. Macii, M. Poncino, D. Jahier Pagliari",
     "venue": "ISCAS 2022",
     "url": "https://arxiv.org/abs/2204.04043",
-    "abstract_claim": "CI can reduce the latency of NMT by up to 44% compared to a non-collaborative approach",
+    "abstract_claim": (
+        "CI can reduce the latency of NMT by up to 44% compared to a non-collaborative approach"
+    ),
     "table_i": None,
     "table_i_note": (
         "The paper's Table I is not included: the copies of the paper reachable from this "
@@ -66,7 +68,11 @@ def plan(only: list[str] | None = None) -> list[Scenario]:
 
     scenarios: list[Scenario] = []
     for name in experiment_configs():
-        setup = name.removeprefix("experiments/") if name.startswith("experiments/") else Path(name).stem
+        setup = (
+            name.removeprefix("experiments/")
+            if name.startswith("experiments/")
+            else Path(name).stem
+        )
         try:
             config = load_config(name)
             connections = list(config["replay"].connections)
@@ -78,14 +84,19 @@ def plan(only: list[str] | None = None) -> list[Scenario]:
     names = [s.name for s in scenarios]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise ConfigError(f"two experiment configs give the same scenario names: {', '.join(repeated)}")
+        raise ConfigError(
+            f"two experiment configs give the same scenario names: {', '.join(repeated)}"
+        )
     if only:
         scenarios = [s for s in scenarios if any(fnmatch.fnmatch(s.name, pat) for pat in only)]
     return scenarios
 
 
 def run_all(
-    scenarios: list[Scenario], out_dir: Path | None, requests: int | None = None, seed: int | None = None
+    scenarios: list[Scenario],
+    out_dir: Path | None,
+    requests: int | None = None,
+    seed: int | None = None,
 ) -> None:
     from cnmt.config import load_config
     from cnmt.experiments.replay import plot_rtt_window, replay
@@ -98,7 +109,9 @@ def run_all(
             continue
         began = time.perf_counter()
         try:
-            outcome = replay(load_config(scenario.config), scenario.connection, requests=requests, seed=seed)
+            outcome = replay(
+                load_config(scenario.config), scenario.connection, requests=requests, seed=seed
+            )
         except CnmtError as exc:
             scenario.skipped = str(exc)
             print(f"{scenario.name}: skipped: {exc}", file=sys.stderr)
@@ -107,7 +120,9 @@ def run_all(
         scenario.seconds = time.perf_counter() - began
         if figures:
             name = scenario.name.replace("/", "__") + "__rtt.png"
-            plot_rtt_window(outcome.result["connection"], outcome.window, figures / name, title=scenario.name)
+            plot_rtt_window(
+                outcome.result["connection"], outcome.window, figures / name, title=scenario.name
+            )
             scenario.figure = f"figures/{name}"
         print(f"{scenario.name}: {scenario.seconds:.1f} s", file=sys.stderr)
 
@@ -130,9 +145,13 @@ def length_figures(scenarios: list[Scenario], out_dir: Path) -> dict[str, str]:
         raw = read_json(path, what="length model", fix="fit it with `cnmt fit-length`")
         if "per_n" not in raw:
             continue
-        fit = LengthFit(model=load_length_model(path), dropped=raw.get("dropped", {}), per_n=raw["per_n"])
+        fit = LengthFit(
+            model=load_length_model(path), dropped=raw.get("dropped", {}), per_n=raw["per_n"]
+        )
         name = f"figures/length__{Path(path).stem}.png"
-        plot_length_fit(fit, out_dir / name, title=f"{Path(path).stem}: {fit.model.pairs_kept} pairs")
+        plot_length_fit(
+            fit, out_dir / name, title=f"{Path(path).stem}: {fit.model.pairs_kept} pairs"
+        )
         done[path] = name
     return done
 
@@ -145,7 +164,9 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:+.1f}%"
 
 
-def markdown_report(scenarios: list[Scenario], header: dict[str, Any], length_figs: dict[str, str]) -> str:
+def markdown_report(
+    scenarios: list[Scenario], header: dict[str, Any], length_figs: dict[str, str]
+) -> str:
     from cnmt.experiments.replay import markdown_table
 
     lines = [
@@ -160,11 +181,12 @@ def markdown_report(scenarios: list[Scenario], header: dict[str, Any], length_fi
         "",
         f"{PAPER['title']} ({PAPER['authors']}, {PAPER['venue']}, <{PAPER['url']}>).",
         "",
-        f"{PAPER['table_i_note']} The abstract states: \"{PAPER['abstract_claim']}\".",
+        f'{PAPER["table_i_note"]} The abstract states: "{PAPER["abstract_claim"]}".',
         "",
         "## Our Table I",
         "",
-        "| scenario | C-NMT vs edge | vs cloud | vs Oracle | Naive vs edge | vs cloud | vs Oracle | Oracle on edge |",
+        "| scenario | C-NMT vs edge | vs cloud | vs Oracle | Naive vs edge | vs cloud "
+        "| vs Oracle | Oracle on edge |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in scenarios:
@@ -175,7 +197,11 @@ def markdown_report(scenarios: list[Scenario], header: dict[str, Any], length_fi
         cn, nv = table.get("cnmt", {}), table.get("naive", {})
         oracle = s.result["policies"].get("oracle", {})
         share = oracle.get("share_edge")
-        flag = " (one-sided)" if share is not None and max(share, 1 - share) > OVERWHELMING_SHARE else ""
+        flag = (
+            " (one-sided)"
+            if share is not None and max(share, 1 - share) > OVERWHELMING_SHARE
+            else ""
+        )
         lines.append(
             f"| {s.name} | {_pct(cn.get('vs_edge_pct'))} | {_pct(cn.get('vs_cloud_pct'))} | "
             f"{_pct(cn.get('vs_oracle_pct'))} | {_pct(nv.get('vs_edge_pct'))} | "
@@ -184,7 +210,7 @@ def markdown_report(scenarios: list[Scenario], header: dict[str, Any], length_fi
         )
     lines += [
         "",
-        f"\"Oracle on edge\" is the share of requests the Oracle runs on the edge; where it is "
+        f'"Oracle on edge" is the share of requests the Oracle runs on the edge; where it is '
         f"above {OVERWHELMING_SHARE:.0%} or below {1 - OVERWHELMING_SHARE:.0%} (one-sided) one "
         "device wins almost always and the scenario says little about the policies.",
         "",
@@ -206,27 +232,36 @@ def markdown_report(scenarios: list[Scenario], header: dict[str, Any], length_fi
             "",
             f"{r.get('description', '')}".strip(),
             "",
-            f"- requests: {r['requests']} (seed {r['seed']}), mean N {corpus['mean_n']:.1f}, mean true M "
+            f"- requests: {r['requests']} (seed {r['seed']}), mean N {corpus['mean_n']:.1f}, "
+            "mean true M "
             f"{corpus['mean_m_true']:.1f} (corpus targets: {corpus['mean_m_corpus']:.1f})",
-            f"- connection `{r['connection_name']}`: {conn['trace']} samples {conn['window']['start']}.."
-            f"{conn['window']['start'] + conn['window']['samples'] - 1}, median RTT {stats['median_ms']:.1f} ms "
+            f"- connection `{r['connection_name']}`: {conn['trace']} samples "
+            f"{conn['window']['start']}.."
+            f"{conn['window']['start'] + conn['window']['samples'] - 1}, "
+            f"median RTT {stats['median_ms']:.1f} ms "
             f"(p5 {stats['p5_ms']:.1f}, p95 {stats['p95_ms']:.1f}), {stats['lost']} lost pings "
-            f"({conn['requests_hit_by_loss']} requests charged a {conn['loss_timeout_s']:g} s timeout)",
+            f"({conn['requests_hit_by_loss']} requests charged a "
+            f"{conn['loss_timeout_s']:g} s timeout)",
         ]
         for role in ("edge", "cloud"):
             d = r["devices"][role]
             fit = d["fit"]
             lines.append(
                 f"- {role}: `{d['device']}` ({d['profile']}), fit T = {fit['a_n'] * 1e3:.3g} ms·N "
-                f"{_signed(fit['a_m'] * 1e3)} ms·M {_signed(fit['b'] * 1e3)} ms (R² {fit['r2']:.3f}); true times "
-                f"drawn {d['ground_truth']}, {d['extrapolated_share'] * 100:.1f}% of requests outside the measured grid"
-                + (" (**extrapolated: measure a grid that covers the corpus' N and M**)"
-                   if d["extrapolated_share"] > EXTRAPOLATION_WARNING else "")
+                f"{_signed(fit['a_m'] * 1e3)} ms·M {_signed(fit['b'] * 1e3)} ms "
+                f"(R² {fit['r2']:.3f}); true times drawn {d['ground_truth']}, "
+                f"{d['extrapolated_share'] * 100:.1f}% of requests outside the measured grid"
+                + (
+                    " (**extrapolated: measure a grid that covers the corpus' N and M**)"
+                    if d["extrapolated_share"] > EXTRAPOLATION_WARNING
+                    else ""
+                )
             )
         for name, est in r["length_estimators"].items():
             lines.append(
                 f"- length estimator `{name}`: mean estimate {est['mean_estimate']:.1f}, MAE "
-                f"{est['mae_tokens']:.2f} tokens against the true M, {est['mae_vs_corpus_tokens']:.2f} "
+                f"{est['mae_tokens']:.2f} tokens against the true M, "
+                f"{est['mae_vs_corpus_tokens']:.2f} "
                 "against the corpus targets"
             )
         lines += ["", markdown_table(r), ""]
@@ -240,8 +275,12 @@ def markdown_report(scenarios: list[Scenario], header: dict[str, Any], length_fi
 
 
 def reproduce(
-    out_dir: Path | None, json_path: Path | None, requests: int | None, seed: int | None,
-    only: list[str] | None, command: str,
+    out_dir: Path | None,
+    json_path: Path | None,
+    requests: int | None,
+    seed: int | None,
+    only: list[str] | None,
+    command: str,
 ) -> list[Scenario]:
     began = time.perf_counter()
     scenarios = plan(only)
@@ -255,8 +294,15 @@ def reproduce(
         "seconds": time.perf_counter() - began,
     }
     if json_path:
-        data = {s.name: (s.result if s.result is not None else {"skipped": s.skipped}) for s in scenarios}
-        json_path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        data = {
+            s.name: (s.result if s.result is not None else {"skipped": s.skipped})
+            for s in scenarios
+        }
+        json_path.write_text(
+            json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
     if out_dir:
-        (out_dir / "report.md").write_text(markdown_report(scenarios, header, figs), encoding="utf-8")
+        (out_dir / "report.md").write_text(
+            markdown_report(scenarios, header, figs), encoding="utf-8"
+        )
     return scenarios

@@ -54,6 +54,7 @@ class Exporter(abc.ABC):
     def opset_for(self, request: ExportRequest) -> int:
         """The opset to export with: the request's, else this family's default."""
         return request.opset if request.opset is not None else self.default_opset
+
     Params = NoParams
 
     def __init__(self, params: Any = None) -> None:

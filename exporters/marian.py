@@ -229,7 +229,10 @@ def train_tokenizer(
     folder.mkdir(parents=True, exist_ok=True)
     limit = spec.max_sentences
     target_proto = _train_spm(
-        spec.target_files, spec.target_vocab_size, spec.target_character_coverage, limit,
+        spec.target_files,
+        spec.target_vocab_size,
+        spec.target_character_coverage,
+        limit,
         spec.hard_vocab_limit,
     )
     target_pieces = _pieces(target_proto)
@@ -240,7 +243,10 @@ def train_tokenizer(
 
     if spec.source_vocab_size is not None:
         source_proto = _train_spm(
-            spec.source_files, spec.source_vocab_size, spec.source_character_coverage, limit,
+            spec.source_files,
+            spec.source_vocab_size,
+            spec.source_character_coverage,
+            limit,
             spec.hard_vocab_limit,
         )
         pieces = joint(source_proto)
@@ -411,7 +417,9 @@ def resolve_pretrained(name_or_path: str) -> Path:
             snapshot_download(
                 name_or_path,
                 allow_patterns=[
-                    "*.json", "*.spm", *WEIGHT_FILES,
+                    "*.json",
+                    "*.spm",
+                    *WEIGHT_FILES,
                 ],
             )
         )
@@ -473,7 +481,9 @@ def export_marian(
     try:
         if build is not None:
             source_dir = build_random_marian(staging / "source", build)
-            weights_note = weights_note or f"random (torch seed {build.seed}); checkpoint in source/"
+            weights_note = (
+                weights_note or f"random (torch seed {build.seed}); checkpoint in source/"
+            )
         else:
             source_dir = resolve_pretrained(os.fspath(source))
             weights_note = weights_note or f"pretrained {source}"
@@ -539,11 +549,10 @@ def _export_into(
         generation = GenerationConfig.from_pretrained(source_dir)
     except OSError:
         generation = GenerationConfig.from_model_config(config)
-    suppressed = sorted(
-        {ids[0] for ids in (generation.bad_words_ids or []) if len(ids) == 1}
+    suppressed = sorted({ids[0] for ids in (generation.bad_words_ids or []) if len(ids) == 1})
+    max_length = min(
+        generation.max_length or config.max_position_embeddings, config.max_position_embeddings
     )
-    max_length = min(generation.max_length or config.max_position_embeddings,
-                     config.max_position_embeddings)
     files = {role: f for role, f in FILE_ROLES.items() if (staging / f).is_file()}
     import onnxruntime
     import optimum
@@ -647,11 +656,15 @@ def validate_export(
             while generated and generated[-1] == decoder.pad_id:
                 generated.pop()
             decoder_inputs = torch.tensor([[decoder.start_id, *generated[:-1]]])
-            torch_logits = model(
-                input_ids=input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                decoder_input_ids=decoder_inputs,
-            ).logits[0].numpy()
+            torch_logits = (
+                model(
+                    input_ids=input_ids,
+                    attention_mask=torch.ones_like(input_ids),
+                    decoder_input_ids=decoder_inputs,
+                )
+                .logits[0]
+                .numpy()
+            )
         array = np.asarray([expected_ids], dtype=np.int64)
         onnx_logits = decoder.teacher_forced_logits(
             array, np.ones_like(array), decoder_inputs.numpy()

@@ -330,9 +330,7 @@ class MarianDecoder:
 
     @staticmethod
     def _bind_logits(binding: Any, logits: np.ndarray) -> None:
-        binding.bind_output(
-            "logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data
-        )
+        binding.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
 
 
 def _past_name(present_name: str) -> str:
@@ -406,9 +404,7 @@ class MarianTranslator(Translator):
 
     def _source_ids(self, text: str) -> list[int]:
         if not isinstance(text, str) or not text.strip():
-            raise ConfigError(
-                f"cannot translate an empty text ({text!r}); give at least one word"
-            )
+            raise ConfigError(f"cannot translate an empty text ({text!r}); give at least one word")
         ids = self.tokenizer.encode(text)
         if len(ids) - 1 > self.max_source_tokens:
             raise ConfigError(

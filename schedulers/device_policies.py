@@ -103,7 +103,9 @@ class NaivePolicy(DevicePolicy):
         bandwidth_bps: float,
     ) -> np.ndarray:
         mean = np.full(len(batch), self.mean_tokens)
-        return edge_rtt_thresholds(batch.n_tokens, mean, batch.payload_bytes, edge, cloud, bandwidth_bps)
+        return edge_rtt_thresholds(
+            batch.n_tokens, mean, batch.payload_bytes, edge, cloud, bandwidth_bps
+        )
 
 
 class EdgeOnly(DevicePolicy):

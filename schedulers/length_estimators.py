@@ -32,7 +32,9 @@ class LinearLength(LengthEstimator):
         def __post_init__(self) -> None:
             direct = (self.gamma is not None, self.delta is not None)
             if self.model is not None and any(direct):
-                raise ValueError("give either `model` (a fitted file) or `gamma` and `delta`, not both")
+                raise ValueError(
+                    "give either `model` (a fitted file) or `gamma` and `delta`, not both"
+                )
             if self.model is None and not all(direct):
                 raise ValueError(
                     "needs `model: PATH` (written by `cnmt fit-length`) or both `gamma` and `delta`"

@@ -19,7 +19,8 @@ FORMAT = "cnmt-length-model/1"
 
 @dataclass(frozen=True)
 class LengthModel:
-    """``M = gamma*N + delta`` fitted on ``pairs_kept`` sentence pairs; ``mean_m`` is their mean M."""
+    """``M = gamma*N + delta`` fitted on ``pairs_kept`` sentence pairs (``mean_m``: their mean
+    M)."""
 
     gamma: float
     delta: float
@@ -36,7 +37,9 @@ class LengthModel:
         return self.gamma * n_tokens + self.delta
 
 
-def save_length_model(model: LengthModel, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+def save_length_model(
+    model: LengthModel, path: str | Path, extra: dict[str, Any] | None = None
+) -> None:
     """Write ``model`` (plus ``extra`` keys, e.g. per-N statistics, that loading ignores)."""
     data = {"format": FORMAT, **asdict(model), **(extra or {})}
     write_json(path, data)

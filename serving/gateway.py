@@ -175,7 +175,9 @@ class Gateway:
             registry=r,
         )
         self.m_cloud_healthy = Gauge(
-            "cnmt_gateway_cloud_healthy", "1 while the cloud is considered healthy, else 0.", registry=r
+            "cnmt_gateway_cloud_healthy",
+            "1 while the cloud is considered healthy, else 0.",
+            registry=r,
         )
         self.m_pending = Gauge(
             "cnmt_gateway_pending_requests", "Requests inside the gateway.", registry=r

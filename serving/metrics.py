@@ -18,4 +18,6 @@ LENGTH_ERROR_BUCKETS = (-20.0, -10.0, -5.0, -2.0, -1.0, 0.0, 1.0, 2.0, 5.0, 10.0
 
 def response(registry: CollectorRegistry) -> web.Response:
     """``GET /metrics``: every metric of ``registry`` in the Prometheus text format."""
-    return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return web.Response(
+        body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )

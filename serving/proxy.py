@@ -211,7 +211,9 @@ class DelayProxy:
                     data = b""
                 now = self.clock()
                 due = max(
-                    last_due, line.departure(now, len(data)) + self.timeline.rtt_at(now - self.started_at) / 2.0
+                    last_due,
+                    line.departure(now, len(data))
+                    + self.timeline.rtt_at(now - self.started_at) / 2.0,
                 )
                 last_due = due
                 queue.put_nowait((due, data))

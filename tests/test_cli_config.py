@@ -91,11 +91,19 @@ def test_components_are_built_with_typed_params_and_defaults(tmp_path):
     [
         (
             "device_policy:\n  name: cnmtt\n",
-            ["device_policy.name", "unknown device policy 'cnmtt'", "cloud, cnmt, edge, naive, oracle"],
+            [
+                "device_policy.name",
+                "unknown device policy 'cnmtt'",
+                "cloud, cnmt, edge, naive, oracle",
+            ],
         ),
         (
             "device_policy:\n  name: threshold\n  params: {max_tokens: 3, max_token: 2}\n",
-            ["device_policy.params.max_token", "unknown key", "valid keys: max_tokens, probes, side"],
+            [
+                "device_policy.params.max_token",
+                "unknown key",
+                "valid keys: max_tokens, probes, side",
+            ],
         ),
         (
             "device_policy:\n  name: threshold\n  params: {max_tokens: three}\n",
@@ -192,7 +200,9 @@ def test_child_overrides_base_and_a_new_component_drops_the_base_params(tmp_path
     child = write(
         tmp_path,
         "child.yaml",
-        "extends: base.yaml\ndevice_policy: {params: {max_tokens: 3.0}}\nrtt_estimator: {name: last}\n",
+        "extends: base.yaml\n"
+        "device_policy: {params: {max_tokens: 3.0}}\n"
+        "rtt_estimator: {name: last}\n",
     )
     config = load_config(child)
     assert config["device_policy"].params == Threshold.Params(max_tokens=3.0, side="edge")
@@ -229,7 +239,10 @@ def test_builtin_configs_are_all_valid():
 
 def test_usage_error_exits_2_without_traceback(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "cnmt", "config", "validate"], capture_output=True, text=True, cwd=tmp_path
+        [sys.executable, "-m", "cnmt", "config", "validate"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "usage:" in result.stderr

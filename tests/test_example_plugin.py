@@ -29,7 +29,9 @@ STATE = SchedulerState(
 
 
 def load_example_module(monkeypatch: pytest.MonkeyPatch):
-    spec = importlib.util.spec_from_file_location("cnmt_safety_margin", EXAMPLE / "cnmt_safety_margin.py")
+    spec = importlib.util.spec_from_file_location(
+        "cnmt_safety_margin", EXAMPLE / "cnmt_safety_margin.py"
+    )
     module = importlib.util.module_from_spec(spec)
     # dataclasses look their class's module up in sys.modules while executing it
     monkeypatch.setitem(sys.modules, "cnmt_safety_margin", module)
@@ -74,7 +76,9 @@ def test_negative_margin_is_a_config_error(policy_cls, tmp_path):
 def test_installed_plugin_is_listed_by_cnmt_plugins(capsys, fresh_registry, monkeypatch):
     monkeypatch.delenv("CNMT_DISABLE_PLUGIN_AUTOLOAD", raising=False)
     assert main(["plugins", "--json"]) == 0
-    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out) if r["kind"] == "device_policy"}
+    rows = {
+        r["name"]: r for r in json.loads(capsys.readouterr().out) if r["kind"] == "device_policy"
+    }
     assert rows["safety_margin"]["plugin"] == "safety_margin"
     assert rows["safety_margin"]["distribution"].startswith("cnmt-safety-margin ")
 

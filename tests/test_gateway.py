@@ -383,8 +383,6 @@ def test_bad_input_gets_a_4xx_with_a_message_naming_the_problem() -> None:
     run(body())
 
 
-
-
 def test_metrics_expose_requests_latency_length_errors_and_rtt_in_prometheus_format() -> None:
     async def body() -> str:
         cloud, cloud_url = await doubles.start_cloud()

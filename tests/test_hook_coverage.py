@@ -25,7 +25,9 @@ def test_every_hookspec_has_a_one_line_docstring():
 def test_every_hook_is_tested():
     """A hook counts as tested when a test module other than this one names it."""
     sources = "\n".join(
-        p.read_text(encoding="utf-8") for p in (REPO_ROOT / "tests").glob("test_*.py") if p.name != Path(__file__).name
+        p.read_text(encoding="utf-8")
+        for p in (REPO_ROOT / "tests").glob("test_*.py")
+        if p.name != Path(__file__).name
     )
     untested = [name for name in HOOK_NAMES if name not in sources]
     assert not untested, f"hooks without a test: {untested}"

@@ -26,8 +26,17 @@ def estimator(name: str, **params):
 def fitted_file(tmp_path, gamma=1.25, delta=2.0, mean_m=9.0):
     path = tmp_path / "lm.json"
     save_length_model(
-        LengthModel(gamma, delta, mean_m, r2=0.9, mse=1.0, src_tokenizer="words", tgt_tokenizer="words",
-                    pairs_total=10, pairs_kept=9),
+        LengthModel(
+            gamma,
+            delta,
+            mean_m,
+            r2=0.9,
+            mse=1.0,
+            src_tokenizer="words",
+            tgt_tokenizer="words",
+            pairs_total=10,
+            pairs_kept=9,
+        ),
         path,
     )
     return path
@@ -62,7 +71,9 @@ def test_linear_params_must_say_where_gamma_and_delta_come_from(tmp_path):
 
 def test_naive_is_the_corpus_mean_and_oracle_the_truth(tmp_path):
     assert estimator("naive", mean_tokens=7.5).estimate(Request(n_tokens=100)) == 7.5
-    assert estimator("naive", model=str(fitted_file(tmp_path))).estimate_many(np.array([1, 2])).tolist() == [9.0, 9.0]
+    assert estimator("naive", model=str(fitted_file(tmp_path))).estimate_many(
+        np.array([1, 2])
+    ).tolist() == [9.0, 9.0]
     oracle = estimator("oracle")
     assert oracle.estimate(Request(n_tokens=3, m_true=11)) == 11.0
     assert oracle.estimate_many(np.array([3, 4]), np.array([11, 12])).tolist() == [11.0, 12.0]
@@ -103,11 +114,15 @@ def test_outlier_filter_counts_each_dropped_pair_under_its_first_rule():
     # "" is empty AND identical: counted once, as empty.
     assert dropped == {"empty": 1, "identical": 1, "too_long": 1, "ratio": 1}
     assert kept.tolist() == [True, False, False, False, False, True, True]
-    kept, dropped = filter_pairs(src, tgt, n, m, FilterRules(max_tokens=None, max_ratio=None, drop_identical=False))
+    kept, dropped = filter_pairs(
+        src, tgt, n, m, FilterRules(max_tokens=None, max_ratio=None, drop_identical=False)
+    )
     assert dropped == {"empty": 1, "identical": 0, "too_long": 0, "ratio": 0}
 
 
-def synthetic_corpus(gamma: float, delta: float, rng: np.random.Generator, noise: float) -> ParallelCorpus:
+def synthetic_corpus(
+    gamma: float, delta: float, rng: np.random.Generator, noise: float
+) -> ParallelCorpus:
     src, tgt = [], []
     for _ in range(3000):
         n = int(rng.integers(1, 40))
@@ -119,12 +134,18 @@ def synthetic_corpus(gamma: float, delta: float, rng: np.random.Generator, noise
 
 def test_fit_recovers_a_known_line(monkeypatch):
     monkeypatch.setattr("cnmt.experiments.lengthfit.sha256_file", lambda path: "test")
-    exact = fit_length([synthetic_corpus(1.5, 2.0, np.random.default_rng(0), 0.0)], "words", "words")
+    exact = fit_length(
+        [synthetic_corpus(1.5, 2.0, np.random.default_rng(0), 0.0)], "words", "words"
+    )
     assert exact.model.gamma == pytest.approx(1.5, abs=0.02)
     assert exact.model.delta == pytest.approx(2.0, abs=0.3)  # rounding to whole tokens
     assert exact.model.r2 > 0.999
-    noisy = fit_length([synthetic_corpus(0.8, 3.0, np.random.default_rng(1), 2.0)], "words", "words",
-                       rules=FilterRules(max_ratio=None))
+    noisy = fit_length(
+        [synthetic_corpus(0.8, 3.0, np.random.default_rng(1), 2.0)],
+        "words",
+        "words",
+        rules=FilterRules(max_ratio=None),
+    )
     assert noisy.model.gamma == pytest.approx(0.8, abs=0.03)
     assert noisy.model.delta == pytest.approx(3.0, abs=0.5)
     assert noisy.model.pairs_kept == noisy.model.pairs_total == 3000
@@ -149,11 +170,25 @@ def test_parallel_corpus_sides_must_align(tmp_path):
 def test_fit_length_command_on_the_real_iwslt_corpus(data_dir, tmp_path, capsys):
     corpus = data_dir / "corpora" / "iwslt14-de-en"
     out, summary, plot = tmp_path / "lm.json", tmp_path / "fit.json", tmp_path / "fit.png"
-    code = main([
-        "fit-length", "--src", str(corpus / "valid.de"), "--tgt", str(corpus / "valid.en"),
-        "--tokenizer", "words", "--heldout-every", "10",
-        "--out", str(out), "--json", str(summary), "--plot", str(plot),
-    ])
+    code = main(
+        [
+            "fit-length",
+            "--src",
+            str(corpus / "valid.de"),
+            "--tgt",
+            str(corpus / "valid.en"),
+            "--tokenizer",
+            "words",
+            "--heldout-every",
+            "10",
+            "--out",
+            str(out),
+            "--json",
+            str(summary),
+            "--plot",
+            str(plot),
+        ]
+    )
     assert code == 0
     data = json.loads(summary.read_text())
     for key in ("gamma", "delta", "r2", "mse", "pairs_total", "pairs_kept", "dropped", "mean_m"):
@@ -169,7 +204,9 @@ def test_fit_length_command_on_the_real_iwslt_corpus(data_dir, tmp_path, capsys)
 
 
 def test_fit_length_rejects_unpaired_files_with_exit_2(tmp_path, capsys):
-    code = main(["fit-length", "--src", "a", "--src", "b", "--tgt", "c", "--out", str(tmp_path / "x")])
+    code = main(
+        ["fit-length", "--src", "a", "--src", "b", "--tgt", "c", "--out", str(tmp_path / "x")]
+    )
     assert code == 2
     assert "give one --tgt per --src (got 2 --src and 1 --tgt)" in capsys.readouterr().err
 

@@ -20,7 +20,12 @@ def test_each_sample_holds_for_its_period_and_the_window_loops(tmp_path: Path) -
     timeline = RttSource(trace=str(trace), sample_period_s=2.0).timeline()
     assert timeline.duration_s == 6.0
     assert [timeline.rtt_at(t) for t in (0.0, 1.9, 2.0, 5.9, 6.0, 8.5)] == [
-        0.01, 0.01, 0.02, 0.03, 0.01, 0.02,
+        0.01,
+        0.01,
+        0.02,
+        0.03,
+        0.01,
+        0.02,
     ]
 
 
@@ -44,8 +49,12 @@ def test_a_lost_ping_costs_the_last_answered_rtt_plus_one_retransmission_timeout
 
 def test_timestamps_place_the_samples_unless_a_period_is_given() -> None:
     trace = RttTrace(
-        "ripe", "ripe-csv", np.array([100.0, 200.0, 300.0]), np.zeros(3, bool),
-        np.array([0.0, 240.0, 480.0]), 0.0,
+        "ripe",
+        "ripe-csv",
+        np.array([100.0, 200.0, 300.0]),
+        np.zeros(3, bool),
+        np.array([0.0, 240.0, 480.0]),
+        0.0,
     )
     own = RttTimeline.from_trace(trace)
     assert own.duration_s == 720.0 and own.rtt_at(250.0) == 0.2

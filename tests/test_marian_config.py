@@ -40,7 +40,10 @@ def test_small_marian_config_extends_the_full_one() -> None:
             "marian:\n  tokenizer_dir: /tmp/tok\n  dims: {d_model: 100, attention_heads: 8}\n",
             "d_model 100 must be a multiple of attention_heads 8",
         ),
-        ("marian:\n  tokenizer_dir: /tmp/tok\n  dims: {layers: 3}\n", "marian.dims.layers: unknown key"),
+        (
+            "marian:\n  tokenizer_dir: /tmp/tok\n  dims: {layers: 3}\n",
+            "marian.dims.layers: unknown key",
+        ),
         ("marian:\n  tokenizer_dir: /tmp/tok\n  atol: 0\n", "atol must be positive"),
     ],
 )

@@ -23,7 +23,18 @@ def declared_packages() -> list[str]:
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(REPO_ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(out),
+            str(REPO_ROOT),
+        ],
         check=True,
     )
     (path,) = out.glob("cnmt-*.whl")
@@ -44,7 +55,10 @@ def test_wheel_ships_every_subpackage_and_the_yaml_configs(wheel):
     for package in declared_packages():
         assert "/".join(package.split(".")) + "/__init__.py" in names, package
     shipped = {n for n in names if n.startswith("cnmt/configs/") and n.endswith(".yaml")}
-    in_repo = {"cnmt/configs/" + str(p.relative_to(REPO_ROOT / "configs")) for p in (REPO_ROOT / "configs").rglob("*.yaml")}
+    in_repo = {
+        "cnmt/configs/" + str(p.relative_to(REPO_ROOT / "configs"))
+        for p in (REPO_ROOT / "configs").rglob("*.yaml")
+    }
     assert in_repo and in_repo <= shipped
     assert not any(n.startswith(("runtime/", "exporters/", "tests/")) for n in names)
 

@@ -57,7 +57,9 @@ class FakeDistribution:
 def fake_entry_point(monkeypatch: pytest.MonkeyPatch) -> str:
     module_name = "cnmt_queue_aware_test_plugin"
     monkeypatch.setitem(sys.modules, module_name, make_plugin_module(module_name, QueueAware))
-    monkeypatch.setattr(importlib.metadata, "distributions", lambda: [FakeDistribution(module_name)])
+    monkeypatch.setattr(
+        importlib.metadata, "distributions", lambda: [FakeDistribution(module_name)]
+    )
     return module_name
 
 
@@ -75,10 +77,16 @@ def test_plugins_command_lists_every_builtin_with_kind_and_plugin(capsys, fresh_
     assert main(["plugins", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     listed = {(r["kind"], r["name"]): r for r in rows}
-    for kind, name in [("device_policy", "cnmt"), ("length_estimator", "linear"), ("rtt_estimator", "last")]:
+    for kind, name in [
+        ("device_policy", "cnmt"),
+        ("length_estimator", "linear"),
+        ("rtt_estimator", "last"),
+    ]:
         assert listed[(kind, name)]["plugin"] == "cnmt.plugins.builtin_schedulers"
         assert listed[(kind, name)]["distribution"] == "built-in"
-    initial = next(p for p in listed[("rtt_estimator", "last")]["params"] if p["name"] == "initial_s")
+    initial = next(
+        p for p in listed[("rtt_estimator", "last")]["params"] if p["name"] == "initial_s"
+    )
     assert initial["type"] == "a number" and isinstance(initial["default"], float)
 
 
@@ -93,7 +101,9 @@ def test_entry_point_plugin_is_loaded_and_listed_with_its_distribution(
     assert line.endswith("cnmt-queue-aware 1.2.3")
 
 
-def test_third_party_component_is_selected_from_yaml(fake_entry_point, tmp_path, monkeypatch, fresh_registry):
+def test_third_party_component_is_selected_from_yaml(
+    fake_entry_point, tmp_path, monkeypatch, fresh_registry
+):
     from cnmt.config import load_config
 
     monkeypatch.delenv("CNMT_DISABLE_PLUGIN_AUTOLOAD", raising=False)
@@ -204,7 +214,9 @@ def test_config_section_hook_adds_a_validated_top_level_section(tmp_path, fresh_
     path.write_text("toy_cloud: {replicas: 2}\n")
     assert load_config(path)["toy_cloud"] == ToySection(replicas=2)
     path.write_text("toy_cloud: {replica: 2}\n")
-    with pytest.raises(ConfigError, match=r"toy_cloud.replica: unknown key; valid keys: address, replicas"):
+    with pytest.raises(
+        ConfigError, match=r"toy_cloud.replica: unknown key; valid keys: address, replicas"
+    ):
         load_config(path)
 
 
@@ -216,7 +228,9 @@ def test_a_config_section_declared_twice_names_both_plugins(fresh_registry):
 
     pm = get_plugin_manager()
     pm.register(Plugin(), name="impostor-sections")
-    with pytest.raises(ConfigError, match="config section 'gateway'.*builtin_sections and impostor-sections"):
+    with pytest.raises(
+        ConfigError, match="config section 'gateway'.*builtin_sections and impostor-sections"
+    ):
         Components(pm).sections()
 
 
@@ -224,7 +238,12 @@ def test_plugins_params_tell_required_from_optional_null(capsys, fresh_registry)
     assert main(["plugins", "--json"]) == 0
     rows = {(r["kind"], r["name"]): r for r in json.loads(capsys.readouterr().out)}
     linear = {p["name"]: p for p in rows[("length_estimator", "linear")]["params"]}
-    assert linear["model"] == {"name": "model", "type": "a string or null", "required": False, "default": None}
+    assert linear["model"] == {
+        "name": "model",
+        "type": "a string or null",
+        "required": False,
+        "default": None,
+    }
     assert rows[("config_section", "gateway")]["plugin"] == "cnmt.plugins.builtin_sections"
     assert main(["plugins", "--params"]) == 0
     out = capsys.readouterr().out

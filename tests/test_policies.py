@@ -35,7 +35,9 @@ def state(link: LinkState = FAST_LINK) -> SchedulerState:
 
 
 def test_builtin_policies_are_registered_through_the_hook():
-    assert {"cnmt", "naive", "edge", "cloud", "oracle"} <= set(get_components().names("device_policy"))
+    assert {"cnmt", "naive", "edge", "cloud", "oracle"} <= set(
+        get_components().names("device_policy")
+    )
 
 
 def test_cnmt_keeps_a_request_just_below_break_even_on_the_edge_and_offloads_just_above():
@@ -116,7 +118,10 @@ def random_batch(rng: np.random.Generator, size: int = 400) -> RequestBatch:
     )
 
 
-@pytest.mark.parametrize("name,params", [("cnmt", {}), ("naive", {"mean_tokens": 12.5}), ("edge", {}), ("cloud", {}), ("oracle", {})])
+@pytest.mark.parametrize(
+    "name,params",
+    [("cnmt", {}), ("naive", {"mean_tokens": 12.5}), ("edge", {}), ("cloud", {}), ("oracle", {})],
+)
 def test_fast_paths_agree_with_choose(name, params):
     rng = np.random.default_rng(7)
     batch = random_batch(rng)
@@ -124,11 +129,17 @@ def test_fast_paths_agree_with_choose(name, params):
     m_est = batch.n_tokens * 1.1 + 0.5
     bandwidth = 1e6
     rtt = rng.uniform(0.0, 0.8, len(batch))
-    expected = np.array([
-        p.choose(batch.request(i), float(m_est[i]), SchedulerState(EDGE, CLOUD, LinkState(float(rtt[i]), bandwidth)))
-        == Device.EDGE
-        for i in range(len(batch))
-    ])
+    expected = np.array(
+        [
+            p.choose(
+                batch.request(i),
+                float(m_est[i]),
+                SchedulerState(EDGE, CLOUD, LinkState(float(rtt[i]), bandwidth)),
+            )
+            == Device.EDGE
+            for i in range(len(batch))
+        ]
+    )
     at_once = p.choose_many(batch, m_est, EDGE, CLOUD)
     thresholds = p.rtt_thresholds(batch, m_est, EDGE, CLOUD, bandwidth)
     assert (at_once is None) != (thresholds is None)  # every built-in has exactly one fast path
@@ -138,5 +149,8 @@ def test_fast_paths_agree_with_choose(name, params):
 
 
 def test_unknown_policy_lists_the_valid_ones():
-    with pytest.raises(ConfigError, match="unknown device policy 'fastest'; known: cloud, cnmt, edge, naive, oracle"):
+    with pytest.raises(
+        ConfigError,
+        match="unknown device policy 'fastest'; known: cloud, cnmt, edge, naive, oracle",
+    ):
         get_components().get("device_policy", "fastest")

@@ -30,18 +30,36 @@ from cnmt.schedulers.device_policies import edge_is_faster
 GRID = (1, 10, 25, 50)
 
 
-def write_profile(path: Path, a_n: float, a_m: float, b: float, noise: float = 0.05, seed: int = 0,
-                  model: str = "test-model", device: str = "test-device") -> Path:
+def write_profile(
+    path: Path,
+    a_n: float,
+    a_m: float,
+    b: float,
+    noise: float = 0.05,
+    seed: int = 0,
+    model: str = "test-model",
+    device: str = "test-device",
+) -> Path:
     """TEST DATA: a profile whose cell means are a_n*N + a_m*M + b, 5 noisy repeats each."""
     rng = np.random.default_rng(seed)
     cells = []
     for n in GRID:
         for m in GRID:
             mean = a_n * n + a_m * m + b
-            cells.append(Cell(n, m, tuple(float(v) for v in mean * (1 + noise * rng.standard_normal(5)))))
+            cells.append(
+                Cell(n, m, tuple(float(v) for v in mean * (1 + noise * rng.standard_normal(5))))
+            )
     cells = tuple(cells)
-    save(DeviceProfile(model=model, family="test", device=DeviceSetting(name=device), cells=cells,
-                       fit=fit_linear(cells)), path)
+    save(
+        DeviceProfile(
+            model=model,
+            family="test",
+            device=DeviceSetting(name=device),
+            cells=cells,
+            fit=fit_linear(cells),
+        ),
+        path,
+    )
     return path
 
 
@@ -62,19 +80,33 @@ def write_ripe_csv(path: Path, rtts_ms: list[float]) -> Path:
     rows = ["epoch;rtt;cp"]
     for i, rtt in enumerate(rtts_ms):
         minutes = 4 * i
-        rows.append(f"2016-11-{20 + minutes // 1440:02d} {minutes % 1440 // 60:02d}:{minutes % 60:02d}:00;{rtt};0")
+        rows.append(
+            f"2016-11-{20 + minutes // 1440:02d} "
+            f"{minutes % 1440 // 60:02d}:{minutes % 60:02d}:00;{rtt};0"
+        )
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
     return path
 
 
-def write_config(folder: Path, *, rtt: list[float] | None = None, policies=None, edge=(0.004, 0.012, 0.02),
-                 cloud=(0.001, 0.003, 0.01), rtt_estimator=None, requests: int = 3000, extra=None,
-                 name: str = "exp") -> Path:
+def write_config(
+    folder: Path,
+    *,
+    rtt: list[float] | None = None,
+    policies=None,
+    edge=(0.004, 0.012, 0.02),
+    cloud=(0.001, 0.003, 0.01),
+    rtt_estimator=None,
+    requests: int = 3000,
+    extra=None,
+    name: str = "exp",
+) -> Path:
     src, tgt = write_corpus(folder)
     write_profile(folder / "edge.json", *edge, seed=1)
     write_profile(folder / "cloud.json", *cloud, seed=2)
     rng = np.random.default_rng(3)
-    trace = write_ripe_csv(folder / "trace.csv", rtt or [float(v) for v in rng.uniform(80, 260, 300).round(2)])
+    trace = write_ripe_csv(
+        folder / "trace.csv", rtt or [float(v) for v in rng.uniform(80, 260, 300).round(2)]
+    )
     config = {
         "description": "test scenario",
         "replay": {
@@ -84,7 +116,14 @@ def write_config(folder: Path, *, rtt: list[float] | None = None, policies=None,
             "corpus": {"parts": [{"src": str(src), "tgt": str(tgt)}], "heldout_every": None},
             "devices": {"edge": str(folder / "edge.json"), "cloud": str(folder / "cloud.json")},
             "connections": {"cp": {"trace": str(trace), "start": 0, "samples": None}},
-            "policies": policies or ["edge", "cloud", "oracle", {"name": "naive", "params": {"mean_tokens": 21.0}}, "cnmt"],
+            "policies": policies
+            or [
+                "edge",
+                "cloud",
+                "oracle",
+                {"name": "naive", "params": {"mean_tokens": 21.0}},
+                "cnmt",
+            ],
         },
         "length_estimator": {"name": "linear", "params": {"gamma": 0.9, "delta": 1.0}},
     }
@@ -110,7 +149,11 @@ def test_replay_reports_totals_device_split_and_table_i(tmp_path):
     for label in ("cnmt", "naive"):
         row = table[label]
         for ref in ("edge", "cloud", "oracle"):
-            expected = 100 * (policies[label]["total_s"] - policies[ref]["total_s"]) / policies[ref]["total_s"]
+            expected = (
+                100
+                * (policies[label]["total_s"] - policies[ref]["total_s"])
+                / policies[ref]["total_s"]
+            )
             assert row[f"vs_{ref}_pct"] == pytest.approx(expected)
     assert table["oracle"]["vs_oracle_pct"] == 0.0
     assert result["devices"]["edge"]["ground_truth"] == "bilinear"
@@ -121,10 +164,27 @@ def test_same_seed_gives_the_same_json_and_another_seed_differs(tmp_path):
     outs = []
     for seed, name in ((5, "a"), (5, "b"), (6, "c")):
         out = tmp_path / f"{name}.json"
-        assert main(["replay", str(config), "--seed", str(seed), "--requests", "1500", "--json", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "replay",
+                    str(config),
+                    "--seed",
+                    str(seed),
+                    "--requests",
+                    "1500",
+                    "--json",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         outs.append(out.read_text())
     assert outs[0] == outs[1]
-    assert json.loads(outs[0])["policies"]["cnmt"]["total_s"] != json.loads(outs[2])["policies"]["cnmt"]["total_s"]
+    assert (
+        json.loads(outs[0])["policies"]["cnmt"]["total_s"]
+        != json.loads(outs[2])["policies"]["cnmt"]["total_s"]
+    )
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -134,10 +194,22 @@ def test_no_policy_beats_the_oracle(tmp_path, seed):
     cloud = tuple(float(v) for v in rng.uniform([0.0002, 0.0005, 0.0], [0.005, 0.01, 0.05]))
     rtt = [float(v) for v in rng.uniform(1, 600, 200).round(2)]
     rtt[int(rng.integers(0, 200))] = -3  # a lost ping
-    config = write_config(tmp_path, rtt=rtt, edge=edge, cloud=cloud, requests=2000,
-                          rtt_estimator={"name": "ewma"},
-                          policies=["edge", "cloud", "oracle", {"name": "naive", "params": {"mean_tokens": 5.0}},
-                                    "cnmt", {"name": "cnmt", "label": "cnmt-true-m", "length_estimator": {"name": "oracle"}}])
+    config = write_config(
+        tmp_path,
+        rtt=rtt,
+        edge=edge,
+        cloud=cloud,
+        requests=2000,
+        rtt_estimator={"name": "ewma"},
+        policies=[
+            "edge",
+            "cloud",
+            "oracle",
+            {"name": "naive", "params": {"mean_tokens": 5.0}},
+            "cnmt",
+            {"name": "cnmt", "label": "cnmt-true-m", "length_estimator": {"name": "oracle"}},
+        ],
+    )
     result = replay(load_config(config), seed=seed).result
     oracle = result["policies"]["oracle"]["total_s"]
     for label, p in result["policies"].items():
@@ -149,16 +221,36 @@ def test_rtt_trace_option_swaps_the_trace_for_a_file_in_another_format(tmp_path)
     lan = tmp_path / "lan.txt"
     lan.write_text("\n".join(["5.1", "4.8", "6.0", "5.5"] * 50 + ["-1"]) + "\n", encoding="utf-8")
     out = tmp_path / "lan.json"
-    assert main(["replay", str(config), "--rtt-trace", str(lan), "--requests", "2000", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "replay",
+                str(config),
+                "--rtt-trace",
+                str(lan),
+                "--requests",
+                "2000",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     assert result["connection"]["trace"] == str(lan)
     assert result["connection"]["format"] == "plain"
     assert result["connection"]["trace_stats"]["lost"] == 1
-    assert result["connection"]["window"] == {**result["connection"]["window"], "start": 0, "samples": 201}
+    assert result["connection"]["window"] == {
+        **result["connection"]["window"],
+        "start": 0,
+        "samples": 201,
+    }
     # With a 5 ms link the cloud wins almost always; the default trace (80-260 ms) is different.
     assert result["policies"]["oracle"]["share_cloud"] > 0.9
     default = replay(load_config(config), requests=2000).result
-    assert default["policies"]["oracle"]["share_cloud"] < result["policies"]["oracle"]["share_cloud"]
+    assert (
+        default["policies"]["oracle"]["share_cloud"] < result["policies"]["oracle"]["share_cloud"]
+    )
 
 
 def test_a_missing_profile_is_reported_instead_of_numbers(tmp_path, capsys):
@@ -239,7 +331,14 @@ def test_a_stuck_last_sample_estimate_costs_time_that_a_probing_median_recovers(
     policies = [
         "oracle",
         {"name": "cnmt", "label": "last", "rtt_estimator": {"name": "last"}},
-        {"name": "cnmt", "label": "median", "rtt_estimator": {"name": "median", "params": {"window": 3, "max_age_s": 600, "decay_s": 600}}},
+        {
+            "name": "cnmt",
+            "label": "median",
+            "rtt_estimator": {
+                "name": "median",
+                "params": {"window": 3, "max_age_s": 600, "decay_s": 600},
+            },
+        },
     ]
     result = replay(load_config(write_config(tmp_path, rtt=rtt, policies=policies))).result
     p = result["policies"]
@@ -263,8 +362,11 @@ def test_the_generic_choose_path_decides_like_the_threshold_fast_path():
     size = 3000
     n = rng.integers(1, 50, size)
     batch = RequestBatch(
-        n_tokens=n, payload_bytes=rng.integers(100, 900, size), m_true=n,
-        edge_s=rng.uniform(0.05, 1.0, size), cloud_s=rng.uniform(0.01, 0.2, size),
+        n_tokens=n,
+        payload_bytes=rng.integers(100, 900, size),
+        m_true=n,
+        edge_s=rng.uniform(0.05, 1.0, size),
+        cloud_s=rng.uniform(0.01, 0.2, size),
         transmission_s=rng.uniform(0.05, 0.5, size),
     )
     edge, cloud = LatencyModel(0.004, 0.012, 0.02), LatencyModel(0.001, 0.003, 0.01)
@@ -273,9 +375,14 @@ def test_the_generic_choose_path_decides_like_the_threshold_fast_path():
     rtt = batch.transmission_s - 0.001
     components = get_components()
     decisions = {}
-    for label, policy in (("fast", components.create("device_policy", "cnmt")), ("generic", ChooseOnly(None))):
+    for label, policy in (
+        ("fast", components.create("device_policy", "cnmt")),
+        ("generic", ChooseOnly(None)),
+    ):
         run = PolicyRun(label, policy, None, ComponentSpec("rtt_estimator", "ewma", None), "")
-        decisions[label], path = decide(run, batch, n * 1.0, edge, cloud, 1e8, arrival, completion, rtt)
+        decisions[label], path = decide(
+            run, batch, n * 1.0, edge, cloud, 1e8, arrival, completion, rtt
+        )
         assert path == ("rtt_thresholds" if label == "fast" else "choose")
     assert (decisions["fast"] == decisions["generic"]).all()
 
@@ -285,8 +392,12 @@ def test_length_model_in_other_units_than_the_corpus_is_refused(tmp_path):
 
     lm = tmp_path / "lm.json"
     save_length_model(LengthModel(1.0, 0.0, 10.0, 1.0, 0.0, "chars", "chars", 10, 10), lm)
-    config = write_config(tmp_path, policies=["edge", {"name": "naive", "params": {"model": str(lm)}}])
-    with pytest.raises(ConfigError, match="counts tokens with 'chars' but replay.corpus uses 'words'"):
+    config = write_config(
+        tmp_path, policies=["edge", {"name": "naive", "params": {"model": str(lm)}}]
+    )
+    with pytest.raises(
+        ConfigError, match="counts tokens with 'chars' but replay.corpus uses 'words'"
+    ):
         replay(load_config(config), requests=100)
 
 
@@ -295,11 +406,16 @@ def test_model_output_lengths_replace_corpus_targets_and_must_match_the_source(t
     src = tmp_path / "c.src"
     lines = src.read_text().splitlines()
     cache = tmp_path / "outputs.json"
-    cache.write_text(json.dumps({
-        "format": "cnmt-output-lengths/1", "model": "test-model",
-        "src_sha256": hashlib.sha256(src.read_bytes()).hexdigest(),
-        "output_tokens": [len(line.split()) * 2 for line in lines],
-    }))
+    cache.write_text(
+        json.dumps(
+            {
+                "format": "cnmt-output-lengths/1",
+                "model": "test-model",
+                "src_sha256": hashlib.sha256(src.read_bytes()).hexdigest(),
+                "output_tokens": [len(line.split()) * 2 for line in lines],
+            }
+        )
+    )
     raw = yaml.safe_load(config_path.read_text())
     raw["replay"]["corpus"]["parts"][0]["output_lengths"] = str(cache)
     config_path.write_text(yaml.safe_dump(raw))
@@ -309,7 +425,9 @@ def test_model_output_lengths_replace_corpus_targets_and_must_match_the_source(t
     assert abs(corpus["mean_m_corpus"] - corpus["mean_m_true"]) > 5
     assert "model outputs" in corpus["parts"][0]["m_source"]
     src.write_text("\n".join(lines[:-1]) + "\n")
-    (tmp_path / "c.tgt").write_text("\n".join((tmp_path / "c.tgt").read_text().splitlines()[:-1]) + "\n")
+    (tmp_path / "c.tgt").write_text(
+        "\n".join((tmp_path / "c.tgt").read_text().splitlines()[:-1]) + "\n"
+    )
     with pytest.raises(ConfigError, match="was made from another version"):
         replay(load_config(config_path), requests=100)
 
@@ -317,7 +435,12 @@ def test_model_output_lengths_replace_corpus_targets_and_must_match_the_source(t
 def test_replay_command_writes_markdown_and_the_rtt_plot(tmp_path, capsys):
     config = write_config(tmp_path)
     md, png = tmp_path / "t.md", tmp_path / "rtt.png"
-    assert main(["replay", str(config), "--requests", "500", "--markdown", str(md), "--plot", str(png)]) == 0
+    assert (
+        main(
+            ["replay", str(config), "--requests", "500", "--markdown", str(md), "--plot", str(png)]
+        )
+        == 0
+    )
     assert "| policy | total (s)" in md.read_text()
     assert png.stat().st_size > 5_000
     assert "| cnmt |" in capsys.readouterr().out
@@ -329,10 +452,20 @@ def test_real_corpus_and_real_trace_replay(data_dir, tmp_path):
     corpus = data_dir / "corpora" / "iwslt14-de-en"
     config = {
         "replay": {
-            "model": "test-model", "requests": 5000,
-            "corpus": {"heldout_every": 10, "parts": [{"src": str(corpus / "valid.de"), "tgt": str(corpus / "valid.en")}]},
+            "model": "test-model",
+            "requests": 5000,
+            "corpus": {
+                "heldout_every": 10,
+                "parts": [{"src": str(corpus / "valid.de"), "tgt": str(corpus / "valid.en")}],
+            },
             "devices": {"edge": str(tmp_path / "edge.json"), "cloud": str(tmp_path / "cloud.json")},
-            "connections": {"cp": {"trace": str(data_dir / "rtt/ripe-atlas-2016/11180.csv"), "start": 2000, "samples": 2000}},
+            "connections": {
+                "cp": {
+                    "trace": str(data_dir / "rtt/ripe-atlas-2016/11180.csv"),
+                    "start": 2000,
+                    "samples": 2000,
+                }
+            },
             "policies": ["edge", "cloud", "oracle", "cnmt"],
         },
         "length_estimator": {"name": "linear", "params": {"gamma": 1.0, "delta": 0.5}},

@@ -98,5 +98,7 @@ def test_bad_params_are_config_errors_naming_the_key():
         make("median", window=0)
     with pytest.raises(ConfigError, match="decay_s must be positive"):
         make("median", decay_s=0)
-    with pytest.raises(ConfigError, match="unknown rtt estimator 'kalman'; known: ewma, last, median"):
+    with pytest.raises(
+        ConfigError, match="unknown rtt estimator 'kalman'; known: ewma, last, median"
+    ):
         get_components().get("rtt_estimator", "kalman")

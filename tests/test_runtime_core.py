@@ -79,7 +79,9 @@ def test_directory_without_manifest_is_not_a_model(tmp_path: Path) -> None:
 def test_corrupt_manifest_json_names_file_and_line(tmp_path: Path) -> None:
     folder = _model_dir(tmp_path)
     (folder / MANIFEST_NAME).write_text('{"family": "gru",\n  oops}', encoding="utf-8")
-    with pytest.raises(ConfigError, match=r"manifest.json:2:\d+: corrupt manifest"):
+    with pytest.raises(
+        ConfigError, match=r"manifest.json:2:\d+: not a model manifest: invalid JSON"
+    ):
         load_manifest(folder)
 
 
@@ -352,7 +354,9 @@ def test_missing_onnxruntime_says_what_to_install() -> None:
         "from cnmt.errors import ConfigError\n"
         "try:\n    create_session('x.onnx')\nexcept ConfigError as exc:\n    print(exc)\n"
     )
-    done = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert "onnxruntime is not installed" in done.stdout
     assert "pip install 'cnmt[cpu]'" in done.stdout

@@ -21,12 +21,39 @@ from cnmt.errors import ConfigError
 
 # A hand-written sample in the RIPE Atlas API's ping-result format (test data, not a download).
 RIPE_JSON_SAMPLE = [
-    {"fw": 4790, "timestamp": 1525132800, "prb_id": 6222, "msm_id": 1437285, "type": "ping",
-     "result": [{"rtt": 20.5}, {"rtt": 21.5}, {"rtt": 21.0}], "avg": 21.0, "sent": 3, "rcvd": 3},
-    {"fw": 4790, "timestamp": 1525133040, "prb_id": 6222, "msm_id": 1437285, "type": "ping",
-     "result": [{"x": "*"}, {"x": "*"}, {"x": "*"}], "avg": -1, "sent": 3, "rcvd": 0},
-    {"fw": 4790, "timestamp": 1525133280, "prb_id": 6222, "msm_id": 1437285, "type": "ping",
-     "result": [{"x": "*"}, {"rtt": 30.0}, {"rtt": 40.0}], "avg": 35.0, "sent": 3, "rcvd": 2},
+    {
+        "fw": 4790,
+        "timestamp": 1525132800,
+        "prb_id": 6222,
+        "msm_id": 1437285,
+        "type": "ping",
+        "result": [{"rtt": 20.5}, {"rtt": 21.5}, {"rtt": 21.0}],
+        "avg": 21.0,
+        "sent": 3,
+        "rcvd": 3,
+    },
+    {
+        "fw": 4790,
+        "timestamp": 1525133040,
+        "prb_id": 6222,
+        "msm_id": 1437285,
+        "type": "ping",
+        "result": [{"x": "*"}, {"x": "*"}, {"x": "*"}],
+        "avg": -1,
+        "sent": 3,
+        "rcvd": 0,
+    },
+    {
+        "fw": 4790,
+        "timestamp": 1525133280,
+        "prb_id": 6222,
+        "msm_id": 1437285,
+        "type": "ping",
+        "result": [{"x": "*"}, {"rtt": 30.0}, {"rtt": 40.0}],
+        "avg": 35.0,
+        "sent": 3,
+        "rcvd": 2,
+    },
 ]
 
 
@@ -37,8 +64,17 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
 
 
 def test_ripe_csv_reads_both_date_formats_and_keeps_lost_pings_as_lost(tmp_path):
-    iso = write(tmp_path, "a.csv", "epoch;rtt;cp\n2016-11-20 00:00:00;150.5;0\n2016-11-20 00:04:00;-3;0\n2016-11-20 00:08:00;151.0;1\n")
-    dmy = write(tmp_path, "b.csv", "epoch;rtt;cp\n20/11/2016 00:00;150.5;0\n20/11/2016 00:04;-4;0\n20/11/2016 00:08;151.0;0\n")
+    iso = write(
+        tmp_path,
+        "a.csv",
+        "epoch;rtt;cp\n2016-11-20 00:00:00;150.5;0\n2016-11-20 00:04:00;-3;0\n"
+        "2016-11-20 00:08:00;151.0;1\n",
+    )
+    dmy = write(
+        tmp_path,
+        "b.csv",
+        "epoch;rtt;cp\n20/11/2016 00:00;150.5;0\n20/11/2016 00:04;-4;0\n20/11/2016 00:08;151.0;0\n",
+    )
     for path in (iso, dmy):
         trace = load_ripe_csv(path)
         assert trace.times_s.tolist() == [0.0, 240.0, 480.0]
@@ -49,7 +85,11 @@ def test_ripe_csv_reads_both_date_formats_and_keeps_lost_pings_as_lost(tmp_path)
 
 
 def test_ripe_csv_bad_line_names_file_and_line(tmp_path):
-    path = write(tmp_path, "bad.csv", "epoch;rtt;cp\n2016-11-20 00:00:00;150.5;0\n2016-11-20 00:04:00;fast;0\n")
+    path = write(
+        tmp_path,
+        "bad.csv",
+        "epoch;rtt;cp\n2016-11-20 00:00:00;150.5;0\n2016-11-20 00:04:00;fast;0\n",
+    )
     with pytest.raises(ConfigError, match=r"bad\.csv:3: bad rtt 'fast'"):
         load_ripe_csv(path)
     path = write(tmp_path, "date.csv", "epoch;rtt;cp\nyesterday;150.5;0\n")
@@ -80,7 +120,9 @@ def test_ripe_json_lines_and_out_of_order_results_are_sorted_by_time(tmp_path):
 
 def test_ripe_json_malformed_result_names_file_and_position(tmp_path):
     broken = [RIPE_JSON_SAMPLE[0], {"timestamp": 1525133040, "prb_id": 6222}]
-    with pytest.raises(ConfigError, match=r"m\.json: result #2: a ping result needs `timestamp` and `result`"):
+    with pytest.raises(
+        ConfigError, match=r"m\.json: result #2: a ping result needs `timestamp` and `result`"
+    ):
         load_ripe_json(write(tmp_path, "m.json", json.dumps(broken)))
     lines = json.dumps(RIPE_JSON_SAMPLE[0]) + "\n{not json\n"
     with pytest.raises(ConfigError, match=r"m\.jsonl:2: invalid JSON"):
@@ -136,7 +178,9 @@ def test_every_real_ripe_trace_loads_with_its_lost_pings_counted(data_dir):
     for path in files:
         trace = load_trace(path)
         assert trace.format == "ripe-csv"
-        negative = sum(1 for line in path.read_text().splitlines()[1:] if line.split(";")[1].startswith("-"))
+        negative = sum(
+            1 for line in path.read_text().splitlines()[1:] if line.split(";")[1].startswith("-")
+        )
         assert trace.lost_count == negative, path.name
         ok = trace.rtt_ms[~trace.lost]
         assert (ok > 0).all() and np.isfinite(ok).all()

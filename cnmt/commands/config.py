@@ -14,10 +14,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Validate a YAML config or print it with bases merged and variables filled in.",
     )
     actions = parser.add_subparsers(title="actions", metavar="ACTION", required=True)
-    validate = actions.add_parser("validate", help="check a config; exit 2 with the problem if invalid")
+    validate = actions.add_parser(
+        "validate", help="check a config; exit 2 with the problem if invalid"
+    )
     validate.add_argument("config", help="a YAML file or a built-in config name")
     validate.set_defaults(func=run_validate)
-    show = actions.add_parser("show", help="print the resolved config (bases merged, variables filled)")
+    show = actions.add_parser(
+        "show", help="print the resolved config (bases merged, variables filled)"
+    )
     show.add_argument("config", help="a YAML file or a built-in config name")
     show.set_defaults(func=run_show)
     listing = actions.add_parser("list", help="list the built-in configs")

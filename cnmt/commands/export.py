@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
         epilog=(
             "examples:\n"
-            "  cnmt export --builtin cn2en        (into the model cache, where --model cn2en looks)\n"
+            "  cnmt export --builtin cn2en     (into the cache, where --model cn2en looks)\n"
             "  cnmt export --family cn2en --out models/cn2en\n"
             "  cnmt export --family bilstm --config models/bilstm-de-en --out models/bilstm-de-en\n"
             "  cnmt export --family gru --config models/gru-fr-en --out models/gru-fr-en\n"
@@ -119,5 +119,7 @@ def _export_builtin(args: argparse.Namespace) -> int:
             raise ConfigError(f"--builtin takes no --{flag}: a built-in model has a fixed source")
     start = time.perf_counter()
     path = export_builtin(args.builtin)
-    print(f"exported built-in model {args.builtin!r} to {path} in {time.perf_counter() - start:.1f} s")
+    print(
+        f"exported built-in model {args.builtin!r} to {path} in {time.perf_counter() - start:.1f} s"
+    )
     return 0

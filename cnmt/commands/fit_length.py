@@ -17,32 +17,76 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "and `naive` length estimators load."
         ),
     )
-    parser.add_argument("--src", action="append", required=True, metavar="FILE",
-                        help="source side, one sentence per line (repeat for several corpora)")
-    parser.add_argument("--tgt", action="append", required=True, metavar="FILE",
-                        help="target side, line-aligned with --src (repeat in the same order)")
-    parser.add_argument("--tokenizer", default="words", metavar="SPEC",
-                        help="token counter for both sides: words, chars, moses:LANG, "
-                        "sentencepiece:PATH, bpe:CODES, moses:LANG+bpe:CODES (default: words)")
-    parser.add_argument("--src-tokenizer", metavar="SPEC",
-                        help="source counter (default: --tokenizer); also model:NAME_OR_DIR")
-    parser.add_argument("--tgt-tokenizer", metavar="SPEC", help="target counter (default: --tokenizer)")
-    parser.add_argument("--tgt-lengths", action="append", metavar="FILE",
-                        help="fit on a model's real output lengths (a cache from `cnmt replay "
-                        "--cache-outputs`, one per --src) instead of the target side's counts")
-    parser.add_argument("--max-tokens", type=int, default=150,
-                        help="drop pairs with a side longer than this (default 150; 0 = no limit)")
-    parser.add_argument("--max-ratio", type=float, default=3.0,
-                        help="drop pairs whose longer side has more than this many times the "
-                        "tokens of the shorter (default 3.0; 0 = no limit)")
-    parser.add_argument("--keep-identical", action="store_true",
-                        help="keep pairs whose source and target are the same text")
-    parser.add_argument("--heldout-every", type=int, metavar="K",
-                        help="leave every K-th line out of the fit (the replay draws requests "
-                        "from those lines when its corpus has the same heldout_every)")
-    parser.add_argument("--out", required=True, metavar="FILE", help="write the fitted length model here")
-    parser.add_argument("--json", metavar="FILE", help="write the fit summary (dropped per rule, per-N stats)")
-    parser.add_argument("--plot", metavar="PNG", help="write the Fig. 3 style plot (mean and std of M per N)")
+    parser.add_argument(
+        "--src",
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="source side, one sentence per line (repeat for several corpora)",
+    )
+    parser.add_argument(
+        "--tgt",
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="target side, line-aligned with --src (repeat in the same order)",
+    )
+    parser.add_argument(
+        "--tokenizer",
+        default="words",
+        metavar="SPEC",
+        help="token counter for both sides: words, chars, moses:LANG, "
+        "sentencepiece:PATH, bpe:CODES, moses:LANG+bpe:CODES (default: words)",
+    )
+    parser.add_argument(
+        "--src-tokenizer",
+        metavar="SPEC",
+        help="source counter (default: --tokenizer); also model:NAME_OR_DIR",
+    )
+    parser.add_argument(
+        "--tgt-tokenizer", metavar="SPEC", help="target counter (default: --tokenizer)"
+    )
+    parser.add_argument(
+        "--tgt-lengths",
+        action="append",
+        metavar="FILE",
+        help="fit on a model's real output lengths (a cache from `cnmt replay "
+        "--cache-outputs`, one per --src) instead of the target side's counts",
+    )
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        default=150,
+        help="drop pairs with a side longer than this (default 150; 0 = no limit)",
+    )
+    parser.add_argument(
+        "--max-ratio",
+        type=float,
+        default=3.0,
+        help="drop pairs whose longer side has more than this many times the "
+        "tokens of the shorter (default 3.0; 0 = no limit)",
+    )
+    parser.add_argument(
+        "--keep-identical",
+        action="store_true",
+        help="keep pairs whose source and target are the same text",
+    )
+    parser.add_argument(
+        "--heldout-every",
+        type=int,
+        metavar="K",
+        help="leave every K-th line out of the fit (the replay draws requests "
+        "from those lines when its corpus has the same heldout_every)",
+    )
+    parser.add_argument(
+        "--out", required=True, metavar="FILE", help="write the fitted length model here"
+    )
+    parser.add_argument(
+        "--json", metavar="FILE", help="write the fit summary (dropped per rule, per-N stats)"
+    )
+    parser.add_argument(
+        "--plot", metavar="PNG", help="write the Fig. 3 style plot (mean and std of M per N)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -56,7 +100,9 @@ def run(args: argparse.Namespace) -> int:
     from cnmt.schedulers.length_models import save_length_model
 
     if len(args.src) != len(args.tgt):
-        raise ConfigError(f"give one --tgt per --src (got {len(args.src)} --src and {len(args.tgt)} --tgt)")
+        raise ConfigError(
+            f"give one --tgt per --src (got {len(args.src)} --src and {len(args.tgt)} --tgt)"
+        )
     if args.tgt_lengths and len(args.tgt_lengths) != len(args.src):
         raise ConfigError("give one --tgt-lengths per --src, in the same order")
     try:
@@ -94,6 +140,13 @@ def run(args: argparse.Namespace) -> int:
     m = fit.model
     dropped = ", ".join(f"{rule} {count}" for rule, count in fit.dropped.items())
     print(f"pairs: {m.pairs_total} total, {m.pairs_kept} kept; dropped: {dropped}")
-    print(f"M = {m.gamma:.4f} * N + {m.delta:.4f}   R^2 = {m.r2:.4f}   MSE = {m.mse:.3f}   mean M = {m.mean_m:.3f}")
-    print(f"wrote {args.out}" + (f", {args.json}" if args.json else "") + (f", {args.plot}" if args.plot else ""))
+    print(
+        f"M = {m.gamma:.4f} * N + {m.delta:.4f}   R^2 = {m.r2:.4f}   MSE = {m.mse:.3f}   "
+        f"mean M = {m.mean_m:.3f}"
+    )
+    print(
+        f"wrote {args.out}"
+        + (f", {args.json}" if args.json else "")
+        + (f", {args.plot}" if args.plot else "")
+    )
     return 0

@@ -18,22 +18,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "against edge-only, cloud-only and the Oracle (the paper's Table I)."
         ),
     )
-    parser.add_argument("config", help="an experiment config (file or built-in name, e.g. experiments/bilstm-de-en)")
-    parser.add_argument("--connection", metavar="NAME",
-                        help="which connection profile of the config (default: its default_connection, else the first)")
-    parser.add_argument("--rtt-trace", metavar="FILE",
-                        help="replace the connection profile's trace by this file (RIPE CSV, RIPE JSON or one "
-                        "RTT per line; detected), replayed whole unless --window-* say otherwise")
-    parser.add_argument("--window-start", type=int, metavar="I", help="first trace sample of the window")
+    parser.add_argument(
+        "config", help="an experiment config (file or built-in name, e.g. experiments/bilstm-de-en)"
+    )
+    parser.add_argument(
+        "--connection",
+        metavar="NAME",
+        help="which connection profile of the config (default: its default_connection, else "
+        "the first)",
+    )
+    parser.add_argument(
+        "--rtt-trace",
+        metavar="FILE",
+        help="replace the connection profile's trace by this file (RIPE CSV, RIPE JSON or one "
+        "RTT per line; detected), replayed whole unless --window-* say otherwise",
+    )
+    parser.add_argument(
+        "--window-start", type=int, metavar="I", help="first trace sample of the window"
+    )
     parser.add_argument("--window-samples", type=int, metavar="K", help="window length in samples")
-    parser.add_argument("--requests", type=int, metavar="N", help="number of requests (default: the config's, 100000)")
+    parser.add_argument(
+        "--requests",
+        type=int,
+        metavar="N",
+        help="number of requests (default: the config's, 100000)",
+    )
     parser.add_argument("--seed", type=int, metavar="S", help="random seed (default: the config's)")
     parser.add_argument("--json", metavar="FILE", help="write the replay JSON here")
     parser.add_argument("--markdown", metavar="FILE", help="write the markdown table here")
-    parser.add_argument("--plot", metavar="PNG", help="write the Fig. 4 style plot of the RTT window")
-    parser.add_argument("--cache-outputs", action="store_true",
-                        help="first run the real model over every corpus part that names an "
-                        "output_lengths cache and write the cache (needs the model's runtime)")
+    parser.add_argument(
+        "--plot", metavar="PNG", help="write the Fig. 4 style plot of the RTT window"
+    )
+    parser.add_argument(
+        "--cache-outputs",
+        action="store_true",
+        help="first run the real model over every corpus part that names an "
+        "output_lengths cache and write the cache (needs the model's runtime)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -52,7 +73,10 @@ def run(args: argparse.Namespace) -> int:
         for part in spec.corpus.parts:
             if part.output_lengths:
                 data = cache_output_lengths(spec.model, part.src, part.output_lengths)
-                print(f"wrote {part.output_lengths}: {data['lines']} lines in {data['seconds']} s", file=sys.stderr)
+                print(
+                    f"wrote {part.output_lengths}: {data['lines']} lines in {data['seconds']} s",
+                    file=sys.stderr,
+                )
     outcome = replay(
         config,
         connection=args.connection,
@@ -67,17 +91,26 @@ def run(args: argparse.Namespace) -> int:
     conn = result["connection"]
     stats = conn["trace_stats"]
     names = ", ".join(config["replay"].connections)
-    print(f"{result['model']}: {result['requests']} requests, seed {result['seed']}, connection "
-          f"{result['connection_name']} (of {names})")
-    print(f"trace {conn['trace']} [{conn['format']}], window {conn['window']['start']}+{conn['window']['samples']} "
-          f"samples: median RTT {stats['median_ms']:.1f} ms, p95 {stats['p95_ms']:.1f} ms, "
-          f"{stats['lost']} lost pings ({conn['requests_hit_by_loss']} requests hit)")
+    print(
+        f"{result['model']}: {result['requests']} requests, seed {result['seed']}, connection "
+        f"{result['connection_name']} (of {names})"
+    )
+    print(
+        f"trace {conn['trace']} [{conn['format']}], window "
+        f"{conn['window']['start']}+{conn['window']['samples']} "
+        f"samples: median RTT {stats['median_ms']:.1f} ms, p95 {stats['p95_ms']:.1f} ms, "
+        f"{stats['lost']} lost pings ({conn['requests_hit_by_loss']} requests hit)"
+    )
     print(table)
     t = outcome.timings
     policy_s = sum(v for k, v in t.items() if k.startswith("policy_"))
-    print(f"time: load {t['load_s']:.2f} s, prepare {t['prepare_s']:.2f} s, policies {policy_s:.2f} s "
-          f"({result['requests'] * len(result['policies']) / max(policy_s, 1e-9):,.0f} decisions/s)",
-          file=sys.stderr)
+    print(
+        f"time: load {t['load_s']:.2f} s, prepare {t['prepare_s']:.2f} s, "
+        f"policies {policy_s:.2f} s "
+        f"({result['requests'] * len(result['policies']) / max(policy_s, 1e-9):,.0f} "
+        "decisions/s)",
+        file=sys.stderr,
+    )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(result, handle, indent=1, ensure_ascii=False)
@@ -86,5 +119,7 @@ def run(args: argparse.Namespace) -> int:
         with open(args.markdown, "w", encoding="utf-8") as handle:
             handle.write(table + "\n")
     if args.plot:
-        plot_rtt_window(conn, outcome.window, args.plot, title=f"connection {result['connection_name']}")
+        plot_rtt_window(
+            conn, outcome.window, args.plot, title=f"connection {result['connection_name']}"
+        )
     return 0

@@ -1,4 +1,4 @@
-"""`cnmt reproduce`: run every experiment scenario and write one report beside the paper's Table I."""
+"""`cnmt reproduce`: run every experiment scenario; one report beside the paper's Table I."""
 
 from __future__ import annotations
 
@@ -24,11 +24,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="cnmt-reproduce",
         help="write report.md and figures/ here (default: ./cnmt-reproduce)",
     )
-    parser.add_argument("--json", metavar="FILE", help="write {scenario: replay JSON or {skipped: reason}}")
-    parser.add_argument("--requests", type=int, metavar="N", help="requests per scenario (default: each config's)")
-    parser.add_argument("--seed", type=int, metavar="S", help="random seed (default: each config's)")
-    parser.add_argument("--only", action="append", metavar="GLOB",
-                        help="run only scenarios whose name (SETUP/CONNECTION) matches; repeatable")
+    parser.add_argument(
+        "--json", metavar="FILE", help="write {scenario: replay JSON or {skipped: reason}}"
+    )
+    parser.add_argument(
+        "--requests", type=int, metavar="N", help="requests per scenario (default: each config's)"
+    )
+    parser.add_argument(
+        "--seed", type=int, metavar="S", help="random seed (default: each config's)"
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="GLOB",
+        help="run only scenarios whose name (SETUP/CONNECTION) matches; repeatable",
+    )
     parser.add_argument("--strict", action="store_true", help="exit 1 if any scenario was skipped")
     parser.set_defaults(func=run)
 
@@ -41,7 +51,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.requests is not None and args.requests < 1:
         raise ConfigError(f"--requests must be >= 1, got {args.requests}")
-    command = "cnmt reproduce " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else "cnmt reproduce"
+    command = (
+        "cnmt reproduce " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+        if len(sys.argv) > 2
+        else "cnmt reproduce"
+    )
     scenarios = reproduce(
         Path(args.out) if args.out else None,
         Path(args.json) if args.json else None,
@@ -53,7 +67,10 @@ def run(args: argparse.Namespace) -> int:
     if not scenarios:
         raise ConfigError("no scenario matches --only " + " ".join(args.only or []))
     ran = [s for s in scenarios if s.result is not None]
-    print(f"{len(ran)} of {len(scenarios)} scenarios ran" + (f"; report: {args.out}/report.md" if args.out else ""))
+    print(
+        f"{len(ran)} of {len(scenarios)} scenarios ran"
+        + (f"; report: {args.out}/report.md" if args.out else "")
+    )
     for s in scenarios:
         if s.result is None:
             print(f"  skipped {s.name}: {s.skipped}")

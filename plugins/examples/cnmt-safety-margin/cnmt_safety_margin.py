@@ -32,7 +32,9 @@ class SafetyMargin(DevicePolicy):
     def choose(self, request: Request, m_estimate: float, state: SchedulerState) -> Device:
         n = request.n_tokens
         t_edge = state.edge.predict(n, m_estimate)
-        t_cloud = state.cloud.predict(n, m_estimate) + state.link.transmission_s(request.payload_bytes)
+        t_cloud = state.cloud.predict(n, m_estimate) + state.link.transmission_s(
+            request.payload_bytes
+        )
         required = t_cloud * (1.0 + self.params.margin_ratio) + self.params.margin_s
         return Device.CLOUD if required < t_edge else Device.EDGE
 
