@@ -118,6 +118,24 @@ def portable(text: str) -> str:
     return text
 
 
+def display_path(text: str) -> str:
+    """A path (or a tokenizer spec naming paths, ``moses:de+bpe:PATH``) as reports show it:
+    normalized, the built-in configs as ``configs/...`` and the data directory as ``${data}``,
+    so that nothing of this machine appears in what the project prints or writes."""
+    configs = (str(builtin_configs_root()), str(builtin_configs_root().resolve()))
+
+    def one(path: str) -> str:
+        if "/" not in path:
+            return path
+        path = os.path.normpath(path)
+        for root in configs:
+            if path == root or path.startswith(root + os.sep):
+                return "configs" + path[len(root) :]
+        return portable(path)
+
+    return re.sub(r"[^:+]+", lambda match: one(match.group(0)), text)
+
+
 # ----------------------------------------------------------------------------- finding files
 
 

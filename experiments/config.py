@@ -89,6 +89,7 @@ class ConnectionSpec(RttSource):
     arrivals: Literal["spread", "interval"] = "spread"
     interval_s: float | None = None
     description: str = ""
+    paper_profile: Literal["CP1", "CP2"] | None = None  # the paper's profile it stands for
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -186,6 +187,9 @@ class ReplayConfig:
     seed: int = 0
     link: LinkSpec = field(default_factory=LinkSpec)
     default_connection: str | None = None
+    # The language pair of the paper's Table I this setup stands for (``cnmt reproduce`` puts
+    # its numbers beside ours for the connections that name a paper_profile).
+    paper_pair: Literal["DE-EN", "FR-EN", "EN-ZH"] | None = None
 
     def __post_init__(self) -> None:
         if self.requests < 1:

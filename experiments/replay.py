@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from cnmt.config import Config, portable
+from cnmt.config import Config, display_path
 from cnmt.datasets.corpora import heldout_mask, read_parallel
 from cnmt.datasets.link import serialisation_s
 from cnmt.datasets.traces import RttTrace
@@ -86,8 +86,8 @@ def load_corpus_lines(spec: CorpusSpec, heldout_only: bool = True) -> CorpusLine
     tgt_counter = get_counter(spec.tgt_tokenizer)
     ns, ms, mcs, sbs, tbs, parts = [], [], [], [], [], []
     info: dict[str, Any] = {
-        "src_tokenizer": portable(spec.src_tokenizer),
-        "tgt_tokenizer": portable(spec.tgt_tokenizer),
+        "src_tokenizer": display_path(spec.src_tokenizer),
+        "tgt_tokenizer": display_path(spec.tgt_tokenizer),
         "heldout_every": spec.heldout_every,
         "parts": [],
     }
@@ -124,15 +124,15 @@ def load_corpus_lines(spec: CorpusSpec, heldout_only: bool = True) -> CorpusLine
         parts.append(np.full(int(eligible.sum()), index))
         info["parts"].append(
             {
-                "src": portable(part.src),
-                "tgt": portable(part.tgt),
+                "src": display_path(part.src),
+                "tgt": display_path(part.tgt),
                 "lines": len(corpus),
                 "pool_lines": int(pool.sum()),
                 "excluded_no_source_tokens": int((n == 0).sum()),
                 "excluded_empty_target": int(((n > 0) & missing_target).sum()),
                 "eligible_lines": int(eligible.sum()),
                 "m_source": (
-                    f"model outputs ({os.path.normpath(part.output_lengths)})"
+                    f"model outputs ({display_path(part.output_lengths)})"
                     if part.output_lengths
                     else "corpus targets"
                 ),
@@ -197,7 +197,7 @@ def link_timeline(spec: ConnectionSpec, count: int, loss_timeout_s: float) -> Li
     sample = timeline.index_at(arrival)
     lossy = timeline.lost[sample]
     info = {
-        "trace": portable(str(spec.trace)),
+        "trace": display_path(str(spec.trace)),
         "format": window.format,
         "description": spec.description,
         "window": {
@@ -495,7 +495,7 @@ def replay(
     def device_info(path: str, profile: DeviceProfile, sampler: TimeSampler) -> dict[str, Any]:
         fit = profile.fit
         return {
-            "profile": os.path.normpath(path),
+            "profile": display_path(path),
             "device": profile.device.name,
             "fit": {"a_n": fit.a_n, "a_m": fit.a_m, "b": fit.b, "r2": fit.r2, "mse": fit.mse},
             "ground_truth": sampler.method,
@@ -506,7 +506,7 @@ def replay(
     timings["total_s"] = time.perf_counter() - started
     result = {
         "format": FORMAT,
-        "config": config.source,
+        "config": display_path(config.source),
         "description": config.description,
         "model": spec.model,
         "connection_name": chosen,

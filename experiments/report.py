@@ -1,45 +1,32 @@
-"""`cnmt reproduce`: every experiment scenario, one report beside the paper's Table I.
+"""`cnmt reproduce`: every experiment scenario, one report, the paper's Table I beside ours.
 
 A *scenario* is one connection profile of one experiment config (``experiments/<setup>.yaml``
 under the built-in configs): its name is ``<setup>/<connection>``. A scenario whose inputs do
 not exist yet (a device profile not measured, a length model not fitted, a model's output
 cache not made) is skipped, and the report and JSON say why instead of showing numbers.
+
+The report is markdown with figures beside it: ``--out DIR`` writes ``DIR/report.md`` and
+``DIR/figures/``; ``--docs PAGE`` writes the documentation's results page and its figures
+(``figures/results/`` next to the page). Every number in it comes from the run; the paper's
+numbers come from its Table I (``configs/paper/c-nmt-table1.json``, cited there).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import fnmatch
-import json
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cnmt.config import builtin_config_names, builtin_configs_root, display_path, load_config
 from cnmt.errors import CnmtError, ConfigError
-from cnmt.files import read_json
+from cnmt.files import read_json, write_json
 
-# The paper's own Table I could not be retrieved: the stored copies of "C-NMT: A Collaborative
-# Inference Framework for Neural Machine Translation" (Chen et al., ISCAS 2022, arXiv
-# 2204.04043) that this project can read hold its abstract and introduction only. Its numbers
-# are therefore not shown; only the abstract's headline claim is quoted, with its source.
-PAPER = {
-    "title": "C-NMT: A Collaborative Inference Framework for Neural Machine Translation",
-    "authors": "Y. Chen, R. Chiaro, E. Macii, M. Poncino, D. Jahier Pagliari",
-    "venue": "ISCAS 2022",
-    "url": "https://arxiv.org/abs/2204.04043",
-    "abstract_claim": (
-        "CI can reduce the latency of NMT by up to 44% compared to a non-collaborative approach"
-    ),
-    "table_i": None,
-    "table_i_note": (
-        "The paper's Table I is not included: the copies of the paper reachable from this "
-        "project contain only its abstract and introduction, and its numbers are never "
-        "reconstructed or guessed. Compare with the published PDF."
-    ),
-}
-
+PAPER_TABLE = "paper/c-nmt-table1.json"
+PAPER_FORMAT = "cnmt-paper-table/1"
 OVERWHELMING_SHARE = 0.95
 EXTRAPOLATION_WARNING = 0.05
 
@@ -53,36 +40,55 @@ class Scenario:
     skipped: str | None = None
     seconds: float = 0.0
     figure: str | None = None
+    paper: tuple[str, str] | None = None  # (language pair, connection profile) of Table I
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-def experiment_configs() -> list[str]:
-    from cnmt.config import builtin_config_names
+@dataclass(frozen=True)
+class Output:
+    """Where the report goes: the markdown file, and the folder its figures go to (linked
+    relative to the markdown file)."""
 
-    return [name for name in builtin_config_names() if name.startswith("experiments/")]
+    markdown: Path
+    figures: Path
+
+    def link(self, figure: Path) -> str:
+        return figure.relative_to(self.markdown.parent).as_posix()
+
+
+def paper_table() -> dict[str, Any]:
+    """The paper's Table I and setup, as the project carries them (with their citation)."""
+    return read_json(
+        builtin_configs_root() / PAPER_TABLE,
+        what="paper table",
+        fix="reinstall cnmt (the file is package data)",
+        format=PAPER_FORMAT,
+    )
+
+
+def experiment_configs() -> list[str]:
+    return builtin_config_names("experiments")
 
 
 def plan(only: list[str] | None = None) -> list[Scenario]:
     """Every (config, connection) scenario; ``only`` keeps names matching any glob."""
-    from cnmt.config import load_config
-
     scenarios: list[Scenario] = []
+    names = set(builtin_config_names())
     for name in experiment_configs():
-        setup = (
-            name.removeprefix("experiments/")
-            if name.startswith("experiments/")
-            else Path(name).stem
-        )
+        # A built-in config's name (experiments/SETUP), else a file's stem.
+        setup = name.removeprefix("experiments/") if name in names else Path(name).stem
         try:
-            config = load_config(name)
-            connections = list(config["replay"].connections)
+            spec = load_config(name)["replay"]
         except CnmtError as exc:
             scenarios.append(Scenario(f"{setup}/*", name, "", skipped=str(exc)))
             continue
-        for conn in connections:
-            scenarios.append(Scenario(f"{setup}/{conn}", name, conn))
-    names = [s.name for s in scenarios]
-    repeated = sorted({n for n in names if names.count(n) > 1})
+        for conn_name, conn in spec.connections.items():
+            paper = None
+            if spec.paper_pair and conn.paper_profile:
+                paper = (spec.paper_pair, conn.paper_profile)
+            scenarios.append(Scenario(f"{setup}/{conn_name}", name, conn_name, paper=paper))
+    labels = [s.name for s in scenarios]
+    repeated = sorted({n for n in labels if labels.count(n) > 1})
     if repeated:
         raise ConfigError(
             f"two experiment configs give the same scenario names: {', '.join(repeated)}"
@@ -94,16 +100,12 @@ def plan(only: list[str] | None = None) -> list[Scenario]:
 
 def run_all(
     scenarios: list[Scenario],
-    out_dir: Path | None,
+    output: Output | None,
     requests: int | None = None,
     seed: int | None = None,
 ) -> None:
-    from cnmt.config import load_config
     from cnmt.experiments.replay import plot_rtt_window, replay
 
-    figures = out_dir / "figures" if out_dir else None
-    if figures:
-        figures.mkdir(parents=True, exist_ok=True)
     for scenario in scenarios:
         if scenario.skipped:
             continue
@@ -118,18 +120,15 @@ def run_all(
             continue
         scenario.result = outcome.result
         scenario.seconds = time.perf_counter() - began
-        if figures:
-            name = scenario.name.replace("/", "__") + "__rtt.png"
-            plot_rtt_window(
-                outcome.result["connection"], outcome.window, figures / name, title=scenario.name
-            )
-            scenario.figure = f"figures/{name}"
+        if output is not None:
+            path = output.figures / (scenario.name.replace("/", "__") + "__rtt.png")
+            plot_rtt_window(outcome.result["connection"], outcome.window, path, scenario.name)
+            scenario.figure = output.link(path)
         print(f"{scenario.name}: {scenario.seconds:.1f} s", file=sys.stderr)
 
 
-def length_figures(scenarios: list[Scenario], out_dir: Path) -> dict[str, str]:
+def length_figures(scenarios: list[Scenario], output: Output) -> dict[str, str]:
     """Fig. 3 of every fitted length model the scenarios used (from the per-N stats it stores)."""
-    from cnmt.config import load_config
     from cnmt.experiments.lengthfit import LengthFit, plot_length_fit
     from cnmt.schedulers.length_models import load_length_model
 
@@ -137,10 +136,9 @@ def length_figures(scenarios: list[Scenario], out_dir: Path) -> dict[str, str]:
     for scenario in scenarios:
         if scenario.result is None:
             continue
-        config = load_config(scenario.config)
-        section = config.get("length_estimator")
+        section = load_config(scenario.config).get("length_estimator")
         path = getattr(getattr(section, "params", None), "model", None)
-        if not path or path in done:
+        if not path or display_path(path) in done:
             continue
         raw = read_json(path, what="length model", fix="fit it with `cnmt fit-length`")
         if "per_n" not in raw:
@@ -148,12 +146,13 @@ def length_figures(scenarios: list[Scenario], out_dir: Path) -> dict[str, str]:
         fit = LengthFit(
             model=load_length_model(path), dropped=raw.get("dropped", {}), per_n=raw["per_n"]
         )
-        name = f"figures/length__{Path(path).stem}.png"
-        plot_length_fit(
-            fit, out_dir / name, title=f"{Path(path).stem}: {fit.model.pairs_kept} pairs"
-        )
-        done[path] = name
+        figure = output.figures / f"length__{Path(path).stem}.png"
+        plot_length_fit(fit, figure, title=f"{Path(path).stem}: {fit.model.pairs_kept} pairs")
+        done[display_path(path)] = output.link(figure)
     return done
+
+
+# ----------------------------------------------------------------------------- markdown
 
 
 def _signed(value: float) -> str:
@@ -164,26 +163,57 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:+.1f}%"
 
 
-def markdown_report(
-    scenarios: list[Scenario], header: dict[str, Any], length_figs: dict[str, str]
-) -> str:
-    from cnmt.experiments.replay import markdown_table
-
+def paper_section(scenarios: list[Scenario], paper: dict[str, Any]) -> list[str]:
+    """Table I of the paper beside ours, for the scenarios that stand for one of its cells."""
     lines = [
-        "# C-NMT replay: our Table I",
+        "## Table I: the paper's and ours",
         "",
-        f"Generated {header['date']} by `{header['command']}` in {header['seconds']:.1f} s. "
-        "Every number below comes from a replay of measured device profiles (raw samples) and "
-        "real RTT traces; percentages are `100 * (policy total - reference total) / reference "
-        "total` (negative = faster).",
+        f"The paper's numbers: {paper['citation']}. {paper['what']}. Ours: the same three "
+        "references (edge-only for the gateway, cloud-only for the server, the Oracle), from "
+        "this run.",
         "",
-        "## The paper's Table I",
+        "| pair | profile | strategy | paper vs GW | ours vs edge | paper vs server "
+        "| ours vs cloud | paper vs Oracle | ours vs Oracle | our scenario |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for s in scenarios:
+        if s.paper is None:
+            continue
+        pair, profile = s.paper
+        for strategy, label in (("naive", "Naive"), ("cnmt", "C-NMT")):
+            theirs = paper["table"].get(pair, {}).get(strategy, {}).get(profile)
+            ours = s.result["table"].get(strategy, {}) if s.result is not None else {}
+            cells = []
+            for i, key in enumerate(("vs_edge_pct", "vs_cloud_pct", "vs_oracle_pct")):
+                cells += [_pct(theirs[i]) if theirs else "n/a", _pct(ours.get(key))]
+            note = s.name if s.result is not None else f"{s.name} (skipped)"
+            lines.append(f"| {pair} | {profile} | {label} | " + " | ".join(cells) + f" | {note} |")
+    setup = paper["setup"]
+    lines += [
         "",
-        f"{PAPER['title']} ({PAPER['authors']}, {PAPER['venue']}, <{PAPER['url']}>).",
+        "How the setups differ (read the columns with these in mind):",
         "",
-        f'{PAPER["table_i_note"]} The abstract states: "{PAPER["abstract_claim"]}".',
-        "",
-        "## Our Table I",
+        f"- Devices. The paper: edge {setup['edge']}; cloud {setup['cloud']}. Ours: the same "
+        "CPU for both, the edge emulated by a cgroup CPU quota (a quarter or 6% of one core) "
+        "and the cloud unthrottled (see each scenario's device profiles below).",
+        f"- Link. The paper: {setup['link']}. Ours: other RIPE Atlas probes of 2016 (and "
+        "tyrell traces) chosen for a slow and a faster WAN; the same 100 Mbps.",
+        f"- Models. The paper: {'; '.join(f'{k}: {v}' for k, v in setup['models'].items())}, "
+        "trained, with their real outputs. Ours for BiLSTM, GRU and Marian: the same "
+        "architectures with random weights, so their outputs are meaningless and a request's "
+        "true M is the length of the corpus' human translation; their latency depends on N "
+        "and M only, which is what the policies see. FR-EN and EN-ZH draw requests from other "
+        "corpora than OPUS-100's train split (not available offline).",
+        f"- Fits. The paper: latency model fitted on {setup['latency_model_fit']}; length "
+        f"model on {setup['length_model_fit']}. Ours: on a grid of forced (N, M) runs and on "
+        "the corpus lines the replay does not draw requests from.",
+    ]
+    return lines
+
+
+def our_table(scenarios: list[Scenario]) -> list[str]:
+    lines = [
+        "## Our Table I, every scenario",
         "",
         "| scenario | C-NMT vs edge | vs cloud | vs Oracle | Naive vs edge | vs cloud "
         "| vs Oracle | Oracle on edge |",
@@ -195,24 +225,89 @@ def markdown_report(
             continue
         table = s.result["table"]
         cn, nv = table.get("cnmt", {}), table.get("naive", {})
-        oracle = s.result["policies"].get("oracle", {})
-        share = oracle.get("share_edge")
-        flag = (
-            " (one-sided)"
-            if share is not None and max(share, 1 - share) > OVERWHELMING_SHARE
-            else ""
-        )
+        share = s.result["policies"].get("oracle", {}).get("share_edge")
+        one_sided = share is not None and max(share, 1 - share) > OVERWHELMING_SHARE
         lines.append(
             f"| {s.name} | {_pct(cn.get('vs_edge_pct'))} | {_pct(cn.get('vs_cloud_pct'))} | "
             f"{_pct(cn.get('vs_oracle_pct'))} | {_pct(nv.get('vs_edge_pct'))} | "
             f"{_pct(nv.get('vs_cloud_pct'))} | {_pct(nv.get('vs_oracle_pct'))} | "
-            f"{'n/a' if share is None else f'{share * 100:.1f}%'}{flag} |"
+            f"{'n/a' if share is None else f'{share * 100:.1f}%'}"
+            f"{' (one-sided)' if one_sided else ''} |"
         )
     lines += [
         "",
-        f'"Oracle on edge" is the share of requests the Oracle runs on the edge; where it is '
+        '"Oracle on edge" is the share of requests the Oracle runs on the edge; where it is '
         f"above {OVERWHELMING_SHARE:.0%} or below {1 - OVERWHELMING_SHARE:.0%} (one-sided) one "
         "device wins almost always and the scenario says little about the policies.",
+    ]
+    return lines
+
+
+def scenario_section(s: Scenario) -> list[str]:
+    from cnmt.experiments.replay import markdown_table
+
+    r = s.result
+    assert r is not None
+    conn, corpus = r["connection"], r["corpus"]
+    stats, window = conn["trace_stats"], conn["window"]
+    lines = [
+        f"## {s.name}",
+        "",
+        str(r.get("description", "")).strip(),
+        "",
+        f"- requests: {r['requests']} (seed {r['seed']}), mean N {corpus['mean_n']:.1f}, "
+        f"mean true M {corpus['mean_m_true']:.1f} (corpus targets: "
+        f"{corpus['mean_m_corpus']:.1f})",
+        f"- connection `{r['connection_name']}`: {conn['trace']} samples "
+        f"{window['start']}..{window['start'] + window['samples'] - 1}, median RTT "
+        f"{stats['median_ms']:.1f} ms (p5 {stats['p5_ms']:.1f}, p95 {stats['p95_ms']:.1f}), "
+        f"{stats['lost']} lost pings ({conn['requests_hit_by_loss']} requests charged a "
+        f"{conn['loss_timeout_s']:g} s timeout)",
+    ]
+    for role in ("edge", "cloud"):
+        d = r["devices"][role]
+        fit = d["fit"]
+        warning = (
+            " (**extrapolated: measure a grid that covers the corpus' N and M**)"
+            if d["extrapolated_share"] > EXTRAPOLATION_WARNING
+            else ""
+        )
+        lines.append(
+            f"- {role}: `{d['device']}` ({d['profile']}), fit T = {fit['a_n'] * 1e3:.3g} ms·N "
+            f"{_signed(fit['a_m'] * 1e3)} ms·M {_signed(fit['b'] * 1e3)} ms "
+            f"(R² {fit['r2']:.3f}); true times drawn {d['ground_truth']}, "
+            f"{d['extrapolated_share'] * 100:.1f}% of requests outside the measured grid" + warning
+        )
+    for name, est in r["length_estimators"].items():
+        lines.append(
+            f"- length estimator `{name}`: mean estimate {est['mean_estimate']:.1f}, MAE "
+            f"{est['mae_tokens']:.2f} tokens against the true M, "
+            f"{est['mae_vs_corpus_tokens']:.2f} against the corpus targets"
+        )
+    lines += ["", markdown_table(r), ""]
+    if s.figure:
+        lines += [f"![RTT window of {s.name}]({s.figure})", ""]
+    return lines
+
+
+def markdown_report(
+    scenarios: list[Scenario],
+    header: dict[str, Any],
+    length_figs: dict[str, str],
+    paper: dict[str, Any],
+) -> str:
+    lines = [
+        "# Results: the replay of every experiment, and the paper's Table I",
+        "",
+        f"Generated {header['date']} by `{header['command']}` in {header['seconds']:.1f} s. "
+        "Every number below comes from that run: a replay of measured device profiles (raw "
+        "samples) and real RTT traces, except the paper's columns, which come from its Table "
+        "I. Percentages are `100 * (policy total - reference total) / reference total` "
+        "(negative = faster).",
+        "",
+        *paper_section(scenarios, paper),
+        "",
+        *our_table(scenarios),
         "",
     ]
     skipped = [s for s in scenarios if s.result is None]
@@ -221,61 +316,17 @@ def markdown_report(
         lines += [f"- `{s.name}`: {s.skipped}" for s in skipped]
         lines.append("")
     for s in scenarios:
-        if s.result is None:
-            continue
-        r = s.result
-        conn = r["connection"]
-        stats = conn["trace_stats"]
-        corpus = r["corpus"]
-        lines += [
-            f"## {s.name}",
-            "",
-            f"{r.get('description', '')}".strip(),
-            "",
-            f"- requests: {r['requests']} (seed {r['seed']}), mean N {corpus['mean_n']:.1f}, "
-            "mean true M "
-            f"{corpus['mean_m_true']:.1f} (corpus targets: {corpus['mean_m_corpus']:.1f})",
-            f"- connection `{r['connection_name']}`: {conn['trace']} samples "
-            f"{conn['window']['start']}.."
-            f"{conn['window']['start'] + conn['window']['samples'] - 1}, "
-            f"median RTT {stats['median_ms']:.1f} ms "
-            f"(p5 {stats['p5_ms']:.1f}, p95 {stats['p95_ms']:.1f}), {stats['lost']} lost pings "
-            f"({conn['requests_hit_by_loss']} requests charged a "
-            f"{conn['loss_timeout_s']:g} s timeout)",
-        ]
-        for role in ("edge", "cloud"):
-            d = r["devices"][role]
-            fit = d["fit"]
-            lines.append(
-                f"- {role}: `{d['device']}` ({d['profile']}), fit T = {fit['a_n'] * 1e3:.3g} ms·N "
-                f"{_signed(fit['a_m'] * 1e3)} ms·M {_signed(fit['b'] * 1e3)} ms "
-                f"(R² {fit['r2']:.3f}); true times drawn {d['ground_truth']}, "
-                f"{d['extrapolated_share'] * 100:.1f}% of requests outside the measured grid"
-                + (
-                    " (**extrapolated: measure a grid that covers the corpus' N and M**)"
-                    if d["extrapolated_share"] > EXTRAPOLATION_WARNING
-                    else ""
-                )
-            )
-        for name, est in r["length_estimators"].items():
-            lines.append(
-                f"- length estimator `{name}`: mean estimate {est['mean_estimate']:.1f}, MAE "
-                f"{est['mae_tokens']:.2f} tokens against the true M, "
-                f"{est['mae_vs_corpus_tokens']:.2f} "
-                "against the corpus targets"
-            )
-        lines += ["", markdown_table(r), ""]
-        if s.figure:
-            lines += [f"![RTT window of {s.name}]({s.figure})", ""]
+        if s.result is not None:
+            lines += scenario_section(s)
     if length_figs:
         lines += ["## Length models (Fig. 3)", ""]
         for path, fig in length_figs.items():
-            lines += [f"![{Path(path).stem}]({fig})", f"`{path}`", ""]
-    return "\n".join(lines) + "\n"
+            lines += [f"![{Path(path).stem}]({fig})", "", f"`{path}`", ""]
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def reproduce(
-    out_dir: Path | None,
+    output: Output | None,
     json_path: Path | None,
     requests: int | None,
     seed: int | None,
@@ -283,11 +334,11 @@ def reproduce(
     command: str,
 ) -> list[Scenario]:
     began = time.perf_counter()
+    paper = paper_table()
     scenarios = plan(only)
-    if out_dir:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    run_all(scenarios, out_dir, requests, seed)
-    figs = length_figures(scenarios, out_dir) if out_dir else {}
+    if output is not None:
+        output.figures.mkdir(parents=True, exist_ok=True)
+    run_all(scenarios, output, requests, seed)
     header = {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": command,
@@ -298,11 +349,11 @@ def reproduce(
             s.name: (s.result if s.result is not None else {"skipped": s.skipped})
             for s in scenarios
         }
-        json_path.write_text(
-            json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
-    if out_dir:
-        (out_dir / "report.md").write_text(
-            markdown_report(scenarios, header, figs), encoding="utf-8"
+        write_json(json_path, data)
+    if output is not None:
+        figures = length_figures(scenarios, output)
+        header["seconds"] = time.perf_counter() - began
+        output.markdown.write_text(
+            markdown_report(scenarios, header, figures, paper), encoding="utf-8"
         )
     return scenarios

@@ -279,8 +279,8 @@ def test_reproduce_skips_scenarios_without_profiles_and_reports_why(tmp_path, mo
     assert "cloud device profile" in data["missing/cp"]["skipped"]
     assert "does not exist yet" in data["missing/cp"]["skipped"]
     report = (out / "report.md").read_text()
-    assert "## The paper's Table I" in report and "not included" in report
-    assert "## Our Table I" in report and "## Skipped scenarios" in report
+    assert "## Table I: the paper's and ours" in report and "not included" not in report
+    assert "## Our Table I, every scenario" in report and "## Skipped scenarios" in report
     assert list((out / "figures").glob("*__rtt.png"))
     assert main(["reproduce", "--json", str(js), "--strict"]) == 1
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,11 +17,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "skipped and the report says why."
         ),
     )
-    parser.add_argument(
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
         "--out",
         metavar="DIR",
         default="cnmt-reproduce",
         help="write report.md and figures/ here (default: ./cnmt-reproduce)",
+    )
+    where.add_argument(
+        "--docs",
+        metavar="PAGE",
+        help="write the documentation's results page instead (e.g. docs/results.md), its "
+        "figures in figures/results/ beside it",
     )
     parser.add_argument(
         "--json", metavar="FILE", help="write {scenario: replay JSON or {skipped: reason}}"
@@ -47,17 +53,20 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from cnmt.errors import ConfigError
-    from cnmt.experiments.report import reproduce
+    from cnmt.experiments.report import Output, reproduce
 
     if args.requests is not None and args.requests < 1:
         raise ConfigError(f"--requests must be >= 1, got {args.requests}")
-    command = (
-        "cnmt reproduce " + " ".join(shlex.quote(a) for a in sys.argv[2:])
-        if len(sys.argv) > 2
-        else "cnmt reproduce"
-    )
+    command = " ".join(shlex.quote(part) for part in _command_line(args))
+    if args.docs:
+        page = Path(args.docs)
+        if page.suffix != ".md":
+            raise ConfigError(f"--docs {page}: give a markdown page (e.g. docs/results.md)")
+        output = Output(page, page.parent / "figures" / "results")
+    else:
+        output = Output(Path(args.out) / "report.md", Path(args.out) / "figures")
     scenarios = reproduce(
-        Path(args.out) if args.out else None,
+        output,
         Path(args.json) if args.json else None,
         args.requests,
         args.seed,
@@ -67,11 +76,20 @@ def run(args: argparse.Namespace) -> int:
     if not scenarios:
         raise ConfigError("no scenario matches --only " + " ".join(args.only or []))
     ran = [s for s in scenarios if s.result is not None]
-    print(
-        f"{len(ran)} of {len(scenarios)} scenarios ran"
-        + (f"; report: {args.out}/report.md" if args.out else "")
-    )
+    print(f"{len(ran)} of {len(scenarios)} scenarios ran" + f"; report: {output.markdown}")
     for s in scenarios:
         if s.result is None:
             print(f"  skipped {s.name}: {s.skipped}")
     return 1 if args.strict and len(ran) < len(scenarios) else 0
+
+
+def _command_line(args: argparse.Namespace) -> list[str]:
+    """The command that reproduces this run, as the report prints it."""
+    line = ["cnmt", "reproduce"]
+    line += ["--docs", args.docs] if args.docs else ["--out", args.out]
+    for flag in ("requests", "seed"):
+        if getattr(args, flag) is not None:
+            line += [f"--{flag}", str(getattr(args, flag))]
+    for pattern in args.only or []:
+        line += ["--only", pattern]
+    return line

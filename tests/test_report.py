@@ -1,0 +1,32 @@
+"""`cnmt reproduce`: the results page is generated from the run, beside the paper's Table I."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from cnmt.cli import main
+
+
+def test_docs_page_is_written_from_the_run_with_the_papers_table_and_relative_figures(
+    tmp_path: Path, data_dir: Path, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    page = tmp_path / "docs" / "results.md"
+    args = ["reproduce", "--docs", "docs/results.md", "--requests", "3000"]
+    assert main([*args, "--only", "bilstm-de-en/cp*"]) == 0
+    text = page.read_text(encoding="utf-8")
+    # The paper's numbers (its Table I, DE-EN CP1: Naive +11.74 and C-NMT -13.55 vs the gateway)
+    # sit beside ours, on the scenario that stands for that cell.
+    assert re.search(r"\| DE-EN \| CP1 \| Naive \| \+11\.7% \| [-+]\d+\.\d% \|", text)
+    assert re.search(r"\| DE-EN \| CP1 \| C-NMT \| -13\.6% \| [-+]\d+\.\d% \|", text)
+    assert "not included" not in text and "Jetson TX2" in text
+    # Our full table: only the scenarios that ran, with numbers.
+    assert re.search(r"\| bilstm-de-en/cp2 \| [-+]\d+\.\d% \|", text)
+    assert "bilstm-de-en/lan" not in text
+    # Figures beside the page, linked relatively; nothing of this machine is printed.
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert links and all((page.parent / link).is_file() for link in links)
+    assert all(link.startswith("figures/results/") for link in links)
+    assert str(tmp_path) not in text and str(data_dir) not in text
+    assert "by `cnmt reproduce --docs docs/results.md --requests 3000 --only" in text
