@@ -33,6 +33,11 @@ def cnmt_register_rtt_estimators(register: Register) -> None:
 
 
 @hookspec
+def cnmt_register_latency_models(register: Register) -> None:
+    """Offer per-device latency models (cnmt.schedulers.LatencyEstimator subclasses)."""
+
+
+@hookspec
 def cnmt_register_translators(register: Register) -> None:
     """Offer runtime model families (cnmt.runtime.Translator subclasses; `name` = `family`)."""
 

@@ -46,6 +46,7 @@ KINDS: dict[str, str] = {
     "length_estimator": "cnmt_register_length_estimators",
     "device_policy": "cnmt_register_device_policies",
     "rtt_estimator": "cnmt_register_rtt_estimators",
+    "latency_model": "cnmt_register_latency_models",
     "translator": "cnmt_register_translators",
     "exporter": "cnmt_register_exporters",
 }
@@ -123,10 +124,15 @@ class Components:
             what = label or kind.replace("_", " ")
             raise ConfigError(f"unknown {what} {name!r}; known: {known}") from None
 
-    def create(self, kind: str, name: str, params: Any = None, label: str | None = None) -> Any:
-        """Instantiate component ``name`` of ``kind`` with validated params (default: defaults)."""
+    def create(
+        self, kind: str, name: str, params: Any = None, label: str | None = None, **context: Any
+    ) -> Any:
+        """Instantiate component ``name`` of ``kind`` with validated params (default: defaults).
+
+        ``context`` goes to the constructor too: what a kind of component needs besides its
+        YAML params (a latency model's prior, from the device profile)."""
         cls = self.get(kind, name, label).cls
-        return cls(params_class(cls)() if params is None else params)
+        return cls(params_class(cls)() if params is None else params, **context)
 
     def sections(self) -> dict[str, Section]:
         """Every top-level config section, by key."""
@@ -221,8 +227,8 @@ class ComponentSpec:
     name: str
     params: Any
 
-    def create(self) -> Any:
-        return get_components().create(self.kind, self.name, self.params)
+    def create(self, **context: Any) -> Any:
+        return get_components().create(self.kind, self.name, self.params, **context)
 
 
 @dataclasses.dataclass(frozen=True)

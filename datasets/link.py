@@ -40,7 +40,8 @@ class RttSource:
     """Where a link's RTT comes from: a constant ``rtt_ms`` or a window of a ``trace``.
 
     ``start`` is the window's first sample and ``samples`` its length (null: to the end of the
-    trace); ``sample_period_s`` overrides the trace's timestamps (see the module docstring).
+    trace), or ``hours`` its length in time (the samples that start within that many hours);
+    ``sample_period_s`` overrides the trace's timestamps (see the module docstring).
     """
 
     rtt_ms: float | None = None
@@ -49,6 +50,7 @@ class RttSource:
     start: int = 0
     samples: int | None = None
     sample_period_s: float | None = None
+    hours: float | None = None
 
     def __post_init__(self) -> None:
         if (self.rtt_ms is None) == (self.trace is None):
@@ -61,6 +63,8 @@ class RttSource:
             raise ValueError(f"samples must be >= 1 or null (to the end), got {self.samples}")
         if self.sample_period_s is not None and not self.sample_period_s > 0:
             raise ValueError(f"sample_period_s must be positive, got {self.sample_period_s}")
+        if self.hours is not None and (not self.hours > 0 or self.samples is not None):
+            raise ValueError("hours must be positive, and not given together with samples")
 
     def timeline(self, loss_timeout_s: float = DEFAULT_LOSS_TIMEOUT_S) -> RttTimeline:
         """The RTT over time this source describes (reads the trace now)."""
@@ -68,7 +72,16 @@ class RttSource:
             return RttTimeline.constant(self.rtt_ms / 1000.0)
         assert self.trace is not None
         window = load_trace(self.trace, self.format).window(self.start, self.samples)
-        return RttTimeline.from_trace(window, self.sample_period_s, loss_timeout_s)
+        timeline = RttTimeline.from_trace(window, self.sample_period_s, loss_timeout_s)
+        if self.hours is None:
+            return timeline
+        keep = int(np.searchsorted(timeline.times_s, self.hours * 3600.0, side="left"))
+        if keep < 2:
+            raise ConfigError(
+                f"{self.trace}: a {self.hours:g}-hour window from sample {self.start} holds "
+                f"{keep} sample(s); give more hours"
+            )
+        return RttTimeline.from_trace(window.window(0, keep), self.sample_period_s, loss_timeout_s)
 
     def describe(self) -> str:
         if self.rtt_ms is not None:

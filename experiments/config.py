@@ -82,12 +82,17 @@ class ConnectionSpec(RttSource):
     """A connection profile: a window of an RTT trace (the link model's keys, see
     :mod:`cnmt.datasets.link`) and how requests arrive in it.
 
-    ``arrivals: spread`` spaces the requests evenly over the window's duration; ``interval``
-    sends one every ``interval_s`` seconds of trace time (wrapping around the window).
+    ``arrivals``: ``spread`` spaces the requests evenly over the window's duration (the
+    paper's method: one request every few seconds over days of trace, so no queue forms);
+    ``interval`` sends one every ``interval_s`` seconds of trace time; ``poisson`` at ``rate``
+    requests per second (exponential gaps); ``file`` at the times (seconds, one per line, in
+    order) in ``arrivals_file``. Trace time wraps around the window.
     """
 
-    arrivals: Literal["spread", "interval"] = "spread"
+    arrivals: Literal["spread", "interval", "poisson", "file"] = "spread"
     interval_s: float | None = None
+    rate: float | None = None
+    arrivals_file: str | None = None
     description: str = ""
     paper_profile: Literal["CP1", "CP2"] | None = None  # the paper's profile it stands for
 
@@ -97,6 +102,10 @@ class ConnectionSpec(RttSource):
             raise ValueError("a replayed connection needs a `trace` (a window of measured RTTs)")
         if self.arrivals == "interval" and (self.interval_s is None or self.interval_s <= 0):
             raise ValueError("arrivals: interval needs a positive `interval_s`")
+        if self.arrivals == "poisson" and (self.rate is None or self.rate <= 0):
+            raise ValueError("arrivals: poisson needs a positive `rate` (requests per second)")
+        if self.arrivals == "file" and not self.arrivals_file:
+            raise ValueError("arrivals: file needs `arrivals_file` (one time in seconds a line)")
         if self.samples is not None and self.samples < 2:
             raise ValueError(f"samples must be >= 2 or null (to the end), got {self.samples}")
 
@@ -118,6 +127,44 @@ class LinkSpec:
 
 
 @dataclass(frozen=True)
+class QueueSpec:
+    """Whether the devices are queues (see :mod:`cnmt.experiments.simulate`).
+
+    Off (the paper's method, the default) every request finds both devices idle. On, the edge
+    has ``edge_workers`` FIFO servers and the cloud ``cloud_workers``, shared with a Poisson
+    stream of other gateways' requests at ``background_rate`` per second (drawn from the same
+    corpus), so that a shared cloud fills up too.
+    """
+
+    enabled: bool = False
+    edge_workers: int = 1
+    cloud_workers: int = 1
+    background_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.edge_workers < 1 or self.cloud_workers < 1:
+            raise ValueError("edge_workers and cloud_workers must be at least 1")
+        if self.background_rate < 0:
+            raise ValueError(f"background_rate must be >= 0, got {self.background_rate}")
+
+
+@dataclass(frozen=True)
+class DriftSpec:
+    """From request ``at_fraction * requests`` on, ``device`` really runs ``factor`` times
+    slower (its profile, and so the paper's fixed model, does not know)."""
+
+    device: Literal["edge", "cloud"]
+    at_fraction: float
+    factor: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.at_fraction <= 1.0:
+            raise ValueError(f"at_fraction must be in [0, 1], got {self.at_fraction}")
+        if not self.factor > 0:
+            raise ValueError(f"factor must be positive, got {self.factor}")
+
+
+@dataclass(frozen=True)
 class DevicesSpec:
     """Device profile files (`cnmt profile` output) of the model on the edge and the cloud."""
 
@@ -129,25 +176,33 @@ class DevicesSpec:
 class PolicySpec:
     """A device policy to replay, validated against the registry like every component.
 
-    ``label`` names it in the results (default: its name); ``length_estimator`` and
-    ``rtt_estimator`` override the config's top-level sections for this policy only.
+    ``label`` names it in the results (default: its name); the other keys (``OVERRIDES``)
+    override the config's top-level sections of the same name for this policy only.
     """
 
     policy: ComponentSpec
     label: str
     length_estimator: ComponentSpec | None = None
     rtt_estimator: ComponentSpec | None = None
+    cloud_wait_estimator: ComponentSpec | None = None
+    edge_latency: ComponentSpec | None = None
+    cloud_latency: ComponentSpec | None = None
 
 
 @dataclass(frozen=True)
 class PolicyField:
-    """Schema marker of one entry of ``replay.policies``: a name, or ``{name, params, label,
-    length_estimator, rtt_estimator}``."""
+    """Schema marker of one entry of ``replay.policies``: a name, or ``{name, params, label}``
+    plus overrides of the scheduler sections for this policy alone (``OVERRIDES``)."""
 
-    description = (
-        "a device policy (a name, or {name, params, label, length_estimator, rtt_estimator})"
-    )
-    KEYS = ("name", "params", "label", "length_estimator", "rtt_estimator")
+    description = "a device policy (a name, or {name, params, label, and section overrides})"
+    OVERRIDES = {
+        "length_estimator": "length_estimator",
+        "rtt_estimator": "rtt_estimator",
+        "cloud_wait_estimator": "rtt_estimator",
+        "edge_latency": "latency_model",
+        "cloud_latency": "latency_model",
+    }
+    KEYS = ("name", "params", "label", *OVERRIDES)
 
     def build_value(self, value: Any, path: str, where: str) -> PolicySpec:
         if isinstance(value, str):
@@ -164,8 +219,8 @@ class PolicyField:
             {k: value[k] for k in ("name", "params") if k in value}, path, where
         )
         overrides = {
-            key: Kind(key).build_value(value[key], f"{path}.{key}", where)
-            for key in ("length_estimator", "rtt_estimator")
+            key: Kind(kind).build_value(value[key], f"{path}.{key}", where)
+            for key, kind in self.OVERRIDES.items()
             if value.get(key) is not None
         }
         return PolicySpec(policy=policy, label=label or policy.name, **overrides)
@@ -190,6 +245,8 @@ class ReplayConfig:
     # The language pair of the paper's Table I this setup stands for (``cnmt reproduce`` puts
     # its numbers beside ours for the connections that name a paper_profile).
     paper_pair: Literal["DE-EN", "FR-EN", "EN-ZH"] | None = None
+    queues: QueueSpec = field(default_factory=QueueSpec)
+    drift: list[DriftSpec] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.requests < 1:

@@ -28,7 +28,7 @@ and seed give the same numbers):
 
 from __future__ import annotations
 
-import heapq
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, replace
@@ -42,27 +42,31 @@ from cnmt.datasets.corpora import heldout_mask, read_parallel
 from cnmt.datasets.link import serialisation_s
 from cnmt.datasets.traces import RttTrace
 from cnmt.errors import ConfigError
-from cnmt.experiments.config import ConnectionSpec, CorpusSpec, ReplayConfig
+from cnmt.experiments.config import (
+    ConnectionSpec,
+    CorpusSpec,
+    DriftSpec,
+    PolicySpec,
+    ReplayConfig,
+)
 from cnmt.experiments.groundtruth import TimeSampler
 from cnmt.experiments.outputs import load_output_lengths
+from cnmt.experiments.simulate import Learners, Queues, Simulation, Stream, simulate
 from cnmt.experiments.tokens import get_counter
+from cnmt.files import read_lines
 from cnmt.plotting import pyplot
 from cnmt.profiling.profiles import DeviceProfile
 from cnmt.profiling.profiles import load as load_profile
-from cnmt.registry import ComponentSpec
+from cnmt.registry import ComponentSpec, get_components
 from cnmt.schedulers.base import (
-    Device,
     DevicePolicy,
     LatencyModel,
-    LengthEstimator,
-    LinkState,
     RequestBatch,
-    SchedulerState,
 )
-from cnmt.schedulers.rtt_estimators import RttEstimator
+from cnmt.schedulers.rtt_estimators import WindowedMedian
 
 FORMAT = "cnmt-replay/1"
-REFERENCES = ("edge", "cloud", "oracle")
+REFERENCES = ("edge", "cloud", "oracle", "oracle_expected")
 
 
 # ----------------------------------------------------------------------------- requests
@@ -181,7 +185,9 @@ class LinkTimeline:
     info: dict[str, Any]
 
 
-def link_timeline(spec: ConnectionSpec, count: int, loss_timeout_s: float) -> LinkTimeline:
+def link_timeline(
+    spec: ConnectionSpec, count: int, loss_timeout_s: float, seed: int = 0
+) -> LinkTimeline:
     """Requests placed in the connection's RTT window, each with the RTT it pays."""
     timeline = spec.timeline(loss_timeout_s)
     window = timeline.window
@@ -189,11 +195,7 @@ def link_timeline(spec: ConnectionSpec, count: int, loss_timeout_s: float) -> Li
     if len(window) < 2:
         raise ConfigError(f"{spec.trace}: a connection window needs at least 2 samples")
     duration = timeline.duration_s
-    if spec.arrivals == "spread":
-        arrival = np.arange(count, dtype=float) * (duration / count)
-    else:
-        assert spec.interval_s is not None
-        arrival = np.arange(count, dtype=float) * spec.interval_s
+    arrival = arrival_times(spec, count, duration, seed)
     sample = timeline.index_at(arrival)
     lossy = timeline.lost[sample]
     info = {
@@ -208,7 +210,7 @@ def link_timeline(spec: ConnectionSpec, count: int, loss_timeout_s: float) -> Li
             "start_epoch": window.start_epoch,
         },
         "arrivals": spec.arrivals,
-        "interarrival_s": float(duration / count) if spec.arrivals == "spread" else spec.interval_s,
+        "interarrival_s": float(arrival[-1] - arrival[0]) / max(count - 1, 1),
         "trace_stats": window.summary(),
         "requests_hit_by_loss": int(lossy.sum()),
         "loss_timeout_s": loss_timeout_s,
@@ -221,99 +223,81 @@ def link_timeline(spec: ConnectionSpec, count: int, loss_timeout_s: float) -> Li
 
 @dataclass
 class PolicyRun:
+    """One policy to replay and the components its gateway decides and learns with (specs:
+    every simulation of it starts from fresh instances)."""
+
     label: str
     policy: DevicePolicy
-    length: LengthEstimator | None
-    rtt: ComponentSpec  # each replay of the policy creates a fresh estimator from it
-    length_name: str
+    length: ComponentSpec | None
+    rtt: ComponentSpec
+    cloud_wait: ComponentSpec
+    edge_latency: ComponentSpec
+    cloud_latency: ComponentSpec
+
+    def learners(self, edge_prior: LatencyModel, cloud_prior: LatencyModel) -> Learners:
+        return Learners(
+            length=self.length.create() if self.length is not None else None,
+            rtt=self.rtt.create(),
+            cloud_wait=self.cloud_wait.create(),
+            edge=self.edge_latency.create(prior=edge_prior),
+            cloud=self.cloud_latency.create(prior=cloud_prior),
+        )
 
     @property
-    def rtt_name(self) -> str:
-        return self.rtt.name
+    def closed_loop(self) -> bool:
+        """Whether anything it decides with learns from what it observes."""
+        classes = [
+            get_components().get(spec.kind, spec.name).cls
+            for spec in (self.length, self.edge_latency, self.cloud_latency)
+            if spec is not None
+        ]
+        return any(getattr(cls, "learns", False) for cls in classes)
 
 
-DEFAULT_RTT = ComponentSpec(kind="rtt_estimator", name="last", params=None)
+DEFAULTS = {
+    "rtt_estimator": ComponentSpec("rtt_estimator", "last", None),
+    # starts at no wait; a stale estimate decays toward the lowest wait seen
+    "cloud_wait_estimator": ComponentSpec(
+        "rtt_estimator", "median", WindowedMedian.Params(initial_s=0.0)
+    ),
+    "edge_latency": ComponentSpec("latency_model", "profile", None),
+    "cloud_latency": ComponentSpec("latency_model", "profile", None),
+}
 
 
 def build_policies(config: Config, replay: ReplayConfig) -> list[PolicyRun]:
-    """Instantiate every policy with its length and RTT estimators (validated when loaded)."""
+    """Every policy with its components: the policy's own overrides, else the config's
+    top-level sections, else the defaults (validated when the config was loaded)."""
+
+    def pick(spec: PolicySpec, key: str) -> ComponentSpec | None:
+        return getattr(spec, key) or config.get(key) or DEFAULTS.get(key)
+
     runs = []
     for spec in replay.policy_specs():
-        length_spec = spec.length_estimator or config.get("length_estimator")
-        rtt_spec = spec.rtt_estimator or config.get("rtt_estimator") or DEFAULT_RTT
         runs.append(
             PolicyRun(
                 label=spec.label,
                 policy=spec.policy.create(),
-                length=length_spec.create() if length_spec is not None else None,
-                rtt=rtt_spec,
-                length_name=length_spec.name if length_spec is not None else "",
+                length=pick(spec, "length_estimator"),
+                rtt=pick(spec, "rtt_estimator"),  # type: ignore[arg-type]
+                cloud_wait=pick(spec, "cloud_wait_estimator"),  # type: ignore[arg-type]
+                edge_latency=pick(spec, "edge_latency"),  # type: ignore[arg-type]
+                cloud_latency=pick(spec, "cloud_latency"),  # type: ignore[arg-type]
             )
         )
     return runs
-
-
-def decide(
-    run: PolicyRun,
-    batch: RequestBatch,
-    m_estimate: np.ndarray,
-    edge: LatencyModel,
-    cloud: LatencyModel,
-    bandwidth_bps: float,
-    arrival_s: np.ndarray,
-    completion_s: np.ndarray,
-    rtt_sample_s: np.ndarray,
-) -> tuple[np.ndarray, str]:
-    """(edge decisions, which path decided) for one policy over the whole batch."""
-    policy = run.policy
-    at_once = policy.choose_many(batch, m_estimate, edge, cloud)
-    if at_once is not None:
-        return np.asarray(at_once, dtype=bool), "choose_many"
-    estimator: RttEstimator = run.rtt.create()
-    thresholds = policy.rtt_thresholds(batch, m_estimate, edge, cloud, bandwidth_bps)
-    count = len(batch)
-    on_edge = np.zeros(count, dtype=bool)
-    arrivals = arrival_s.tolist()
-    done = completion_s.tolist()
-    samples = rtt_sample_s.tolist()
-    pending: list[tuple[float, float]] = []  # (completion time, rtt) of exchanges in flight
-    observe, estimate = estimator.observe, estimator.estimate
-    push, pop = heapq.heappush, heapq.heappop
-    if thresholds is not None:
-        limit = np.asarray(thresholds, dtype=float).tolist()
-        for i in range(count):
-            now = arrivals[i]
-            while pending and pending[0][0] <= now:
-                at, rtt = pop(pending)
-                observe(rtt, at)
-            if estimate(now) >= limit[i]:
-                on_edge[i] = True
-            else:
-                push(pending, (done[i], samples[i]))
-        return on_edge, "rtt_thresholds"
-    estimates = m_estimate.tolist()
-    for i in range(count):
-        now = arrivals[i]
-        while pending and pending[0][0] <= now:
-            at, rtt = pop(pending)
-            observe(rtt, at)
-        state = SchedulerState(edge, cloud, LinkState(estimate(now), bandwidth_bps), now)
-        if policy.choose(batch.request(i), estimates[i], state) == Device.EDGE:
-            on_edge[i] = True
-        else:
-            push(pending, (done[i], samples[i]))
-    return on_edge, "choose"
 
 
 # ----------------------------------------------------------------------------- replay
 
 
 def _describe_length(run: PolicyRun) -> str:
-    """The estimator's name, with the fitted file's name when it has one (``linear:iwslt14``)."""
-    if not run.length_name:
+    """The estimator's name, with the fitted file's name when it has one (``linear:iwslt14``);
+    empty for a policy that ignores the length estimate."""
+    if run.length is None or not run.policy.uses_length_estimate:
         return ""
-    model = getattr(getattr(run.length, "params", None), "model", None)
-    return f"{run.length_name}:{Path(model).stem}" if model else run.length_name
+    model = getattr(run.length.params, "model", None)
+    return f"{run.length.name}:{Path(model).stem}" if model else run.length.name
 
 
 def _profile(path: str, role: str, model: str) -> DeviceProfile:
@@ -341,7 +325,8 @@ def _pct(value: float, reference: float) -> float:
 def _check_length_units(runs: list[PolicyRun], spec: CorpusSpec, source: str) -> None:
     """A fitted length model must count tokens like the corpus the replay draws from."""
     for run in runs:
-        for fitted in (getattr(run.length, "fitted", None), getattr(run.policy, "fitted", None)):
+        length = run.length.create() if run.length is not None else None
+        for fitted in (getattr(length, "fitted", None), getattr(run.policy, "fitted", None)):
             if fitted is not None:
                 _same_units(fitted, spec, source, run.label)
 
@@ -360,6 +345,45 @@ def _same_units(fitted: Any, spec: CorpusSpec, source: str, label: str) -> None:
             )
 
 
+def arrival_times(conn: ConnectionSpec, count: int, duration_s: float, seed: int) -> np.ndarray:
+    """When each request reaches the gateway (seconds from the window's start)."""
+    if conn.arrivals == "spread":
+        return np.arange(count, dtype=float) * (duration_s / count)
+    if conn.arrivals == "interval":
+        assert conn.interval_s is not None
+        return np.arange(count, dtype=float) * conn.interval_s
+    if conn.arrivals == "poisson":
+        assert conn.rate is not None
+        # Its own random stream: the other draws (requests, true times) stay as without it.
+        gaps = np.random.default_rng([seed, 1]).exponential(1.0 / conn.rate, count)
+        return np.concatenate([[0.0], np.cumsum(gaps[:-1])])
+    assert conn.arrivals_file is not None
+    lines = [x for x in read_lines(conn.arrivals_file, what="arrival times file") if x.strip()]
+    try:
+        times = np.array([float(x) for x in lines])
+    except ValueError as exc:
+        raise ConfigError(f"{conn.arrivals_file}: not a number of seconds: {exc}") from None
+    if len(times) < count or not np.all(np.isfinite(times)) or np.any(np.diff(times) < 0):
+        raise ConfigError(
+            f"{conn.arrivals_file}: needs at least {count} finite, non-decreasing times "
+            f"(seconds, one a line); it has {len(times)}: lower --requests or add times"
+        )
+    return times[:count] - times[0]
+
+
+def _apply_drift(
+    drift: list[DriftSpec], device: str, times: np.ndarray, at: np.ndarray, arrival: np.ndarray
+) -> np.ndarray:
+    """``times`` with each drift of ``device`` applied from its moment on (``at``: when each
+    time's request arrives; a drift starts at the arrival of request ``at_fraction * n``)."""
+    out = times.copy()
+    for d in drift:
+        if d.device == device:
+            start = arrival[min(int(d.at_fraction * len(arrival)), len(arrival) - 1)]
+            out[at >= start] *= d.factor
+    return out
+
+
 def replay(
     config: Config,
     connection: str | None = None,
@@ -368,8 +392,16 @@ def replay(
     seed: int | None = None,
     window_start: int | None = None,
     window_samples: int | None = None,
+    arrival_rate: float | None = None,
+    window_hours: float | None = None,
+    queues: bool | None = None,
 ) -> ReplayOutcome:
-    """Run one connection profile of ``config`` through every policy."""
+    """Run one connection profile of ``config`` through every policy.
+
+    ``arrival_rate`` replays Poisson arrivals at that rate with queues on; ``window_hours``
+    places the requests in that many hours of the trace window; ``queues`` turns the devices'
+    queues on or off (default: the config's ``replay.queues.enabled``).
+    """
     spec: ReplayConfig = config["replay"]
     if requests is not None or seed is not None:
         spec = replace(
@@ -390,6 +422,13 @@ def replay(
         conn = replace(conn, start=window_start)
     if window_samples is not None:
         conn = replace(conn, samples=window_samples)
+    if window_hours is not None:
+        conn = replace(conn, samples=None, hours=window_hours)
+    if arrival_rate is not None:
+        conn = replace(conn, arrivals="poisson", rate=arrival_rate)
+        queues = True if queues is None else queues
+    if queues is not None:
+        spec = replace(spec, queues=replace(spec.queues, enabled=queues))
     timings: dict[str, float] = {}
     started = time.perf_counter()
 
@@ -397,7 +436,7 @@ def replay(
     cloud_profile = _profile(spec.devices.cloud, "cloud", spec.model)
     runs = build_policies(config, spec)
     _check_length_units(runs, spec.corpus, config.source)
-    link = link_timeline(conn, spec.requests, spec.link.loss_timeout_s)
+    link = link_timeline(conn, spec.requests, spec.link.loss_timeout_s, spec.seed)
     lines = load_corpus_lines(spec.corpus)
     timings["load_s"] = time.perf_counter() - started
 
@@ -405,8 +444,13 @@ def replay(
     pick = draw_requests(lines, spec.corpus, spec.requests, rng)
     n, m = lines.n[pick], lines.m[pick]
     edge_sampler, cloud_sampler = TimeSampler(edge_profile), TimeSampler(cloud_profile)
-    edge_s = edge_sampler.sample(n, m, rng)
-    cloud_s = cloud_sampler.sample(n, m, rng)
+    arrival = link.arrival_s
+    edge_s = _apply_drift(spec.drift, "edge", edge_sampler.sample(n, m, rng), arrival, arrival)
+    cloud_s = _apply_drift(spec.drift, "cloud", cloud_sampler.sample(n, m, rng), arrival, arrival)
+    edge_expected = _apply_drift(spec.drift, "edge", edge_sampler.mean_time(n, m), arrival, arrival)
+    cloud_expected = _apply_drift(
+        spec.drift, "cloud", cloud_sampler.mean_time(n, m), arrival, arrival
+    )
     bandwidth_bps = spec.link.bandwidth_mbps * 1e6
     true_bytes = lines.src_bytes[pick] + lines.tgt_bytes[pick] + spec.link.overhead_bytes
     # Before translating, the gateway knows the request's size, not the response's: it
@@ -423,65 +467,50 @@ def replay(
         edge_s=edge_s,
         cloud_s=cloud_s,
         transmission_s=transmission_s,
+        edge_expected_s=edge_expected,
+        cloud_expected_s=cloud_expected,
     )
-    completion_s = link.arrival_s + transmission_s + cloud_s
+    stream = Stream(batch, arrival, link.rtt_s, bandwidth_bps)
+    queue_model, queue_info = _queues(spec, lines, cloud_sampler, arrival)
     edge_lm, cloud_lm = edge_profile.fit.latency_model, cloud_profile.fit.latency_model
     timings["prepare_s"] = time.perf_counter() - started - timings["load_s"]
 
     policies: dict[str, Any] = {}
     estimators: dict[str, Any] = {}
-    oracle_edge = batch.edge_s <= batch.cloud_s + batch.transmission_s
+    decisions: dict[str, np.ndarray] = {}
     for run in runs:
         began = time.perf_counter()
-        if run.policy.uses_length_estimate:
-            if run.length is None:
-                raise ConfigError(
-                    f"{config.source}: policy {run.label!r} needs an output-length estimator: "
-                    "add a `length_estimator:` section (e.g. {name: linear, params: {model: "
-                    "PATH}}) or give the policy its own"
-                )
-            m_est = np.asarray(run.length.estimate_many(n, m), dtype=float)
-        else:
-            m_est = np.full(len(n), np.nan)
-            run.length_name = ""
-        on_edge, path = decide(
-            run,
-            batch,
-            m_est,
-            edge_lm,
-            cloud_lm,
-            bandwidth_bps,
-            link.arrival_s,
-            completion_s,
-            link.rtt_s,
-        )
-        latency = np.where(on_edge, edge_s, cloud_s + transmission_s)
-        policies[run.label] = {
-            "policy": run.policy.name,
-            "total_s": float(latency.sum()),
-            "mean_s": float(latency.mean()),
-            "p50_s": float(np.percentile(latency, 50)),
-            "p95_s": float(np.percentile(latency, 95)),
-            "p99_s": float(np.percentile(latency, 99)),
-            "share_edge": float(on_edge.mean()),
-            "share_cloud": float(1.0 - on_edge.mean()),
-            "requests_edge": int(on_edge.sum()),
-            "requests_cloud": int((~on_edge).sum()),
-            "same_device_as_oracle": float((on_edge == oracle_edge).mean()),
-            "length_estimator": _describe_length(run) or None,
-            "rtt_estimator": run.rtt_name if path != "choose_many" else None,
-            "decided_by": path,
-        }
+        learners = run.learners(edge_lm, cloud_lm)
+        if run.policy.uses_length_estimate and learners.length is None:
+            raise ConfigError(
+                f"{config.source}: policy {run.label!r} needs an output-length estimator: "
+                "add a `length_estimator:` section (e.g. {name: linear, params: {model: "
+                "PATH}}) or give the policy its own"
+            )
+        m_est = None
+        if run.policy.uses_length_estimate and learners.length is not None:
+            if not learners.length.learns:
+                m_est = np.asarray(learners.length.estimate_many(n, m), dtype=float)
+        sim = simulate(run.policy, stream, learners, queue_model, m_est)
+        decisions[run.label] = sim.on_edge
+        policies[run.label] = _policy_result(run, sim, batch, learners)
         described = _describe_length(run)
-        if described and described not in estimators and np.isfinite(m_est).all():
-            error = m_est - m
+        if described and described not in estimators and np.isfinite(sim.m_estimate).all():
+            error = sim.m_estimate - m
             estimators[described] = {
-                "mean_estimate": float(m_est.mean()),
+                "mean_estimate": float(sim.m_estimate.mean()),
                 "mae_tokens": float(np.abs(error).mean()),
                 "bias_tokens": float(error.mean()),
-                "mae_vs_corpus_tokens": float(np.abs(m_est - lines.m_corpus[pick]).mean()),
+                "mae_vs_corpus_tokens": float(np.abs(sim.m_estimate - lines.m_corpus[pick]).mean()),
             }
         timings[f"policy_{run.label}_s"] = time.perf_counter() - began
+    # How often each policy chose as the clairvoyant Oracle did (replayed, or without queues
+    # computed from the truth).
+    oracle = next((label for label, r in policies.items() if r["policy"] == "oracle"), None)
+    if oracle is not None or queue_model is None:
+        reference = decisions[oracle] if oracle is not None else oracle_decisions(batch)
+        for label, on_edge in decisions.items():
+            policies[label]["same_device_as_oracle"] = float((on_edge == reference).mean())
 
     table = {}
     for label, result in policies.items():
@@ -513,6 +542,8 @@ def replay(
         "connection": link.info,
         "requests": spec.requests,
         "seed": spec.seed,
+        "queues": queue_info,
+        "drift": [dataclasses.asdict(d) for d in spec.drift],
         "corpus": {
             **lines.info,
             "mean_n": float(n.mean()),
@@ -535,6 +566,93 @@ def replay(
     }
     # Timings vary run to run; they are kept out of the JSON so that it is reproducible.
     return ReplayOutcome(result=result, timings=timings, window=link.window)
+
+
+def oracle_decisions(batch: RequestBatch) -> np.ndarray:
+    """The clairvoyant Oracle's decisions without queues (True = edge)."""
+    return batch.edge_s <= batch.cloud_s + batch.transmission_s
+
+
+def _queues(
+    spec: ReplayConfig, lines: CorpusLines, cloud: TimeSampler, arrival: np.ndarray
+) -> tuple[Queues | None, dict[str, Any]]:
+    """The devices' queues (None without) and what the report says of them. The background
+    load is drawn with its own random stream: other draws stay as without it."""
+    q = spec.queues
+    info: dict[str, Any] = {"enabled": q.enabled}
+    if not q.enabled:
+        return None, info
+    span = float(arrival[-1] - arrival[0]) if len(arrival) > 1 else 0.0
+    rng = np.random.default_rng([spec.seed, 2])
+    count = rng.poisson(q.background_rate * span) if q.background_rate > 0 else 0
+    at = np.sort(rng.uniform(float(arrival[0]), float(arrival[0]) + span, count))
+    pick = draw_requests(lines, spec.corpus, count, rng) if count else np.zeros(0, np.int64)
+    exec_s = cloud.sample(lines.n[pick], lines.m[pick], rng) if count else np.zeros(0)
+    exec_s = _apply_drift(spec.drift, "cloud", exec_s, at, arrival)
+    info.update(
+        edge_workers=q.edge_workers,
+        cloud_workers=q.cloud_workers,
+        background_rate=q.background_rate,
+        background_requests=int(count),
+    )
+    return Queues(q.edge_workers, q.cloud_workers, at, exec_s), info
+
+
+def _policy_result(
+    run: PolicyRun, sim: Simulation, batch: RequestBatch, learners: Learners
+) -> dict[str, Any]:
+    """One policy's line of the replay JSON."""
+    latency, on_edge = sim.latency_s, sim.on_edge
+    true_exec = np.where(on_edge, batch.edge_s, batch.cloud_s)
+    relative = (sim.predicted_s - true_exec) / true_exec
+    edge_waits = sim.wait_s[on_edge]
+    cloud_waits = sim.wait_s[~on_edge]
+    out: dict[str, Any] = {
+        "policy": run.policy.name,
+        "total_s": float(latency.sum()),
+        "mean_s": float(latency.mean()),
+        "p50_s": float(np.percentile(latency, 50)),
+        "p95_s": float(np.percentile(latency, 95)),
+        "p99_s": float(np.percentile(latency, 99)),
+        "share_edge": float(on_edge.mean()),
+        "share_cloud": float(1.0 - on_edge.mean()),
+        "requests_edge": int(on_edge.sum()),
+        "requests_cloud": int((~on_edge).sum()),
+        "length_estimator": _describe_length(run) or None,
+        "rtt_estimator": run.rtt.name if sim.decided_by != "choose_many" else None,
+        "decided_by": sim.decided_by,
+        "closed_loop": run.closed_loop,
+        "devices": {
+            "edge": {
+                "utilization": sim.busy_s["edge"] / sim.span_s,
+                "mean_queue_length": float(edge_waits.sum()) / sim.span_s,
+                "mean_wait_s": float(edge_waits.mean()) if edge_waits.size else 0.0,
+            },
+            "cloud": {
+                "utilization": sim.busy_s["cloud"] / sim.span_s,
+                "mean_queue_length": (float(cloud_waits.sum()) + sim.background_wait_s)
+                / sim.span_s,
+                "mean_wait_s": float(cloud_waits.mean()) if cloud_waits.size else 0.0,
+            },
+        },
+    }
+    if np.isfinite(relative).any():
+        out["median_relative_error"] = {
+            device: float(np.median(np.abs(relative[mask & np.isfinite(relative)])))
+            for device, mask in (("edge", on_edge), ("cloud", ~on_edge))
+            if (mask & np.isfinite(relative)).any()
+        }
+    if run.closed_loop:
+        learned = {}
+        for device, model in (("edge", learners.edge), ("cloud", learners.cloud)):
+            if model.learns:
+                c = model.current()
+                learned[device] = {"a_n": c.a_n, "a_m": c.a_m, "b": c.b}
+        length = learners.length
+        if length is not None and length.learns:
+            learned["length"] = {"gamma": length.gamma, "delta": length.delta}  # type: ignore[attr-defined]
+        out["learned"] = learned
+    return out
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ def cnmt_register_length_estimators(register: Register) -> None:
     from cnmt.schedulers import length_estimators
 
     register(length_estimators.LinearLength)
+    register(length_estimators.OnlineLinearLength)
     register(length_estimators.NaiveLength)
     register(length_estimators.OracleLength)
 
@@ -21,10 +22,12 @@ def cnmt_register_device_policies(register: Register) -> None:
     from cnmt.schedulers import device_policies
 
     register(device_policies.CnmtPolicy)
+    register(device_policies.CnmtLoadPolicy)
     register(device_policies.NaivePolicy)
     register(device_policies.EdgeOnly)
     register(device_policies.CloudOnly)
     register(device_policies.OraclePolicy)
+    register(device_policies.ExpectedOraclePolicy)
 
 
 @hookimpl
@@ -37,8 +40,27 @@ def cnmt_register_rtt_estimators(register: Register) -> None:
 
 
 @hookimpl
+def cnmt_register_latency_models(register: Register) -> None:
+    from cnmt.schedulers import latency_models
+
+    register(latency_models.ProfileLatency)
+    register(latency_models.OnlineLatency)
+
+
+# Top-level sections that select a scheduler component: key -> component kind.
+SCHEDULER_SECTIONS = {
+    "length_estimator": "length_estimator",
+    "device_policy": "device_policy",
+    "rtt_estimator": "rtt_estimator",
+    "cloud_wait_estimator": "rtt_estimator",
+    "edge_latency": "latency_model",
+    "cloud_latency": "latency_model",
+}
+
+
+@hookimpl
 def cnmt_register_config_sections(register: Register) -> None:
     from cnmt.registry import component
 
-    for kind in ("length_estimator", "device_policy", "rtt_estimator"):
-        register(kind, lambda kind=kind: component(kind))
+    for key, kind in SCHEDULER_SECTIONS.items():
+        register(key, lambda kind=kind: component(kind))

@@ -15,20 +15,28 @@ from cnmt.schedulers.base import (
     GroundTruth,
     LatencyModel,
     LengthEstimator,
+    LinearRule,
     LinkState,
     Request,
     RequestBatch,
     SchedulerState,
+    TruthRule,
 )
+from cnmt.schedulers.latency_models import LatencyEstimator
+from cnmt.schedulers.rtt_estimators import RttEstimator
 
 __all__ = [
     "Device",
     "DevicePolicy",
     "GroundTruth",
     "LatencyModel",
+    "LatencyEstimator",
     "LengthEstimator",
+    "LinearRule",
     "LinkState",
     "Request",
     "RequestBatch",
+    "RttEstimator",
     "SchedulerState",
+    "TruthRule",
 ]

@@ -20,11 +20,22 @@ class Device(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class GroundTruth:
-    """What really happened to a request; known only when evaluating offline (the Oracle)."""
+    """What really happens to a request on each device; known only offline (the Oracles).
+
+    ``edge_s`` and ``cloud_s`` are its true execution times (noise included),
+    ``edge_expected_s`` and ``cloud_expected_s`` their expectations at its true (N, M) (what
+    the expected-time Oracle knows), ``transmission_s`` its true round trip plus payload time,
+    and ``edge_wait_s`` / ``cloud_wait_s`` how long it would wait in each device's queue if sent
+    there now (0 in a replay without queues).
+    """
 
     edge_s: float
     cloud_s: float
     transmission_s: float
+    edge_expected_s: float = float("nan")
+    cloud_expected_s: float = float("nan")
+    edge_wait_s: float = 0.0
+    cloud_wait_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,12 +79,20 @@ class LinkState:
 
 @dataclass(frozen=True, slots=True)
 class SchedulerState:
-    """A snapshot of everything a device policy may look at, taken at time ``now`` (seconds)."""
+    """A snapshot of everything a device policy may look at, taken at time ``now`` (seconds).
+
+    ``edge`` and ``cloud`` are the latency models' current coefficients. ``edge_backlog_s`` is
+    the predicted remaining time of the requests already running or queued on the edge (a new
+    local request starts after them); ``cloud_wait_s`` the gateway's recent estimate of how long
+    a request waits in the cloud before it runs, learnt from what the cloud reports.
+    """
 
     edge: LatencyModel
     cloud: LatencyModel
     link: LinkState
     now: float = 0.0
+    edge_backlog_s: float = 0.0
+    cloud_wait_s: float = 0.0
 
 
 class LengthEstimator(abc.ABC):
@@ -86,6 +105,7 @@ class LengthEstimator(abc.ABC):
     name: ClassVar[str]
     Params: ClassVar[type[Any]] = NoParams
     needs_truth: ClassVar[bool] = False
+    learns: ClassVar[bool] = False  # whether observe() changes the estimates
 
     def __init__(self, params: Any) -> None:
         self.params = params
@@ -93,6 +113,17 @@ class LengthEstimator(abc.ABC):
     @abc.abstractmethod
     def estimate(self, request: Request) -> float:
         """Return the estimated output length in tokens; pure."""
+
+    def observe(self, n_tokens: int, m_tokens: int) -> None:  # noqa: B027 (optional: no-op)
+        """A request of ``n_tokens`` was translated into ``m_tokens``: what a learning estimator
+        learns from, once the translation has finished (the others ignore it)."""
+
+    def state(self) -> dict[str, Any]:
+        """What to save to continue learning later (empty for estimators that do not learn)."""
+        return {}
+
+    def restore(self, state: dict[str, Any]) -> None:  # noqa: B027 (optional: no-op)
+        """Continue from a saved :meth:`state`; ValueError if it does not fit."""
 
     def estimate_many(self, n_tokens: np.ndarray, m_true: np.ndarray | None = None) -> np.ndarray:
         """Estimates for many inputs at once (float array); the default calls ``estimate``.
@@ -122,16 +153,25 @@ class RequestBatch:
     edge_s: np.ndarray
     cloud_s: np.ndarray
     transmission_s: np.ndarray
+    edge_expected_s: np.ndarray | None = None
+    cloud_expected_s: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.n_tokens)
 
-    def request(self, i: int) -> Request:
-        """Request ``i`` as the per-request interface sees it."""
+    def request(self, i: int, edge_wait_s: float = 0.0, cloud_wait_s: float = 0.0) -> Request:
+        """Request ``i`` as the per-request interface sees it (with the queues' true waits)."""
+        nan = float("nan")
         truth = GroundTruth(
             edge_s=float(self.edge_s[i]),
             cloud_s=float(self.cloud_s[i]),
             transmission_s=float(self.transmission_s[i]),
+            edge_expected_s=nan if self.edge_expected_s is None else float(self.edge_expected_s[i]),
+            cloud_expected_s=nan
+            if self.cloud_expected_s is None
+            else float(self.cloud_expected_s[i]),
+            edge_wait_s=edge_wait_s,
+            cloud_wait_s=cloud_wait_s,
         )
         return Request(
             n_tokens=int(self.n_tokens[i]),
@@ -141,20 +181,61 @@ class RequestBatch:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class LinearRule:
+    """A policy that is the C-NMT rule, declared so that a replay can evaluate it fast:
+
+    edge iff ``[backlog_e +] T_edge(N, M) <= T_cloud(N, M) + RTT + payload time [+ wait_c]``
+
+    with the state's latency models, M the length estimate (or the fixed ``m_tokens``), and
+    the bracketed load terms only when ``load_aware``. Ties stay on the edge.
+    """
+
+    m_tokens: float | None = None
+    load_aware: bool = False
+
+    def edge(self, request: Request, m_estimate: float, state: SchedulerState) -> bool:
+        """The rule itself (what ``choose`` of such a policy returns)."""
+        n, m = request.n_tokens, m_estimate if self.m_tokens is None else self.m_tokens
+        t_edge = state.edge.predict(n, m)
+        t_cloud = state.cloud.predict(n, m) + state.link.transmission_s(request.payload_bytes)
+        if self.load_aware:
+            t_edge += state.edge_backlog_s
+            t_cloud += state.cloud_wait_s
+        return t_edge <= t_cloud
+
+
+@dataclass(frozen=True, slots=True)
+class TruthRule:
+    """A policy that is an Oracle, declared so that a replay can evaluate it fast: edge iff
+    ``wait_e + T_edge <= T_tx + wait_c + T_cloud`` with the request's true transmission time,
+    the queues' true waits, and its true execution times (``expected``: their expectations)."""
+
+    expected: bool = False
+
+    def edge(self, truth: GroundTruth) -> bool:
+        """The rule itself (what ``choose`` of such a policy returns)."""
+        if self.expected:
+            t_edge, t_cloud = truth.edge_expected_s, truth.cloud_expected_s
+        else:
+            t_edge, t_cloud = truth.edge_s, truth.cloud_s
+        return truth.edge_wait_s + t_edge <= truth.transmission_s + truth.cloud_wait_s + t_cloud
+
+
 class DevicePolicy(abc.ABC):
     """Chooses where a request runs.
 
     ``choose`` is the one method a policy must have. Two optional fast paths let an offline
     replay of 100,000 requests skip building a Request and a SchedulerState per request:
 
-    * ``choose_many`` for policies whose decision does not depend on the link estimate
-      (edge-only, cloud-only, Oracle): all decisions at once as a boolean array (True = edge).
-    * ``rtt_thresholds`` for policies that run a request on the edge exactly when the RTT
-      estimate is at least some per-request threshold (every rule of the form "edge iff
-      T_edge <= T_cloud + RTT + payload time" is one). The replay then compares the running
-      RTT estimate with a precomputed array, which is the only sequential part.
+    * ``choose_many`` for policies whose decision depends on neither the link estimate nor
+      the queues (edge-only, cloud-only, the Oracles without queues): all decisions at once as
+      a boolean array (True = edge).
+    * ``linear_rule`` for policies that are the C-NMT rule (:class:`LinearRule`) and
+      ``truth_rule`` for the Oracles (:class:`TruthRule`): the replay then evaluates the rule
+      inline with plain arithmetic.
 
-    Both return ``None`` by default, which means "call ``choose`` per request", so a
+    They return ``None`` by default, which means "call ``choose`` per request", so a
     third-party policy that implements only ``choose`` works unchanged (just slower). A policy
     that implements a fast path must agree with its own ``choose`` (tests check the built-ins).
     ``needs_truth`` marks policies that read the ground truth (offline evaluation only);
@@ -173,19 +254,14 @@ class DevicePolicy(abc.ABC):
     def choose(self, request: Request, m_estimate: float, state: SchedulerState) -> Device:
         """Return the device for this request; no I/O, no clock reads, no randomness."""
 
-    def choose_many(
-        self, batch: RequestBatch, m_estimate: np.ndarray, edge: LatencyModel, cloud: LatencyModel
-    ) -> np.ndarray | None:
-        """All decisions at once (True = edge) if they ignore the link estimate, else None."""
+    def choose_many(self, batch: RequestBatch, m_estimate: np.ndarray) -> np.ndarray | None:
+        """All decisions at once (True = edge) if they ignore link and queues, else None."""
         return None
 
-    def rtt_thresholds(
-        self,
-        batch: RequestBatch,
-        m_estimate: np.ndarray,
-        edge: LatencyModel,
-        cloud: LatencyModel,
-        bandwidth_bps: float,
-    ) -> np.ndarray | None:
-        """Per request, the smallest RTT estimate (s) at which it stays on the edge, or None."""
+    def linear_rule(self) -> LinearRule | None:
+        """The C-NMT rule this policy is, if it is one (see :class:`LinearRule`), else None."""
+        return None
+
+    def truth_rule(self) -> TruthRule | None:
+        """The Oracle this policy is, if it is one (see :class:`TruthRule`), else None."""
         return None

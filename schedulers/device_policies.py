@@ -6,45 +6,22 @@ from typing import Any
 
 import numpy as np
 
-from cnmt.datasets.link import serialisation_s
 from cnmt.errors import CnmtRuntimeError
 from cnmt.schedulers.base import (
     Device,
     DevicePolicy,
-    LatencyModel,
+    GroundTruth,
+    LinearRule,
     Request,
     RequestBatch,
     SchedulerState,
+    TruthRule,
 )
 from cnmt.schedulers.length_estimators import MeanParams
 
 
-def edge_is_faster(request: Request, m_tokens: float, state: SchedulerState) -> bool:
-    """The C-NMT rule: run locally iff T_edge <= T_tx + T_cloud at output length m_tokens."""
-    n = request.n_tokens
-    t_edge = state.edge.predict(n, m_tokens)
-    t_cloud = state.cloud.predict(n, m_tokens) + state.link.transmission_s(request.payload_bytes)
-    return t_edge <= t_cloud
-
-
-def edge_rtt_thresholds(
-    n_tokens: np.ndarray,
-    m_tokens: np.ndarray,
-    payload_bytes: np.ndarray,
-    edge: LatencyModel,
-    cloud: LatencyModel,
-    bandwidth_bps: float,
-) -> np.ndarray:
-    """The C-NMT rule solved for the RTT: a request stays on the edge iff RTT >= threshold.
-
-    ``T_edge <= T_cloud + RTT + 8*bytes/bandwidth``  <=>  ``RTT >= T_edge - T_cloud - 8*bytes/bw``.
-    """
-    n = np.asarray(n_tokens, dtype=float)
-    m = np.asarray(m_tokens, dtype=float)
-    t_edge = edge.a_n * n + edge.a_m * m + edge.b
-    t_cloud = cloud.a_n * n + cloud.a_m * m + cloud.b
-    payload_s = serialisation_s(np.asarray(payload_bytes, dtype=float), bandwidth_bps)
-    return t_edge - t_cloud - payload_s
+def _device(edge: bool) -> Device:
+    return Device.EDGE if edge else Device.CLOUD
 
 
 class CnmtPolicy(DevicePolicy):
@@ -53,25 +30,37 @@ class CnmtPolicy(DevicePolicy):
     Predicts the edge time ``aN_e*N + aM_e*M + b_e`` and the cloud time
     ``aN_c*N + aM_c*M + b_c`` plus the link's estimated round trip and payload time, with M from
     the configured length estimator, and runs locally when the edge is not slower (ties stay on
-    the edge, which costs no network traffic).
+    the edge, which costs no network traffic). It ignores the devices' queues, as the paper does.
     """
 
     name = "cnmt"
+    RULE = LinearRule()
 
     def choose(self, request: Request, m_estimate: float, state: SchedulerState) -> Device:
-        return Device.EDGE if edge_is_faster(request, m_estimate, state) else Device.CLOUD
+        return _device(self.RULE.edge(request, m_estimate, state))
 
-    def rtt_thresholds(
-        self,
-        batch: RequestBatch,
-        m_estimate: np.ndarray,
-        edge: LatencyModel,
-        cloud: LatencyModel,
-        bandwidth_bps: float,
-    ) -> np.ndarray:
-        return edge_rtt_thresholds(
-            batch.n_tokens, m_estimate, batch.payload_bytes, edge, cloud, bandwidth_bps
-        )
+    def linear_rule(self) -> LinearRule:
+        return self.RULE
+
+
+class CnmtLoadPolicy(DevicePolicy):
+    """The C-NMT rule with the devices' queues: edge iff
+    ``backlog_e + T_edge <= T_tx + wait_c + T_cloud``.
+
+    ``backlog_e`` is the predicted remaining time of the requests already running or queued on
+    the edge (a new local request starts after them) and ``wait_c`` the recent estimate of how
+    long a request waits in the cloud before it runs (as the paper's predecessor CRIME adapted
+    to the devices' loads). With both queues empty it decides exactly as ``cnmt``.
+    """
+
+    name = "cnmt_load"
+    RULE = LinearRule(load_aware=True)
+
+    def choose(self, request: Request, m_estimate: float, state: SchedulerState) -> Device:
+        return _device(self.RULE.edge(request, m_estimate, state))
+
+    def linear_rule(self) -> LinearRule:
+        return self.RULE
 
 
 class NaivePolicy(DevicePolicy):
@@ -90,22 +79,13 @@ class NaivePolicy(DevicePolicy):
         super().__init__(params)
         # `fitted` lets a replay check that the model counts tokens like its corpus.
         self.mean_tokens, self.fitted = params.resolve()
+        self.rule = LinearRule(m_tokens=self.mean_tokens)
 
     def choose(self, request: Request, m_estimate: float, state: SchedulerState) -> Device:
-        return Device.EDGE if edge_is_faster(request, self.mean_tokens, state) else Device.CLOUD
+        return _device(self.rule.edge(request, m_estimate, state))
 
-    def rtt_thresholds(
-        self,
-        batch: RequestBatch,
-        m_estimate: np.ndarray,
-        edge: LatencyModel,
-        cloud: LatencyModel,
-        bandwidth_bps: float,
-    ) -> np.ndarray:
-        mean = np.full(len(batch), self.mean_tokens)
-        return edge_rtt_thresholds(
-            batch.n_tokens, mean, batch.payload_bytes, edge, cloud, bandwidth_bps
-        )
+    def linear_rule(self) -> LinearRule:
+        return self.rule
 
 
 class EdgeOnly(DevicePolicy):
@@ -117,9 +97,7 @@ class EdgeOnly(DevicePolicy):
     def choose(self, request: Request, m_estimate: float, state: SchedulerState) -> Device:
         return Device.EDGE
 
-    def choose_many(
-        self, batch: RequestBatch, m_estimate: np.ndarray, edge: LatencyModel, cloud: LatencyModel
-    ) -> np.ndarray:
+    def choose_many(self, batch: RequestBatch, m_estimate: np.ndarray) -> np.ndarray:
         return np.ones(len(batch), dtype=bool)
 
 
@@ -132,33 +110,65 @@ class CloudOnly(DevicePolicy):
     def choose(self, request: Request, m_estimate: float, state: SchedulerState) -> Device:
         return Device.CLOUD
 
-    def choose_many(
-        self, batch: RequestBatch, m_estimate: np.ndarray, edge: LatencyModel, cloud: LatencyModel
-    ) -> np.ndarray:
+    def choose_many(self, batch: RequestBatch, m_estimate: np.ndarray) -> np.ndarray:
         return np.zeros(len(batch), dtype=bool)
 
 
-class OraclePolicy(DevicePolicy):
-    """Picks the device that really is faster for this request, from its ground truth.
+def _truth(request: Request) -> GroundTruth:
+    if request.truth is None:
+        raise CnmtRuntimeError(
+            "the oracle policies need each request's true latencies, which only `cnmt replay` "
+            "has; choose 'cnmt' or 'cnmt_load' for a live gateway"
+        )
+    return request.truth
 
-    Needs ``request.truth`` (true edge time, cloud time and transmission time), which only an
-    offline replay has. It bounds what any policy can achieve: no policy's total can be lower.
+
+class OraclePolicy(DevicePolicy):
+    """Picks the device where the request really finishes first: the clairvoyant reference.
+
+    Sees each request's true execution times, noise included, its true transmission time and
+    the true waits of the devices' queues, which only an offline replay has. Without queues no
+    policy's total can be lower. With queues it is greedy (each request goes where it finishes
+    first, given those before it), a reference rather than the optimum of a scheduling problem.
     """
 
     name = "oracle"
     needs_truth = True
     uses_length_estimate = False
 
-    def choose(self, request: Request, m_estimate: float, state: SchedulerState) -> Device:
-        truth = request.truth
-        if truth is None:
-            raise CnmtRuntimeError(
-                "the oracle policy needs each request's true latencies, which only `cnmt replay` "
-                "has; choose 'cnmt' for a live gateway"
-            )
-        return Device.EDGE if truth.edge_s <= truth.cloud_s + truth.transmission_s else Device.CLOUD
+    RULE = TruthRule()
 
-    def choose_many(
-        self, batch: RequestBatch, m_estimate: np.ndarray, edge: LatencyModel, cloud: LatencyModel
-    ) -> np.ndarray:
+    def choose(self, request: Request, m_estimate: float, state: SchedulerState) -> Device:
+        return _device(self.RULE.edge(_truth(request)))
+
+    def truth_rule(self) -> TruthRule:
+        return self.RULE
+
+    def choose_many(self, batch: RequestBatch, m_estimate: np.ndarray) -> np.ndarray:
         return batch.edge_s <= batch.cloud_s + batch.transmission_s
+
+
+class ExpectedOraclePolicy(DevicePolicy):
+    """Knows each request's true M and true transmission time, but only the expected execution
+    times at that (N, M): the best any scheduler can do without foreseeing a run's noise.
+
+    Its gap to ``oracle`` is noise no policy can know; a policy's gap to it is what a better
+    scheduler could still win. Greedy with queues, like ``oracle``.
+    """
+
+    name = "oracle_expected"
+    needs_truth = True
+    uses_length_estimate = False
+
+    RULE = TruthRule(expected=True)
+
+    def choose(self, request: Request, m_estimate: float, state: SchedulerState) -> Device:
+        return _device(self.RULE.edge(_truth(request)))
+
+    def truth_rule(self) -> TruthRule:
+        return self.RULE
+
+    def choose_many(self, batch: RequestBatch, m_estimate: np.ndarray) -> np.ndarray:
+        if batch.edge_expected_s is None or batch.cloud_expected_s is None:
+            raise CnmtRuntimeError("the expected-time Oracle needs the expected execution times")
+        return batch.edge_expected_s <= batch.cloud_expected_s + batch.transmission_s

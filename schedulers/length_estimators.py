@@ -9,6 +9,7 @@ import numpy as np
 
 from cnmt.errors import CnmtRuntimeError
 from cnmt.schedulers.base import LengthEstimator, Request
+from cnmt.schedulers.learning import RecursiveLeastSquares
 from cnmt.schedulers.length_models import LengthModel, load_length_model
 
 
@@ -54,6 +55,62 @@ class LinearLength(LengthEstimator):
     def estimate_many(self, n_tokens: np.ndarray, m_true: np.ndarray | None = None) -> np.ndarray:
         raw = self.gamma * np.asarray(n_tokens, dtype=float) + self.delta
         return np.maximum(self.params.min_tokens, raw)
+
+
+class OnlineLinearLength(LinearLength):
+    """M = gamma*N + delta from a fitted model as a prior, refitted on the model's own outputs.
+
+    A length model fitted on a corpus' human translations is wrong wherever the running model
+    writes differently (cn2en writes about half as many tokens as the human translations of
+    long inputs). This estimator starts from it and refits ``gamma, delta`` after every
+    translation from the observed ``(N, M)``, by recursive least squares with forgetting and
+    outlier clipping (:mod:`cnmt.schedulers.learning`): the prior weighs as much as
+    ``prior_weight`` pairs spread over ``prior_tokens`` values of N, a pair ``k`` translations
+    old counts ``forgetting^k``, and a residual beyond ``clip`` times the running scale (which
+    starts at ``initial_scale`` tokens) counts as that large.
+    """
+
+    name = "online_linear"
+    learns = True
+
+    @dataclass(frozen=True)
+    class Params(LinearLength.Params):
+        forgetting: float = 0.995
+        prior_weight: float = 50.0
+        clip: float = 3.0
+        initial_scale: float = 2.0
+        prior_tokens: tuple[float, ...] = (4.0, 16.0, 48.0)
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if not 0.5 <= self.forgetting <= 1.0:
+                raise ValueError(f"forgetting must be in [0.5, 1], got {self.forgetting}")
+            if self.prior_weight <= 0 or self.clip <= 0 or self.initial_scale <= 0:
+                raise ValueError("prior_weight, clip and initial_scale must be positive")
+            if len(set(self.prior_tokens)) < 2 or min(self.prior_tokens) <= 0:
+                raise ValueError("prior_tokens: give at least two different positive values")
+
+    def __init__(self, params: Any) -> None:
+        super().__init__(params)
+        self.rls = RecursiveLeastSquares(
+            theta0=(self.gamma, self.delta),
+            design=[(n, 1.0) for n in params.prior_tokens],
+            prior_weight=params.prior_weight,
+            forgetting=params.forgetting,
+            clip=params.clip,
+            initial_scale=params.initial_scale,
+        )
+
+    def observe(self, n_tokens: int, m_tokens: int) -> None:
+        self.rls.observe((float(n_tokens), 1.0), float(m_tokens))
+        self.gamma, self.delta = self.rls.theta
+
+    def state(self) -> dict[str, Any]:
+        return self.rls.state()
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.rls.restore(state)
+        self.gamma, self.delta = self.rls.theta
 
 
 @dataclass(frozen=True)

@@ -156,20 +156,22 @@ class WindowedMedian(RttEstimator):
 
     def __init__(self, params: Any) -> None:
         super().__init__(params)
-        self._samples: deque[tuple[float, float]] = deque(maxlen=params.window)
+        self._samples: deque[float] = deque(maxlen=params.window)
+        self._median = float(params.initial_s)
         self._floor = math.inf
         self._newest = -math.inf
 
     def observe(self, rtt_s: float, at: float) -> None:
         sample = check_sample(rtt_s)
-        self._samples.append((float(at), sample))
+        self._samples.append(sample)
+        self._median = float(statistics.median(self._samples))  # once per sample, not per read
         self._floor = min(self._floor, sample)
         self._newest = max(self._newest, float(at))
 
     def estimate(self, now: float) -> float:
         if not self._samples:
             return float(self.params.initial_s)
-        median = float(statistics.median(rtt for _, rtt in self._samples))
+        median = self._median
         max_age = self.params.max_age_s
         overdue = now - self._newest - max_age if max_age is not None else 0.0
         if overdue <= 0:

@@ -94,7 +94,7 @@ def test_components_are_built_with_typed_params_and_defaults(tmp_path):
             [
                 "device_policy.name",
                 "unknown device policy 'cnmtt'",
-                "cloud, cnmt, edge, naive, oracle",
+                "cloud, cnmt, cnmt_load, edge, naive, oracle, oracle_expected",
             ],
         ),
         (
@@ -271,3 +271,29 @@ def test_every_command_has_help(capsys):
             main([name, "--help"])
         assert exit_info.value.code == 0
         assert "usage: cnmt " + name in capsys.readouterr().out
+
+
+def test_extends_takes_a_builtin_config_name(tmp_path):
+    path = write(tmp_path, "mine.yaml", "extends: serving/cloud-only\ngateway: {port: 9999}\n")
+    config = load_config(path)
+    assert config["device_policy"].name == "cloud"  # from serving/cloud-only
+    assert config["gateway"].port == 9999 and config["gateway"].model == "cn2en"  # the default's
+
+
+def test_a_null_section_removes_what_the_base_defines(tmp_path):
+    path = write(tmp_path, "alone.yaml", "extends: serving/default\nlink: null\ncloud: null\n")
+    assert {"gateway", "device_policy"} <= set(load_config(path).sections)
+    assert "link" not in load_config(path) and "cloud" not in load_config(path)
+
+
+def test_a_typo_in_a_replayed_policys_own_estimator_fails_validation(tmp_path, capsys):
+    text = (
+        "extends: experiments/bilstm-de-en\n"
+        "replay:\n"
+        "  policies:\n"
+        "    - edge\n"
+        "    - {name: cnmt, label: cnmt-ewma, rtt_estimator: {name: ewma, params: {alpah: 0.2}}}\n"
+    )
+    code, _, err = run_cli(capsys, "config", "validate", str(write(tmp_path, "c.yaml", text)))
+    assert code == 2
+    assert "replay.policies[1].rtt_estimator.params.alpah: unknown key; valid keys:" in err

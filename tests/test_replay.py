@@ -20,12 +20,9 @@ from cnmt.config import load_config
 from cnmt.errors import ConfigError
 from cnmt.experiments.config import ConnectionSpec
 from cnmt.experiments.groundtruth import TimeSampler
-from cnmt.experiments.replay import PolicyRun, decide, link_timeline, replay
+from cnmt.experiments.replay import link_timeline, replay
 from cnmt.profiling.devices import DeviceSetting
 from cnmt.profiling.profiles import Cell, DeviceProfile, fit_linear, save
-from cnmt.registry import ComponentSpec, get_components
-from cnmt.schedulers import Device, DevicePolicy, LatencyModel, RequestBatch
-from cnmt.schedulers.device_policies import edge_is_faster
 
 GRID = (1, 10, 25, 50)
 
@@ -290,7 +287,8 @@ def test_unknown_policy_name_is_a_config_error_listing_the_valid_ones(tmp_path, 
     assert main(["replay", str(config)]) == 2
     err = capsys.readouterr().err
     assert "replay.policies[1].name" in err
-    assert "unknown device policy 'fastest'; known: cloud, cnmt, edge, naive, oracle" in err
+    known = "cloud, cnmt, cnmt_load, edge, naive, oracle, oracle_expected"
+    assert f"unknown device policy 'fastest'; known: {known}" in err
 
 
 def test_unknown_connection_lists_the_defined_ones(tmp_path):
@@ -346,45 +344,6 @@ def test_a_stuck_last_sample_estimate_costs_time_that_a_probing_median_recovers(
     assert p["last"]["share_cloud"] < 0.2 < p["median"]["share_cloud"]
     assert p["median"]["total_s"] < p["last"]["total_s"]
     assert p["median"]["same_device_as_oracle"] > p["last"]["same_device_as_oracle"]
-
-
-class ChooseOnly(DevicePolicy):
-    """A third-party style policy: only `choose`, no fast path (the C-NMT rule)."""
-
-    name = "choose-only"
-
-    def choose(self, request, m_estimate, state):
-        return Device.EDGE if edge_is_faster(request, m_estimate, state) else Device.CLOUD
-
-
-def test_the_generic_choose_path_decides_like_the_threshold_fast_path():
-    rng = np.random.default_rng(11)
-    size = 3000
-    n = rng.integers(1, 50, size)
-    batch = RequestBatch(
-        n_tokens=n,
-        payload_bytes=rng.integers(100, 900, size),
-        m_true=n,
-        edge_s=rng.uniform(0.05, 1.0, size),
-        cloud_s=rng.uniform(0.01, 0.2, size),
-        transmission_s=rng.uniform(0.05, 0.5, size),
-    )
-    edge, cloud = LatencyModel(0.004, 0.012, 0.02), LatencyModel(0.001, 0.003, 0.01)
-    arrival = np.arange(size) * 2.0
-    completion = arrival + batch.transmission_s + batch.cloud_s
-    rtt = batch.transmission_s - 0.001
-    components = get_components()
-    decisions = {}
-    for label, policy in (
-        ("fast", components.create("device_policy", "cnmt")),
-        ("generic", ChooseOnly(None)),
-    ):
-        run = PolicyRun(label, policy, None, ComponentSpec("rtt_estimator", "ewma", None), "")
-        decisions[label], path = decide(
-            run, batch, n * 1.0, edge, cloud, 1e8, arrival, completion, rtt
-        )
-        assert path == ("rtt_thresholds" if label == "fast" else "choose")
-    assert (decisions["fast"] == decisions["generic"]).all()
 
 
 def test_length_model_in_other_units_than_the_corpus_is_refused(tmp_path):

@@ -1,0 +1,129 @@
+"""Per-device latency models: where the coefficients of ``T = a_n*N + a_m*M + b`` come from.
+
+A latency model component is created per device with the profile's fit as its ``prior``; a
+gateway (or a replay) asks it for the current coefficients before each decision
+(:meth:`LatencyEstimator.current`, the snapshot a policy sees) and tells it what each request
+that ran on its device really cost once the request has finished (:meth:`observe`): the edge
+learns from its local worker's own execution time, the cloud from the ``exec_s`` each answer
+reports. Nothing here reads a clock or does I/O.
+
+Built-in: ``profile`` (the paper's: the offline fit, never changed) and ``online`` (the fit as
+a prior, refined by every observation; recursive least squares with forgetting and outlier
+clipping, :mod:`cnmt.schedulers.learning`).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from cnmt.schedulers.base import LatencyModel
+from cnmt.schedulers.learning import RecursiveLeastSquares
+from cnmt.schema import NoParams
+
+
+class LatencyEstimator(abc.ABC):
+    """The latency model of one device: current coefficients, and learning from observations."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type[Any]] = NoParams
+    learns: ClassVar[bool] = False  # whether observe() changes the coefficients
+
+    def __init__(self, params: Any, prior: LatencyModel) -> None:
+        self.params = params
+        self.prior = prior
+
+    @abc.abstractmethod
+    def current(self) -> LatencyModel:
+        """The coefficients to decide with now (a frozen snapshot)."""
+
+    def observe(self, n_tokens: float, m_tokens: float, seconds: float) -> None:  # noqa: B027
+        """One request of N input and M output tokens ran on this device in ``seconds``."""
+
+    @property
+    def observations(self) -> int:
+        """How many observations the current coefficients have learnt from."""
+        return 0
+
+    def state(self) -> dict[str, Any]:
+        """What to save to continue later (empty for a model that does not learn)."""
+        return {}
+
+    def restore(self, state: dict[str, Any]) -> None:  # noqa: B027 (optional: no-op)
+        """Continue from a saved :meth:`state`; ValueError if it does not fit."""
+
+
+class ProfileLatency(LatencyEstimator):
+    """The offline fit of the device profile, unchanged whatever the device really does."""
+
+    name = "profile"
+
+    def current(self) -> LatencyModel:
+        return self.prior
+
+
+class OnlineLatency(LatencyEstimator):
+    """The profile's fit as a prior, refitted after every observed request.
+
+    Recursive least squares on ``(N, M, 1) -> seconds`` with a forgetting factor (a memory of
+    about ``1 / (1 - forgetting)`` requests, so a device that got slower or faster is followed)
+    and Huber clipping of residuals beyond ``clip`` times their running scale (a quota stall or
+    a GC pause moves the model by a bounded step). The prior weighs as much as ``prior_weight``
+    requests spread over ``prior_tokens`` x ``prior_tokens`` values of (N, M), the range the
+    profile measured; its residual scale starts at ``initial_scale`` times the prior's
+    prediction at the middle of that range.
+    """
+
+    name = "online"
+    learns = True
+
+    @dataclass(frozen=True)
+    class Params:
+        forgetting: float = 0.99
+        prior_weight: float = 20.0
+        clip: float = 3.0
+        initial_scale: float = 0.25
+        prior_tokens: tuple[float, ...] = (4.0, 16.0, 48.0)
+
+        def __post_init__(self) -> None:
+            if not 0.5 <= self.forgetting <= 1.0:
+                raise ValueError(f"forgetting must be in [0.5, 1], got {self.forgetting}")
+            if self.prior_weight <= 0 or self.clip <= 0 or self.initial_scale <= 0:
+                raise ValueError("prior_weight, clip and initial_scale must be positive")
+            if len(set(self.prior_tokens)) < 2 or min(self.prior_tokens) <= 0:
+                raise ValueError("prior_tokens: give at least two different positive values")
+
+    def __init__(self, params: Any, prior: LatencyModel) -> None:
+        super().__init__(params, prior)
+        tokens = params.prior_tokens
+        middle = sorted(tokens)[len(tokens) // 2]
+        self.rls = RecursiveLeastSquares(
+            theta0=(prior.a_n, prior.a_m, prior.b),
+            design=[(n, m, 1.0) for n in tokens for m in tokens],
+            prior_weight=params.prior_weight,
+            forgetting=params.forgetting,
+            clip=params.clip,
+            initial_scale=max(params.initial_scale * abs(prior.predict(middle, middle)), 1e-5),
+        )
+        self._current = prior
+
+    def current(self) -> LatencyModel:
+        return self._current
+
+    def observe(self, n_tokens: float, m_tokens: float, seconds: float) -> None:
+        self.rls.observe((float(n_tokens), float(m_tokens), 1.0), float(seconds))
+        a_n, a_m, b = self.rls.theta
+        self._current = LatencyModel(a_n=a_n, a_m=a_m, b=b)
+
+    @property
+    def observations(self) -> int:
+        return self.rls.observations
+
+    def state(self) -> dict[str, Any]:
+        return self.rls.state()
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.rls.restore(state)
+        a_n, a_m, b = self.rls.theta
+        self._current = LatencyModel(a_n=a_n, a_m=a_m, b=b)

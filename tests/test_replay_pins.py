@@ -1,0 +1,57 @@
+"""With queueing off (the paper's method), every shipped scenario reproduces the numbers the
+replay gave before queues, learning and load-aware policies existed: bit for bit.
+
+The pinned totals (``tests/data/paper-method-pins.json``) were made by that earlier replay
+(commit 195b8e4) with the device profiles committed then. When the committed profiles are
+re-measured, the pins must be regenerated on purpose:
+``python -P tests/test_replay_pins.py --regenerate`` (and the change said in the commit).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from cnmt.config import load_config
+from cnmt.experiments.replay import replay
+from cnmt.experiments.report import plan
+
+PINS = Path(__file__).resolve().parent / "data" / "paper-method-pins.json"
+
+
+def replayed(name: str, requests: int) -> dict:
+    scenario = next(s for s in plan([name]))
+    return replay(
+        load_config(scenario.config), scenario.connection, requests=requests, queues=False
+    ).result
+
+
+def test_every_shipped_scenario_reproduces_the_paper_method_numbers(data_dir) -> None:
+    pins = json.loads(PINS.read_text(encoding="utf-8"))
+    assert {s.name for s in plan()} == set(pins["scenarios"])  # every shipped scenario
+    for name, policies in pins["scenarios"].items():
+        result = replayed(name, pins["requests"])
+        assert result["queues"] == {"enabled": False}
+        for label, pinned in policies.items():
+            got = result["policies"][label]
+            assert (got["total_s"], got["share_edge"]) == (
+                pinned["total_s"],
+                pinned["share_edge"],
+            ), f"{name} {label}"
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--regenerate"]:
+        sys.exit("usage: python -P tests/test_replay_pins.py --regenerate")
+    pins = json.loads(PINS.read_text(encoding="utf-8"))
+    for name, policies in pins["scenarios"].items():
+        result = replayed(name, pins["requests"])
+        for label in policies:
+            got = result["policies"][label]
+            policies[label] = {"total_s": got["total_s"], "share_edge": got["share_edge"]}
+    pins["made_by"] = "tests/test_replay_pins.py --regenerate, after re-measuring the profiles"
+    PINS.write_text(json.dumps(pins, indent=1) + "\n", encoding="utf-8")
+    pytest.main([__file__, "-q"])

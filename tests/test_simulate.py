@@ -1,0 +1,229 @@
+"""The replay's simulation: fast paths decide like the general loop, queues are FIFO, learning
+only uses finished requests, and load-aware decisions pay off under load."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cnmt.experiments.simulate import Learners, Queues, Stream, _fifo, simulate
+from cnmt.registry import get_components
+from cnmt.schedulers import (
+    Device,
+    DevicePolicy,
+    LatencyModel,
+    Request,
+    RequestBatch,
+    SchedulerState,
+)
+from cnmt.schedulers.rtt_estimators import WindowedMedian
+
+EDGE = LatencyModel(a_n=0.004, a_m=0.012, b=0.02)
+CLOUD = LatencyModel(a_n=0.001, a_m=0.003, b=0.01)
+NO_WAIT = WindowedMedian.Params(initial_s=0.0)
+
+
+def stream(size: int = 3000, rate: float = 4.0, seed: int = 11) -> Stream:
+    """Requests whose true times follow the models, with noise; Poisson arrivals."""
+    rng = np.random.default_rng(seed)
+    n = rng.integers(1, 40, size)
+    m = np.maximum(1, (n * rng.uniform(0.6, 1.4, size)).astype(int))
+    edge = np.array([EDGE.predict(a, b) for a, b in zip(n, m, strict=True)])
+    cloud = np.array([CLOUD.predict(a, b) for a, b in zip(n, m, strict=True)])
+    rtt = rng.uniform(0.05, 0.3, size)
+    batch = RequestBatch(
+        n_tokens=n,
+        payload_bytes=rng.integers(100, 900, size),
+        m_true=m,
+        edge_s=edge * rng.lognormal(0.0, 0.3, size),
+        cloud_s=cloud * rng.lognormal(0.0, 0.3, size),
+        transmission_s=rtt + 0.0001,
+        edge_expected_s=edge,
+        cloud_expected_s=cloud,
+    )
+    arrival = np.concatenate([[0.0], np.cumsum(rng.exponential(1.0 / rate, size - 1))])
+    return Stream(batch, arrival, rtt, 1e8)
+
+
+def learners(**names: str) -> Learners:
+    components = get_components()
+    return Learners(
+        length=components.create("length_estimator", names.get("length", "linear"), None)
+        if "length" in names
+        else None,
+        rtt=components.create("rtt_estimator", "ewma"),
+        cloud_wait=components.create(
+            "rtt_estimator", "median", WindowedMedian.Params(initial_s=0.0)
+        ),
+        edge=components.create("latency_model", names.get("edge", "profile"), prior=EDGE),
+        cloud=components.create("latency_model", names.get("cloud", "profile"), prior=CLOUD),
+    )
+
+
+class ChooseOnly(DevicePolicy):
+    """Hides a policy's fast paths: the general loop decides by calling `choose`."""
+
+    name = "choose-only"
+
+    def __init__(self, inner: DevicePolicy) -> None:
+        super().__init__(None)
+        self.inner = inner
+        self.needs_truth = inner.needs_truth
+        self.uses_length_estimate = inner.uses_length_estimate
+
+    def choose(self, request: Request, m_estimate: float, state: SchedulerState) -> Device:
+        return self.inner.choose(request, m_estimate, state)
+
+
+def policy(name: str, **params: Any) -> DevicePolicy:
+    from cnmt.schema import build
+
+    cls = get_components().get("device_policy", name).cls
+    return cls(build(cls.Params, params or None))
+
+
+QUEUES = {
+    "none": None,
+    "one": Queues(),
+    "busy-cloud": Queues(
+        background_arrival_s=np.sort(np.random.default_rng(3).uniform(0, 700, 4000)),
+        background_exec_s=np.full(4000, 0.1),
+    ),
+    "workers": Queues(edge_workers=2, cloud_workers=3),
+}
+
+
+@pytest.mark.parametrize("queues", sorted(QUEUES))
+@pytest.mark.parametrize(
+    "name,params",
+    [
+        ("cnmt", {}),
+        ("cnmt_load", {}),
+        ("naive", {"mean_tokens": 20.0}),
+        ("edge", {}),
+        ("cloud", {}),
+        ("oracle", {}),
+        ("oracle_expected", {}),
+    ],
+)
+def test_every_fast_path_decides_like_the_general_loop(name, params, queues):
+    s = stream()
+    m = s.batch.n_tokens * 1.0
+    fast = simulate(policy(name, **params), s, learners(), QUEUES[queues], m)
+    general = simulate(ChooseOnly(policy(name, **params)), s, learners(), QUEUES[queues], m)
+    assert general.decided_by == "choose"
+    assert np.array_equal(fast.on_edge, general.on_edge)
+    assert np.allclose(fast.latency_s, general.latency_s, rtol=0, atol=1e-9)
+    assert np.allclose(fast.wait_s, general.wait_s, rtol=0, atol=1e-9)
+
+
+def test_the_closed_form_fifo_equals_the_recursion():
+    rng = np.random.default_rng(5)
+    arrival = np.cumsum(rng.exponential(1.0, 500))
+    service = rng.exponential(0.9, 500)
+    free, waits = 0.0, []
+    for a, s in zip(arrival, service, strict=True):
+        start = max(a, free)
+        waits.append(start - a)
+        free = start + s
+    assert np.allclose(_fifo(arrival, service, 1), waits)
+    assert np.allclose(_fifo(arrival, service, 1000), 0.0)  # enough servers: nobody waits
+
+
+def test_without_queues_latency_is_execution_plus_transmission_only():
+    s = stream(rate=1000.0)  # far more than the devices could serve: no queue is simulated
+    sim = simulate(policy("cnmt"), s, learners(), None, s.batch.n_tokens * 1.0)
+    expected = np.where(sim.on_edge, s.batch.edge_s, s.batch.cloud_s + s.batch.transmission_s)
+    assert np.array_equal(sim.latency_s, expected) and not sim.wait_s.any()
+
+
+def test_with_queues_a_request_waits_for_the_one_before_it():
+    s = stream(size=3, rate=1e6)  # three at once
+    sim = simulate(policy("edge"), s, learners(), Queues(), None)
+    edge = s.batch.edge_s
+    assert sim.wait_s == pytest.approx([0.0, edge[0], edge[0] + edge[1]], abs=1e-4)
+    assert sim.latency_s == pytest.approx(sim.wait_s + edge)
+
+
+def test_the_oracle_with_queues_sends_each_request_where_it_finishes_first():
+    s = stream(rate=20.0)
+    sim = simulate(policy("oracle"), s, learners(), Queues(), None)
+    edge_only = simulate(policy("edge"), s, learners(), Queues(), None)
+    cloud_only = simulate(policy("cloud"), s, learners(), Queues(), None)
+    assert sim.latency_s.mean() < min(edge_only.latency_s.mean(), cloud_only.latency_s.mean())
+
+
+def test_learning_only_sees_requests_that_finished_before_the_decision():
+    class Spy:
+        """A latency model that records when it learns, and what it was told."""
+
+        learns = True
+
+        def __init__(self, prior: LatencyModel) -> None:
+            self.prior, self.seen = prior, []
+
+        def current(self) -> LatencyModel:
+            return self.prior
+
+        def observe(self, n: float, m: float, seconds: float) -> None:
+            self.seen.append((n, m, seconds))
+
+    s = stream(size=400, rate=50.0)
+    spied = Learners(
+        length=None,
+        rtt=get_components().create("rtt_estimator", "ewma"),
+        cloud_wait=get_components().create(
+            "rtt_estimator", "median", WindowedMedian.Params(initial_s=0.0)
+        ),
+        edge=Spy(EDGE),  # type: ignore[arg-type]
+        cloud=Spy(CLOUD),  # type: ignore[arg-type]
+    )
+    sim = simulate(policy("cnmt"), s, spied, Queues(), s.batch.n_tokens * 1.0)
+    finished = s.arrival_s + sim.latency_s
+    # every observation is of a request that ran there and finished before the last arrival
+    ran_on = {True: spied.edge.seen, False: spied.cloud.seen}
+    for on_edge, seen in ran_on.items():
+        idx = np.flatnonzero((sim.on_edge == on_edge) & (finished <= s.arrival_s[-1]))
+        expected = sorted(
+            (
+                int(s.batch.n_tokens[i]),
+                int(s.batch.m_true[i]),
+                float(s.batch.edge_s[i] if on_edge else s.batch.cloud_s[i]),
+            )
+            for i in idx
+        )
+        assert sorted(seen) == expected
+
+
+def test_the_load_aware_rule_cuts_the_tail_when_the_edge_is_busy():
+    s = stream(size=6000, rate=10.0)  # both devices busy: the cloud at ~0.8, the edge ~0.4
+    m = s.batch.n_tokens * 1.0
+    plain = simulate(policy("cnmt"), s, learners(), Queues(), m)
+    aware = simulate(policy("cnmt_load"), s, learners(), Queues(), m)
+    assert plain.busy_s["cloud"] / plain.span_s > 0.7 and plain.busy_s["edge"] > 0
+    assert np.percentile(aware.latency_s, 99) < 0.85 * np.percentile(plain.latency_s, 99)
+    assert aware.latency_s.mean() < plain.latency_s.mean()
+    idle = stream(size=3000)
+    idle = Stream(idle.batch, np.arange(3000) * 100.0, idle.rtt_s, idle.bandwidth_bps)
+    # one request every 100 s: no queue forms, and it decides as the paper's rule
+    assert np.array_equal(
+        simulate(
+            policy("cnmt_load"), idle, learners(), Queues(), idle.batch.n_tokens * 1.0
+        ).on_edge,
+        simulate(policy("cnmt"), idle, learners(), Queues(), idle.batch.n_tokens * 1.0).on_edge,
+    )
+
+
+def test_online_models_learn_what_the_profile_did_not_know():
+    s = stream(size=4000, rate=2.0)
+    slow_cloud = s.batch.cloud_s * 3.0  # the cloud really is 3x slower than its profile
+    batch = RequestBatch(**{**s.batch.__dict__, "cloud_s": slow_cloud})
+    s = Stream(batch, s.arrival_s, s.rtt_s, s.bandwidth_bps)
+    fixed = simulate(policy("cnmt"), s, learners(), None, s.batch.n_tokens * 1.0)
+    online = learners(edge="online", cloud="online")
+    closed = simulate(policy("cnmt"), s, online, None, s.batch.n_tokens * 1.0)
+    learned = online.cloud.current()
+    assert learned.predict(20, 20) == pytest.approx(3.0 * CLOUD.predict(20, 20), rel=0.15)
+    assert closed.latency_s.mean() < fixed.latency_s.mean()
