@@ -1,8 +1,8 @@
 """YAML configuration: load safely, resolve ``extends``, substitute variables, validate.
 
 A config file is a mapping of sections. Which top-level keys exist, and the schema of each, is
-declared by the subsystems through the plugin hook ``cnmt_register_config_sections`` (see
-``cnmt config sections``): this module knows none of them. A *component section* selects a
+declared by the subsystems through the plugin hook ``cnmt_register_config_sections`` (`cnmt
+plugins` lists them): this module knows none of them. A *component section* selects a
 registered component by ``name`` and passes it ``params``, validated against that component's
 ``Params``::
 

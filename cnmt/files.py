@@ -68,11 +68,18 @@ def _json_kind(tp: type) -> str:
 
 
 def write_json(path: PathLike, data: Any, *, indent: int | None = 1) -> Path:
-    """Write ``data`` as UTF-8 JSON, atomically (a reader never sees half a file)."""
+    """Write ``data`` as UTF-8 JSON, atomically (a reader never sees half a file), creating
+    the folder if needed; ConfigError naming the path if it cannot be written."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=indent, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=indent, ensure_ascii=False) + "\n"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"{path}: cannot write it: {exc.strerror or exc}") from None
     return path
 
 

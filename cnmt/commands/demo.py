@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from cnmt.config import load_config
+    from cnmt.config import display_path, load_config
     from cnmt.errors import ConfigError
     from cnmt.serving.demo import pick_sentences, run_demo
 
@@ -43,6 +43,6 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="cnmt demo: %(levelname)s: %(message)s")
     config = load_config(args.config)
     sentences, source = pick_sentences(args.sentences, args.corpus, args.seed)
-    print(f"cnmt demo: {config.source}; {len(sentences)} sentences from {source}")
+    print(f"cnmt demo: {display_path(config.source)}; {len(sentences)} sentences from {source}")
     answers = asyncio.run(run_demo(config, sentences))
     return 0 if len(answers) == len(sentences) else 1

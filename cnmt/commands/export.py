@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--config",
         type=Path,
         help="a config file with a `model` section, or a built-in "
-        "config name (models/bilstm-de-en, models/gru-fr-en)",
+        "config name (models/bilstm-de-en, models/gru-fr-en, models/marian-en-zh-small, ...)",
     )
     source.add_argument("--checkpoint", type=Path, help="trained weights (e.g. OpenNMT-py .pt)")
     source.add_argument("--pretrained", help="a hub model id or a local model directory")
