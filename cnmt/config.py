@@ -249,16 +249,13 @@ def load_raw(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
 
 def _substitute_vars(value: Any, folder: Path | None, where: str, path: str) -> Any:
     if isinstance(value, str):
-
-        def replace(match: re.Match[str]) -> str:
-            if match.group(1) != "data":
+        for name in _VAR.findall(value):
+            if name != "data":
                 raise ConfigError(
-                    f"{where}: {path}: unknown variable ${{{match.group(1)}}}; known: "
-                    "${data}, ${config_dir}"
+                    f"{where}: {path}: unknown variable ${{{name}}}; known: ${{data}}, "
+                    "${config_dir}"
                 )
-            return expand_data(DATA_VAR, what=f"{where}: {path}", root=folder)
-
-        return _VAR.sub(replace, value)
+        return expand_data(value, what=f"{where}: {path}", root=folder)
     if isinstance(value, dict):
         return {
             k: _substitute_vars(v, folder, where, f"{path}.{k}" if path else str(k))

@@ -176,8 +176,10 @@ class DevicesSpec:
 class PolicySpec:
     """A device policy to replay, validated against the registry like every component.
 
-    ``label`` names it in the results (default: its name); the other keys (``OVERRIDES``)
-    override the config's top-level sections of the same name for this policy only.
+    ``label`` names it in the results (default: its name); ``rtt_probe_s`` makes its gateway
+    probe the link when no round trip was measured for that long (see
+    :class:`cnmt.experiments.simulate.Learners`); the other keys (``OVERRIDES``) override the
+    config's top-level sections of the same name for this policy only.
     """
 
     policy: ComponentSpec
@@ -187,6 +189,7 @@ class PolicySpec:
     cloud_wait_estimator: ComponentSpec | None = None
     edge_latency: ComponentSpec | None = None
     cloud_latency: ComponentSpec | None = None
+    rtt_probe_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -202,7 +205,7 @@ class PolicyField:
         "edge_latency": "latency_model",
         "cloud_latency": "latency_model",
     }
-    KEYS = ("name", "params", "label", *OVERRIDES)
+    KEYS = ("name", "params", "label", "rtt_probe_s", *OVERRIDES)
 
     def build_value(self, value: Any, path: str, where: str) -> PolicySpec:
         if isinstance(value, str):
@@ -215,6 +218,15 @@ class PolicyField:
         label = value.get("label")
         if label is not None and not isinstance(label, str):
             fail(where, f"{path}.label", f"expected a string, got {label!r}")
+        probe = value.get("rtt_probe_s")
+        if probe is not None and (
+            isinstance(probe, bool) or not isinstance(probe, int | float) or not probe > 0
+        ):
+            fail(
+                where,
+                f"{path}.rtt_probe_s",
+                f"expected a positive number of seconds, got {probe!r}",
+            )
         policy = Kind("device_policy").build_value(
             {k: value[k] for k in ("name", "params") if k in value}, path, where
         )
@@ -223,7 +235,10 @@ class PolicyField:
             for key, kind in self.OVERRIDES.items()
             if value.get(key) is not None
         }
-        return PolicySpec(policy=policy, label=label or policy.name, **overrides)
+        probe_s = None if probe is None else float(probe)
+        return PolicySpec(
+            policy=policy, label=label or policy.name, rtt_probe_s=probe_s, **overrides
+        )
 
 
 Policy = Annotated[PolicySpec, PolicyField()]
@@ -247,6 +262,10 @@ class ReplayConfig:
     paper_pair: Literal["DE-EN", "FR-EN", "EN-ZH"] | None = None
     queues: QueueSpec = field(default_factory=QueueSpec)
     drift: list[DriftSpec] = field(default_factory=list)
+    # `cnmt reproduce` also replays each connection with Poisson arrivals and queues, at the
+    # rates that keep edge-only busy this share of the time, with this many requests each.
+    load_sweep: list[float] = field(default_factory=list)
+    load_sweep_requests: int = 20_000
 
     def __post_init__(self) -> None:
         if self.requests < 1:
@@ -258,6 +277,8 @@ class ReplayConfig:
                 f"default_connection {self.default_connection!r} is not one of the connections: "
                 + ", ".join(self.connections)
             )
+        if any(u <= 0 for u in self.load_sweep) or self.load_sweep_requests < 1:
+            raise ValueError("load_sweep: utilizations must be positive, load_sweep_requests >= 1")
         labels = [p.label for p in self.policies or ()]
         duplicates = sorted({x for x in labels if labels.count(x) > 1})
         if duplicates:

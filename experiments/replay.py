@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ import numpy as np
 
 from cnmt.config import Config, display_path
 from cnmt.datasets.corpora import heldout_mask, read_parallel
-from cnmt.datasets.link import serialisation_s
+from cnmt.datasets.link import RttTimeline, serialisation_s
 from cnmt.datasets.traces import RttTrace
 from cnmt.errors import ConfigError
 from cnmt.experiments.config import (
@@ -183,6 +184,7 @@ class LinkTimeline:
     lossy: np.ndarray
     window: RttTrace
     info: dict[str, Any]
+    timeline: RttTimeline
 
 
 def link_timeline(
@@ -215,7 +217,7 @@ def link_timeline(
         "requests_hit_by_loss": int(lossy.sum()),
         "loss_timeout_s": loss_timeout_s,
     }
-    return LinkTimeline(arrival, timeline.rtt_s[sample], lossy, window, info)
+    return LinkTimeline(arrival, timeline.rtt_s[sample], lossy, window, info, timeline)
 
 
 # ----------------------------------------------------------------------------- policies
@@ -233,6 +235,7 @@ class PolicyRun:
     cloud_wait: ComponentSpec
     edge_latency: ComponentSpec
     cloud_latency: ComponentSpec
+    rtt_probe_s: float | None = None
 
     def learners(self, edge_prior: LatencyModel, cloud_prior: LatencyModel) -> Learners:
         return Learners(
@@ -241,6 +244,7 @@ class PolicyRun:
             cloud_wait=self.cloud_wait.create(),
             edge=self.edge_latency.create(prior=edge_prior),
             cloud=self.cloud_latency.create(prior=cloud_prior),
+            rtt_probe_s=self.rtt_probe_s,
         )
 
     @property
@@ -283,6 +287,7 @@ def build_policies(config: Config, replay: ReplayConfig) -> list[PolicyRun]:
                 cloud_wait=pick(spec, "cloud_wait_estimator"),  # type: ignore[arg-type]
                 edge_latency=pick(spec, "edge_latency"),  # type: ignore[arg-type]
                 cloud_latency=pick(spec, "cloud_latency"),  # type: ignore[arg-type]
+                rtt_probe_s=spec.rtt_probe_s,
             )
         )
     return runs
@@ -395,12 +400,14 @@ def replay(
     arrival_rate: float | None = None,
     window_hours: float | None = None,
     queues: bool | None = None,
+    labels: Collection[str] | None = None,
 ) -> ReplayOutcome:
     """Run one connection profile of ``config`` through every policy.
 
     ``arrival_rate`` replays Poisson arrivals at that rate with queues on; ``window_hours``
     places the requests in that many hours of the trace window; ``queues`` turns the devices'
-    queues on or off (default: the config's ``replay.queues.enabled``).
+    queues on or off (default: the config's ``replay.queues.enabled``); ``labels`` replays only
+    the policies of those labels.
     """
     spec: ReplayConfig = config["replay"]
     if requests is not None or seed is not None:
@@ -435,6 +442,8 @@ def replay(
     edge_profile = _profile(spec.devices.edge, "edge", spec.model)
     cloud_profile = _profile(spec.devices.cloud, "cloud", spec.model)
     runs = build_policies(config, spec)
+    if labels is not None:
+        runs = [run for run in runs if run.label in labels]
     _check_length_units(runs, spec.corpus, config.source)
     link = link_timeline(conn, spec.requests, spec.link.loss_timeout_s, spec.seed)
     lines = load_corpus_lines(spec.corpus)
@@ -470,7 +479,7 @@ def replay(
         edge_expected_s=edge_expected,
         cloud_expected_s=cloud_expected,
     )
-    stream = Stream(batch, arrival, link.rtt_s, bandwidth_bps)
+    stream = Stream(batch, arrival, link.rtt_s, bandwidth_bps, link.timeline.rtt_at)
     queue_model, queue_info = _queues(spec, lines, cloud_sampler, arrival)
     edge_lm, cloud_lm = edge_profile.fit.latency_model, cloud_profile.fit.latency_model
     timings["prepare_s"] = time.perf_counter() - started - timings["load_s"]
@@ -666,25 +675,55 @@ class ReplayOutcome:
 
 
 def markdown_table(result: dict[str, Any]) -> str:
-    """Totals, device split and Table I's percentages of one replay."""
-    rows = [
-        "| policy | total (s) | mean (ms) | p95 (ms) | edge | cloud | vs edge | vs cloud "
-        "| vs Oracle |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    """Totals, tails, device split and Table I's percentages of one replay (with the gap to
+    the expected-time Oracle when it was replayed, and each device's utilization with queues)."""
+    expected = any(p["policy"] == "oracle_expected" for p in result["policies"].values())
+    queued = result.get("queues", {}).get("enabled", False)
+    head = "| policy | total (s) | mean (ms) | p95 (ms) | p99 (ms) | edge | vs edge | vs cloud "
+    head += "| vs Oracle |" + (" vs E[Oracle] |" if expected else "")
+    head += " edge busy | cloud busy |" if queued else ""
+    rows = [head, "|---|" + "---:|" * (head.count("|") - 2)]
 
     def pct(value: float | None) -> str:
         return "" if value is None else f"{value:+.1f}%"
 
     for label, p in result["policies"].items():
         t = result["table"][label]
-        rows.append(
+        row = (
             f"| {label} | {p['total_s']:.1f} | {p['mean_s'] * 1e3:.1f} | {p['p95_s'] * 1e3:.1f} | "
-            f"{p['share_edge'] * 100:.1f}% | {p['share_cloud'] * 100:.1f}% | "
+            f"{p['p99_s'] * 1e3:.1f} | {p['share_edge'] * 100:.1f}% | "
             f"{pct(t.get('vs_edge_pct'))} | {pct(t.get('vs_cloud_pct'))} | "
             f"{pct(t.get('vs_oracle_pct'))} |"
         )
+        if expected:
+            row += f" {pct(t.get('vs_oracle_expected_pct'))} |"
+        if queued:
+            devices = p["devices"]
+            row += (
+                f" {devices['edge']['utilization'] * 100:.0f}% |"
+                f" {devices['cloud']['utilization'] * 100:.0f}% |"
+            )
+        rows.append(row)
     return "\n".join(rows)
+
+
+def describe_mode(result: dict[str, Any]) -> str:
+    """How requests arrived and whether the devices queued, as one line."""
+    conn, queues = result["connection"], result.get("queues", {"enabled": False})
+    gap = conn["interarrival_s"]
+    arrivals = f"{conn['arrivals']} arrivals, one every {gap:.3g} s on average"
+    if not queues["enabled"]:
+        return f"{arrivals}; no queues (the paper's method: every request finds idle devices)"
+    background = (
+        f", a background load of {queues['background_rate']:g}/s at the cloud "
+        f"({queues['background_requests']} requests)"
+        if queues["background_rate"]
+        else ""
+    )
+    return (
+        f"{arrivals}; FIFO queues: {queues['edge_workers']} edge and "
+        f"{queues['cloud_workers']} cloud worker(s){background}"
+    )
 
 
 def plot_rtt_window(

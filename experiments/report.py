@@ -32,6 +32,15 @@ EXTRAPOLATION_WARNING = 0.05
 
 
 @dataclass
+class SweepPoint:
+    """One arrival rate of a load sweep: edge-only's utilization there, and the replay."""
+
+    utilization: float
+    rate: float
+    policies: dict[str, Any]
+
+
+@dataclass
 class Scenario:
     name: str
     config: str
@@ -41,7 +50,8 @@ class Scenario:
     seconds: float = 0.0
     figure: str | None = None
     paper: tuple[str, str] | None = None  # (language pair, connection profile) of Table I
-    extras: dict[str, Any] = field(default_factory=dict)
+    sweep: list[SweepPoint] = field(default_factory=list)
+    sweep_figure: str | None = None
 
 
 @dataclass(frozen=True)
@@ -119,12 +129,77 @@ def run_all(
             print(f"{scenario.name}: skipped: {exc}", file=sys.stderr)
             continue
         scenario.result = outcome.result
-        scenario.seconds = time.perf_counter() - began
         if output is not None:
             path = output.figures / (scenario.name.replace("/", "__") + "__rtt.png")
             plot_rtt_window(outcome.result["connection"], outcome.window, path, scenario.name)
             scenario.figure = output.link(path)
+        run_sweep(scenario, output, requests, seed)
+        scenario.seconds = time.perf_counter() - began
         print(f"{scenario.name}: {scenario.seconds:.1f} s", file=sys.stderr)
+
+
+SWEEP_POLICIES = ("edge", "cloud", "oracle", "cnmt", "cnmt-load", "cnmt-closed")
+
+
+def run_sweep(
+    scenario: Scenario, output: Output | None, requests: int | None, seed: int | None
+) -> None:
+    """The load sweep of a scenario whose config asks for one: Poisson arrivals with queues,
+    at the rates that keep edge-only busy each configured share of the time (its mean true
+    edge time, from the scenario's own replay, sets them), with the config's
+    ``load_sweep_requests`` (or ``requests``, when fewer)."""
+    from cnmt.experiments.replay import replay
+
+    config = load_config(scenario.config)
+    spec = config["replay"]
+    if not spec.load_sweep or scenario.result is None:
+        return
+    mean_edge_s = scenario.result["devices"]["edge"]["mean_true_s"]
+    for utilization in spec.load_sweep:
+        rate = utilization / mean_edge_s
+        outcome = replay(
+            config,
+            scenario.connection,
+            requests=min(spec.load_sweep_requests, requests or spec.load_sweep_requests),
+            seed=seed,
+            arrival_rate=rate,
+            labels=SWEEP_POLICIES,
+        )
+        scenario.sweep.append(SweepPoint(utilization, rate, outcome.result["policies"]))
+        print(f"  {scenario.name} at edge-only utilization {utilization:g}", file=sys.stderr)
+    if output is not None:
+        path = output.figures / (scenario.name.replace("/", "__") + "__load.png")
+        plot_sweep(scenario, path)
+        scenario.sweep_figure = output.link(path)
+
+
+def plot_sweep(scenario: Scenario, path: Path) -> None:
+    """Mean and p99 latency of each policy against the arrival rate."""
+    from cnmt.plotting import pyplot
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    rates = [p.rate for p in scenario.sweep]
+    per_rate = scenario.sweep[0].utilization / rates[0]  # edge-only utilization per req/s
+    for label in SWEEP_POLICIES:
+        if label not in scenario.sweep[0].policies:
+            continue
+        for ax, key in zip(axes, ("mean_s", "p99_s"), strict=True):
+            values = [p.policies[label][key] * 1e3 for p in scenario.sweep]
+            ax.plot(rates, values, "o-", ms=3, label=label)
+    for ax, what in zip(axes, ("mean", "p99"), strict=True):
+        ax.set_yscale("log")
+        ax.set_xlabel("arrival rate (requests/s)")
+        ax.set_ylabel(f"{what} latency (ms)")
+        ax.grid(alpha=0.3, which="both")
+        top = ax.secondary_xaxis("top", functions=(lambda r: r * per_rate, lambda u: u / per_rate))
+        top.set_xlabel("edge-only utilization", fontsize=8)
+    axes[1].legend(fontsize=7)
+    fig.suptitle(f"{scenario.name}: Poisson arrivals, FIFO queues", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def length_figures(scenarios: list[Scenario], output: Output) -> dict[str, str]:
@@ -173,8 +248,8 @@ def paper_section(scenarios: list[Scenario], paper: dict[str, Any]) -> list[str]
         "this run.",
         "",
         "| pair | profile | strategy | paper vs GW | ours vs edge | paper vs server "
-        "| ours vs cloud | paper vs Oracle | ours vs Oracle | our scenario |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "| ours vs cloud | paper vs Oracle | ours vs Oracle | ours vs E[Oracle] | our scenario |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for s in scenarios:
         if s.paper is None:
@@ -186,6 +261,7 @@ def paper_section(scenarios: list[Scenario], paper: dict[str, Any]) -> list[str]
             cells = []
             for i, key in enumerate(("vs_edge_pct", "vs_cloud_pct", "vs_oracle_pct")):
                 cells += [_pct(theirs[i]) if theirs else "n/a", _pct(ours.get(key))]
+            cells.append(_pct(ours.get("vs_oracle_expected_pct")))
             note = s.name if s.result is not None else f"{s.name} (skipped)"
             lines.append(f"| {pair} | {profile} | {label} | " + " | ".join(cells) + f" | {note} |")
     setup = paper["setup"]
@@ -207,6 +283,11 @@ def paper_section(scenarios: list[Scenario], paper: dict[str, Any]) -> list[str]
         f"- Fits. The paper: latency model fitted on {setup['latency_model_fit']}; length "
         f"model on {setup['length_model_fit']}. Ours: on a grid of forced (N, M) runs and on "
         "the corpus lines the replay does not draw requests from.",
+        "- Oracle. The paper's Oracle, as ours (`oracle`), picks the faster device knowing "
+        "each request's true times. Ours also reports the expected-time Oracle "
+        "(`oracle_expected`, E[Oracle]: true M and RTT, expected execution times): a policy's "
+        "gap to it is what a better scheduler could still win, and the difference between "
+        "the two Oracles is run-to-run noise no policy can know.",
     ]
     return lines
 
@@ -215,22 +296,27 @@ def our_table(scenarios: list[Scenario]) -> list[str]:
     lines = [
         "## Our Table I, every scenario",
         "",
-        "| scenario | C-NMT vs edge | vs cloud | vs Oracle | Naive vs edge | vs cloud "
-        "| vs Oracle | Oracle on edge |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "The paper's method (no queues). C-NMT is the paper's rule (`cnmt`); closed loop is "
+        "`cnmt-closed` (learning latency and length models, the load-aware rule, the link "
+        "probed when idle).",
+        "",
+        "| scenario | C-NMT vs edge | vs cloud | vs Oracle | vs E[Oracle] | Naive vs Oracle "
+        "| closed loop vs Oracle | vs E[Oracle] | Oracle on edge |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in scenarios:
         if s.result is None:
-            lines.append(f"| {s.name} | skipped: see below |  |  |  |  |  |  |")
+            lines.append(f"| {s.name} | skipped: see below |" + "  |" * 7)
             continue
         table = s.result["table"]
-        cn, nv = table.get("cnmt", {}), table.get("naive", {})
+        cn, nv, cl = (table.get(k, {}) for k in ("cnmt", "naive", "cnmt-closed"))
         share = s.result["policies"].get("oracle", {}).get("share_edge")
         one_sided = share is not None and max(share, 1 - share) > OVERWHELMING_SHARE
         lines.append(
             f"| {s.name} | {_pct(cn.get('vs_edge_pct'))} | {_pct(cn.get('vs_cloud_pct'))} | "
-            f"{_pct(cn.get('vs_oracle_pct'))} | {_pct(nv.get('vs_edge_pct'))} | "
-            f"{_pct(nv.get('vs_cloud_pct'))} | {_pct(nv.get('vs_oracle_pct'))} | "
+            f"{_pct(cn.get('vs_oracle_pct'))} | {_pct(cn.get('vs_oracle_expected_pct'))} | "
+            f"{_pct(nv.get('vs_oracle_pct'))} | {_pct(cl.get('vs_oracle_pct'))} | "
+            f"{_pct(cl.get('vs_oracle_expected_pct'))} | "
             f"{'n/a' if share is None else f'{share * 100:.1f}%'}"
             f"{' (one-sided)' if one_sided else ''} |"
         )
@@ -240,6 +326,82 @@ def our_table(scenarios: list[Scenario]) -> list[str]:
         f"above {OVERWHELMING_SHARE:.0%} or below {1 - OVERWHELMING_SHARE:.0%} (one-sided) one "
         "device wins almost always and the scenario says little about the policies.",
     ]
+    return lines
+
+
+def drift_section(scenarios: list[Scenario]) -> list[str]:
+    """Each drift scenario beside the same setup and connection without drift: what a stale
+    model costs, and what learning recovers (gaps to the Oracle, in points)."""
+    by_key = {
+        (s.result["model"], s.connection): s
+        for s in scenarios
+        if s.result is not None and not s.result["drift"]
+    }
+    lines: list[str] = []
+    for s in scenarios:
+        if s.result is None or not s.result["drift"]:
+            continue
+        base = by_key.get((s.result["model"], s.connection))
+        if base is None or base.result is None:
+            continue
+        drift = "; ".join(
+            f"the {d['device']} {d['factor']:g}x slower from {d['at_fraction']:.0%} of the run"
+            for d in s.result["drift"]
+        )
+        lines += [
+            f"### {s.name} ({drift}) against {base.name}",
+            "",
+            "| policy | gap to Oracle without drift | with drift | change (points) |",
+            "|---|---:|---:|---:|",
+        ]
+        for label, row in s.result["table"].items():
+            before = base.result["table"].get(label, {}).get("vs_oracle_pct")
+            after = row.get("vs_oracle_pct")
+            if before is None or after is None or label.startswith("oracle"):
+                continue
+            lines.append(f"| {label} | {_pct(before)} | {_pct(after)} | {after - before:+.1f} |")
+        lines.append("")
+    if lines:
+        lines = ["## Drift: a device that changes speed mid-run", "", *lines]
+    return lines
+
+
+def sweep_section(s: Scenario) -> list[str]:
+    """A scenario's load sweep: mean and p99 per policy at each rate, and how the load-aware
+    rule compares with the paper's and with the better single device."""
+    if not s.sweep:
+        return []
+    labels = [label for label in SWEEP_POLICIES if label in s.sweep[0].policies]
+    lines = [
+        f"### Load sweep: {s.name}",
+        "",
+        "Poisson arrivals with FIFO queues (one server per device), at the rates that keep "
+        "edge-only busy the given share of the time; mean / p99 latency in ms.",
+        "",
+        "| edge-only busy | rate (req/s) | "
+        + " | ".join(labels)
+        + " | cnmt-load / cnmt mean | p99 | cnmt-load / best single mean |",
+        "|---:|---:|" + "---:|" * (len(labels) + 3),
+    ]
+    for point in s.sweep:
+        p = point.policies
+        cells = [
+            f"{p[label]['mean_s'] * 1e3:.0f} / {p[label]['p99_s'] * 1e3:.0f}" for label in labels
+        ]
+        ratios = ["", "", ""]
+        if "cnmt" in p and "cnmt-load" in p:
+            load, paper = p["cnmt-load"], p["cnmt"]
+            best = min(p[k]["mean_s"] for k in ("edge", "cloud") if k in p)
+            ratios = [
+                f"{load['mean_s'] / paper['mean_s']:.3f}",
+                f"{load['p99_s'] / paper['p99_s']:.3f}",
+                f"{load['mean_s'] / best:.3f}",
+            ]
+        row = " | ".join(cells + ratios)
+        lines.append(f"| {point.utilization:.0%} | {point.rate:.3g} | {row} |")
+    lines.append("")
+    if s.sweep_figure:
+        lines += [f"![load sweep of {s.name}]({s.sweep_figure})", ""]
     return lines
 
 
@@ -287,7 +449,7 @@ def scenario_section(s: Scenario) -> list[str]:
     lines += ["", markdown_table(r), ""]
     if s.figure:
         lines += [f"![RTT window of {s.name}]({s.figure})", ""]
-    return lines
+    return lines + sweep_section(s)
 
 
 def markdown_report(
@@ -309,6 +471,7 @@ def markdown_report(
         "",
         *our_table(scenarios),
         "",
+        *drift_section(scenarios),
     ]
     skipped = [s for s in scenarios if s.result is None]
     if skipped:

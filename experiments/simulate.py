@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,23 +68,32 @@ class Queues:
 
 @dataclass(frozen=True)
 class Stream:
-    """The requests, in arrival order (arrays of one length)."""
+    """The requests, in arrival order (arrays of one length), and the link's RTT at any time
+    (what a probe of the link measures)."""
 
     batch: RequestBatch  # N, expected payload, true M and the truth (times, transmission)
     arrival_s: np.ndarray
     rtt_s: np.ndarray  # the true round trip an offload measures (transmission minus payload)
     bandwidth_bps: float
+    rtt_at: Callable[[float], float] | None = None
 
 
 @dataclass
 class Learners:
-    """What one policy's gateway learns with: fresh instances per simulated policy."""
+    """What one policy's gateway learns with: fresh instances per simulated policy.
+
+    ``rtt_probe_s``: when no round trip has been measured for that long, the gateway probes
+    the link (a tiny request answered at once) every ``rtt_probe_s`` until one is: the RTT
+    estimate then never goes stale while everything runs on the edge. None: no probes (the
+    paper's gateway learns only from offloads).
+    """
 
     length: LengthEstimator | None
     rtt: RttEstimator
     cloud_wait: RttEstimator
     edge: LatencyEstimator
     cloud: LatencyEstimator
+    rtt_probe_s: float | None = None
 
 
 @dataclass
@@ -112,7 +122,8 @@ def simulate(
     length estimates when they can be computed up front (an estimator that does not learn)."""
     count = len(stream.batch)
     learning = (
-        learners.edge.learns
+        learners.rtt_probe_s is not None
+        or learners.edge.learns
         or learners.cloud.learns
         or (policy.uses_length_estimate and learners.length is not None and learners.length.learns)
     )
@@ -438,6 +449,10 @@ def _general(
     waits = np.zeros(count)
     predicted = np.full(count, np.nan)
     events: list[tuple[float, int, tuple[Any, ...]]] = []  # (finish time, seq, observation)
+    probe_s, rtt_at = learners.rtt_probe_s, stream.rtt_at
+    if probe_s is not None and rtt_at is None:
+        raise ValueError("probing the link needs the stream's rtt_at")
+    last_sample = arrival[0] if count else 0.0  # when the last round trip was measured
     for i in range(count):
         now = arrival[i]
         # 1. what finished by now
@@ -446,6 +461,7 @@ def _general(
             if obs[0] == "cloud":
                 _, n_obs, m_obs, exec_obs, wait_obs, rtt_obs = obs
                 learners.rtt.observe(rtt_obs, done)
+                last_sample = done
                 learners.cloud_wait.observe(wait_obs, done)
                 cloud_lm.observe(n_obs, m_obs, exec_obs)
             else:
@@ -453,6 +469,16 @@ def _general(
                 edge_lm.observe(n_obs, m_obs, exec_obs)
             if learn_length:
                 length.observe(n_obs, m_obs)  # type: ignore[union-attr]
+        # 1b. while nothing is measured, probes of the link every probe_s; those back by now
+        if probe_s is not None:
+            sent = last_sample + probe_s
+            while sent < now:
+                rtt = rtt_at(sent)  # type: ignore[misc]
+                if sent + rtt > now:
+                    break
+                learners.rtt.observe(rtt, sent + rtt)
+                last_sample = sent + rtt
+                sent = last_sample + probe_s
         # 2. the state
         n = n_list[i]
         if learn_length and (rule is None or rule.m_tokens is None):

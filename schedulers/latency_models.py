@@ -66,13 +66,15 @@ class ProfileLatency(LatencyEstimator):
 class OnlineLatency(LatencyEstimator):
     """The profile's fit as a prior, refitted after every observed request.
 
-    Recursive least squares on ``(N, M, 1) -> seconds`` with a forgetting factor (a memory of
-    about ``1 / (1 - forgetting)`` requests, so a device that got slower or faster is followed)
-    and Huber clipping of residuals beyond ``clip`` times their running scale (a quota stall or
-    a GC pause moves the model by a bounded step). The prior weighs as much as ``prior_weight``
+    Least squares on ``(N, M, 1) -> seconds``, updated per request
+    (:mod:`cnmt.schedulers.learning`), with a forgetting factor (a memory of about
+    ``1 / (1 - forgetting)`` requests, so a device that got slower or faster is followed) and
+    Huber clipping of residuals beyond ``clip`` times their running scale (a quota stall or a
+    GC pause moves the model by a bounded step). The prior weighs as much as ``prior_weight``
     requests spread over ``prior_tokens`` x ``prior_tokens`` values of (N, M), the range the
-    profile measured; its residual scale starts at ``initial_scale`` times the prior's
-    prediction at the middle of that range.
+    profile measured, and never less than ``floor_weight`` of them (what the recent requests do
+    not tell, such as the slope in N when they all have the same N, stays the profile's); the
+    residual scale starts at ``initial_scale`` times the prior's prediction at the middle.
     """
 
     name = "online"
@@ -82,6 +84,7 @@ class OnlineLatency(LatencyEstimator):
     class Params:
         forgetting: float = 0.99
         prior_weight: float = 20.0
+        floor_weight: float = 1.0
         clip: float = 3.0
         initial_scale: float = 0.25
         prior_tokens: tuple[float, ...] = (4.0, 16.0, 48.0)
@@ -89,8 +92,8 @@ class OnlineLatency(LatencyEstimator):
         def __post_init__(self) -> None:
             if not 0.5 <= self.forgetting <= 1.0:
                 raise ValueError(f"forgetting must be in [0.5, 1], got {self.forgetting}")
-            if self.prior_weight <= 0 or self.clip <= 0 or self.initial_scale <= 0:
-                raise ValueError("prior_weight, clip and initial_scale must be positive")
+            if min(self.prior_weight, self.floor_weight, self.clip, self.initial_scale) <= 0:
+                raise ValueError("prior_weight, floor_weight, clip and initial_scale: positive")
             if len(set(self.prior_tokens)) < 2 or min(self.prior_tokens) <= 0:
                 raise ValueError("prior_tokens: give at least two different positive values")
 
@@ -102,6 +105,7 @@ class OnlineLatency(LatencyEstimator):
             theta0=(prior.a_n, prior.a_m, prior.b),
             design=[(n, m, 1.0) for n in tokens for m in tokens],
             prior_weight=params.prior_weight,
+            floor_weight=params.floor_weight,
             forgetting=params.forgetting,
             clip=params.clip,
             initial_scale=max(params.initial_scale * abs(prior.predict(middle, middle)), 1e-5),

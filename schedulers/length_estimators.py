@@ -63,11 +63,11 @@ class OnlineLinearLength(LinearLength):
     A length model fitted on a corpus' human translations is wrong wherever the running model
     writes differently (cn2en writes about half as many tokens as the human translations of
     long inputs). This estimator starts from it and refits ``gamma, delta`` after every
-    translation from the observed ``(N, M)``, by recursive least squares with forgetting and
-    outlier clipping (:mod:`cnmt.schedulers.learning`): the prior weighs as much as
-    ``prior_weight`` pairs spread over ``prior_tokens`` values of N, a pair ``k`` translations
-    old counts ``forgetting^k``, and a residual beyond ``clip`` times the running scale (which
-    starts at ``initial_scale`` tokens) counts as that large.
+    translation from the observed ``(N, M)``, by least squares with forgetting and outlier
+    clipping (:mod:`cnmt.schedulers.learning`): the prior weighs as much as ``prior_weight``
+    pairs spread over ``prior_tokens`` values of N (and never less than ``floor_weight``), a
+    pair ``k`` translations old counts ``forgetting^k``, and a residual beyond ``clip`` times
+    the running scale (which starts at ``initial_scale`` tokens) counts as that large.
     """
 
     name = "online_linear"
@@ -77,6 +77,7 @@ class OnlineLinearLength(LinearLength):
     class Params(LinearLength.Params):
         forgetting: float = 0.995
         prior_weight: float = 50.0
+        floor_weight: float = 1.0
         clip: float = 3.0
         initial_scale: float = 2.0
         prior_tokens: tuple[float, ...] = (4.0, 16.0, 48.0)
@@ -85,8 +86,8 @@ class OnlineLinearLength(LinearLength):
             super().__post_init__()
             if not 0.5 <= self.forgetting <= 1.0:
                 raise ValueError(f"forgetting must be in [0.5, 1], got {self.forgetting}")
-            if self.prior_weight <= 0 or self.clip <= 0 or self.initial_scale <= 0:
-                raise ValueError("prior_weight, clip and initial_scale must be positive")
+            if min(self.prior_weight, self.floor_weight, self.clip, self.initial_scale) <= 0:
+                raise ValueError("prior_weight, floor_weight, clip and initial_scale: positive")
             if len(set(self.prior_tokens)) < 2 or min(self.prior_tokens) <= 0:
                 raise ValueError("prior_tokens: give at least two different positive values")
 
@@ -96,6 +97,7 @@ class OnlineLinearLength(LinearLength):
             theta0=(self.gamma, self.delta),
             design=[(n, 1.0) for n in params.prior_tokens],
             prior_weight=params.prior_weight,
+            floor_weight=params.floor_weight,
             forgetting=params.forgetting,
             clip=params.clip,
             initial_scale=params.initial_scale,

@@ -31,7 +31,9 @@ def replayed(name: str, requests: int) -> dict:
 
 def test_every_shipped_scenario_reproduces_the_paper_method_numbers(data_dir) -> None:
     pins = json.loads(PINS.read_text(encoding="utf-8"))
-    assert {s.name for s in plan()} == set(pins["scenarios"])  # every shipped scenario
+    # every shipped scenario of the paper's method (drift scenarios came later, on purpose)
+    shipped = {s.name for s in plan() if not load_config(s.config)["replay"].drift}
+    assert shipped == set(pins["scenarios"])
     for name, policies in pins["scenarios"].items():
         result = replayed(name, pins["requests"])
         assert result["queues"] == {"enabled": False}

@@ -21,6 +21,12 @@ def test_docs_page_is_written_from_the_run_with_the_papers_table_and_relative_fi
     assert re.search(r"\| DE-EN \| CP1 \| Naive \| \+11\.7% \| [-+]\d+\.\d% \|", text)
     assert re.search(r"\| DE-EN \| CP1 \| C-NMT \| -13\.6% \| [-+]\d+\.\d% \|", text)
     assert "not included" not in text and "Jetson TX2" in text
+    # The load sweep: Poisson arrivals with queues at six rates, a table and a figure.
+    sweep = text.split("### Load sweep: bilstm-de-en/cp1")[1].split("![")[0]
+    assert len(re.findall(r"^\| \d+% \| [\d.]+ \|", sweep, re.M)) == 6
+    assert "(figures/results/bilstm-de-en__cp1__load.png)" in text
+    # The expected-time Oracle beside the clairvoyant one, for the paper's strategies too.
+    assert "ours vs E[Oracle]" in text
     # Our full table: only the scenarios that ran, with numbers.
     assert re.search(r"\| bilstm-de-en/cp2 \| [-+]\d+\.\d% \|", text)
     assert "bilstm-de-en/lan" not in text

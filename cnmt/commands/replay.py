@@ -38,6 +38,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--window-samples", type=int, metavar="K", help="window length in samples")
     parser.add_argument(
+        "--window-hours",
+        type=float,
+        metavar="H",
+        help="window length in hours of trace time instead (the paper: 4 or 5 hours for 100k "
+        "requests, about 7 a second)",
+    )
+    parser.add_argument(
+        "--arrival-rate",
+        type=float,
+        metavar="R",
+        help="Poisson arrivals at R requests per second, with the devices' queues on",
+    )
+    queues = parser.add_mutually_exclusive_group()
+    queues.add_argument(
+        "--queues",
+        dest="queues",
+        action="store_const",
+        const=True,
+        help="the devices are FIFO queues (replay.queues in the config)",
+    )
+    queues.add_argument(
+        "--no-queues",
+        dest="queues",
+        action="store_const",
+        const=False,
+        help="every request finds both devices idle (the paper's method)",
+    )
+    parser.add_argument(
         "--requests",
         type=int,
         metavar="N",
@@ -61,11 +89,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from cnmt.config import load_config
     from cnmt.errors import ConfigError
-    from cnmt.experiments.replay import markdown_table, plot_rtt_window, replay
+    from cnmt.experiments.replay import describe_mode, markdown_table, plot_rtt_window, replay
 
     config = load_config(args.config)
     if args.requests is not None and args.requests < 1:
         raise ConfigError(f"--requests must be >= 1, got {args.requests}")
+    for flag in ("arrival_rate", "window_hours"):
+        value = getattr(args, flag)
+        if value is not None and not value > 0:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be positive, got {value}")
+    if args.window_hours is not None and args.window_samples is not None:
+        raise ConfigError("give --window-hours or --window-samples, not both")
     if args.cache_outputs:
         from cnmt.experiments.outputs import cache_output_lengths
 
@@ -85,6 +119,9 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         window_start=args.window_start,
         window_samples=args.window_samples,
+        arrival_rate=args.arrival_rate,
+        window_hours=args.window_hours,
+        queues=args.queues,
     )
     result = outcome.result
     table = markdown_table(result)
@@ -101,6 +138,15 @@ def run(args: argparse.Namespace) -> int:
         f"samples: median RTT {stats['median_ms']:.1f} ms, p95 {stats['p95_ms']:.1f} ms, "
         f"{stats['lost']} lost pings ({conn['requests_hit_by_loss']} requests hit)"
     )
+    print(describe_mode(result))
+    if result["drift"]:
+        print(
+            "drift: "
+            + "; ".join(
+                f"{d['device']} {d['factor']:g}x from {d['at_fraction']:.0%} of the requests"
+                for d in result["drift"]
+            )
+        )
     print(table)
     t = outcome.timings
     policy_s = sum(v for k, v in t.items() if k.startswith("policy_"))
