@@ -96,7 +96,13 @@ import numpy as np
 from cnmt.errors import CnmtError, CnmtRuntimeError, ConfigError
 from cnmt.profiling.cpu_quota import JOIN_FAILED_EXIT, CgroupUnavailable, CpuQuota, popen_in_quota
 from cnmt.profiling.devices import CPU_PROVIDER, DeviceSetting
-from cnmt.profiling.host import LoadMonitor, describe_machine, load_average, probe_other_cpus
+from cnmt.profiling.host import (
+    LoadMonitor,
+    describe_machine,
+    load_average,
+    probe_other_cpus,
+    process_cpu_seconds,
+)
 from cnmt.profiling.profiles import (
     REGIMES,
     Cell,
@@ -499,12 +505,12 @@ def measure(
     """Characterize ``model`` on ``device`` over the grid ``ns`` x ``ms`` (and time
     ``requests``); returns the profile.
 
-    Before anything is loaded, other processes' CPU use is probed for ``host.probe_s``
-    seconds: above ``host.max_busy`` the run is refused with :class:`MachineBusy` unless
-    ``host.allow_busy``. ``loader`` names the function the worker opens the model with
-    (default: an exported model directory or built-in name through ``load_translator``).
-    ``on_warning`` receives messages worth showing (a busy host, provider fallbacks, the
-    worker's stderr); default: printed to stderr.
+    Once the model is loaded, before the first round, other processes' CPU use is probed for
+    ``host.probe_s`` seconds: above ``host.max_busy`` the run is refused with
+    :class:`MachineBusy` unless ``host.allow_busy``. ``loader`` names the function the worker
+    opens the model with (default: an exported model directory or built-in name through
+    ``load_translator``). ``on_warning`` receives messages worth showing (a busy host, provider
+    fallbacks, the worker's stderr); default: printed to stderr.
     """
     method = method or Method()
     host = host or HostCheck()
@@ -520,8 +526,6 @@ def measure(
         date = datetime.now(UTC).isoformat(timespec="seconds")
         machine = describe_machine(gpus=any(p != CPU_PROVIDER for p in device.providers))
         machine["load_average_before"] = load_average()
-        before = probe_other_cpus(host.probe_s) if host.probe_s > 0 else None
-        _check_host(before, host, warn)
         if progress:
             where = f"in cgroup {quota.path}" if quota is not None else "unthrottled"
             print(f"cnmt profile: loading {model} in a worker process ({where})", file=sys.stderr)
@@ -548,6 +552,17 @@ def measure(
             warn(message)
         _check_limits(ns, ms, ready)
         requests, out_of_range = _in_range(requests, ready)
+        # The probe runs once the model is loaded (a bad model or grid fails first), while the
+        # worker waits for its first round; its CPU time is subtracted all the same.
+        pid = worker.proc.pid
+        before = (
+            probe_other_cpus(
+                host.probe_s, lambda: time.process_time() + (process_cpu_seconds(pid) or 0.0)
+            )
+            if host.probe_s > 0
+            else None
+        )
+        _check_host(before, host, warn)
 
         monitor = LoadMonitor()
         monitor.mark(float(ready["cpu_total_s"]) + time.process_time())
