@@ -82,8 +82,8 @@ def _quality_lines(profile: DeviceProfile) -> list[str]:
         verdict = f"all {len(profile.cells)} cells converged"
     lines.append(
         f"  {q.rounds} interleaved rounds, {q.runs} timed runs ({min(counts)}..{max(counts)} per "
-        f"cell, {profile.warmup} warm-up runs first) in {q.seconds:.0f} s of a {q.budget_s:g} s "
-        f"budget, target {target}: {verdict}"
+        f"cell, {_count(profile.warmup, 'warm-up run')} first) in {q.seconds:.0f} s of a "
+        f"{q.budget_s:g} s budget, target {target}: {verdict}"
     )
     if q.violations_found:
         remeasured = (
