@@ -115,35 +115,45 @@ class Fit:
         return self.a_n * n + self.a_m * m + self.b
 
 
-def r2_mse(actual: np.ndarray, predicted: np.ndarray) -> tuple[float, float]:
-    """Coefficient of determination and mean squared error of ``predicted`` against ``actual``."""
+def r2_mse(
+    actual: np.ndarray, predicted: np.ndarray, weights: np.ndarray | None = None
+) -> tuple[float, float]:
+    """Coefficient of determination and mean squared error of ``predicted`` against ``actual``,
+    each value weighing ``weights`` (default: equally)."""
     actual = np.asarray(actual, dtype=float)
+    w = np.ones(len(actual)) if weights is None else np.asarray(weights, dtype=float)
+    w = w / w.sum()
     residual = actual - np.asarray(predicted, dtype=float)
-    total = actual - actual.mean()
-    sst = float(total @ total)
-    sse = float(residual @ residual)
-    return (1.0 - sse / sst if sst > 0 else 1.0), sse / len(actual)
+    total = actual - float(w @ actual)
+    sst = float(w @ (total * total))
+    mse = float(w @ (residual * residual))
+    return (1.0 - mse / sst if sst > 0 else 1.0), mse
 
 
 def fit_linear(cells: tuple[Cell, ...] | list[Cell]) -> Fit:
-    """Least squares of T = a_n*N + a_m*M + b over every raw sample; R^2 and MSE over them too.
+    """Least squares of T = a_n*N + a_m*M + b over every raw sample, each cell weighing the
+    same; R^2 and MSE over the samples, weighted alike.
 
-    Every sample counts once, so a cell measured more often (a noisy one, until its mean was
-    known well enough) weighs more: its mean is known better, which is what least squares
-    over samples rewards.
+    Each sample weighs one over its cell's number of runs, which makes the coefficients those
+    of a fit to the cell means, one point per (N, M). The method measures a noisy cell until
+    its mean is known as well as a calm one's, so noisy cells hold many more samples; counted
+    one by one they would pull the plane towards themselves (the small (N, M) under a quota,
+    say) for no better knowledge of their mean. With equal runs per cell (format /1 profiles)
+    this is plain least squares over the samples.
     """
-    rows = [(c.n, c.m, s) for c in cells for s in c.seconds]
+    rows = [(c.n, c.m, s, 1.0 / len(c.seconds)) for c in cells for s in c.seconds]
     if len(rows) < 3:
         raise ValueError(f"need at least 3 samples to fit 3 coefficients, got {len(rows)}")
     data = np.asarray(rows, dtype=float)
     design = np.column_stack([data[:, 0], data[:, 1], np.ones(len(data))])
-    coef, _, rank, _ = np.linalg.lstsq(design, data[:, 2], rcond=None)
+    root = np.sqrt(data[:, 3])
+    coef, _, rank, _ = np.linalg.lstsq(design * root[:, None], data[:, 2] * root, rcond=None)
     if rank < 3:
         raise ValueError(
             "the samples cannot separate a_n, a_m and b: measure at least two values of N and "
             "two of M"
         )
-    r2, mse = r2_mse(data[:, 2], design @ coef)
+    r2, mse = r2_mse(data[:, 2], design @ coef, data[:, 3])
     return Fit(a_n=float(coef[0]), a_m=float(coef[1]), b=float(coef[2]), r2=r2, mse=mse)
 
 

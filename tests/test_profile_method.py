@@ -221,6 +221,18 @@ def test_order_violations_need_a_drop_beyond_the_intervals_and_the_resolution():
     assert [(v.axis, v.lower, v.upper) for v in order_violations(cells)] == [("N", (4, 2), (8, 2))]
 
 
+def test_the_fit_counts_every_cell_once_however_many_runs_it_needed():
+    plane = [Cell(n, m, (work(n, m),) * 5) for n in GRID_N for m in GRID_M]
+    # one cell 10% above the plane: measured 5 times, or 500 times (a noisy cell would be)
+    few = [*plane[:-1], Cell(16, 12, (1.1 * work(16, 12),) * 5)]
+    many = [*plane[:-1], Cell(16, 12, (1.1 * work(16, 12),) * 500)]
+    a, b = fit_linear(few), fit_linear(many)
+    assert (b.a_n, b.a_m, b.b) == pytest.approx((a.a_n, a.a_m, a.b), rel=1e-9)
+    assert (b.r2, b.mse) == pytest.approx((a.r2, a.mse), rel=1e-9)
+    means = [Cell(c.n, c.m, (c.mean,)) for c in many]
+    assert fit_linear(means).a_m == pytest.approx(a.a_m, rel=1e-9)
+
+
 def test_t_quantiles_and_intervals():
     assert t_quantile(1) == pytest.approx(12.706)
     assert t_quantile(30) == pytest.approx(2.042)
