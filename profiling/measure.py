@@ -386,6 +386,10 @@ class Session:
             visit(active, method.warmup if rounds == 0 else 0, status)
             rounds += 1
         seconds = self.clock() - started
+        if stopped == "converged" and any(
+            not cell.rel_ci <= method.target_rel_ci for cell in cells()
+        ):
+            stopped = "max runs"  # every cell done, some at --max-runs without converging
 
         found = order_violations(cells(), method.target_rel_ci)
         violations = found
@@ -426,9 +430,11 @@ class Session:
         grid's ``fit`` predicts them (never below ``floor_s`` a run), until all are timed or
         ``budget_s`` is spent. The first round opens with one untimed run at the largest N
         and M, whose one-time costs the grid's warm-up may not have covered."""
-        predicted = np.maximum(fit.predict(np.asarray(n), np.asarray(m)), floor_s) + self.pause_s
         timed: list[TimedRequest] = []
         started = self.clock()
+        if not n:
+            return RequestsOutcome(timed=(), seconds=0.0, stopped="all timed")
+        predicted = np.maximum(fit.predict(np.asarray(n), np.asarray(m)), floor_s) + self.pause_s
         index = 0
         while index < len(n) and self.clock() - started < budget_s:
             end, total = index + 1, predicted[index]

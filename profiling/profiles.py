@@ -259,7 +259,8 @@ class Quality:
     timed run: requests that find an idle device) or "sustained" (back to back). Cells were
     measured in ``rounds`` interleaved rounds until the 95% interval of each cell's mean was
     within ``target_rel_ci`` of it (at least ``min_runs``, at most ``max_runs`` runs) or
-    ``budget_s`` was spent (``stopped``: "converged" or "budget"); ``runs`` timed runs in
+    ``budget_s`` was spent (``stopped``: "converged", "max runs" when some cells reached
+    ``max_runs`` without converging, or "budget"); ``runs`` timed runs in
     ``seconds``. ``not_converged`` lists the cells whose interval stayed wider. The sanity
     check (:func:`order_violations` at ``target_rel_ci``) found ``violations_found``; their
     cells were measured again (``remeasure_rounds``, ``remeasure_runs``) and

@@ -157,7 +157,7 @@ def test_max_runs_caps_a_cell_that_never_converges():
     device = SyntheticDevice(noisy({}, default=1.0))
     outcome = session(device, min_runs=3, max_runs=20, budget_s=1e9).grid(GRID_N, GRID_M)
     assert all(c.count == 20 for c in outcome.cells)
-    assert outcome.stopped == "converged"  # nothing left to run: every cell at max_runs
+    assert outcome.stopped == "max runs"  # nothing left to run: every cell at max_runs
     assert len(outcome.not_converged) == 9
 
 
@@ -267,6 +267,16 @@ def test_requests_are_timed_once_each_in_drawn_order_in_short_rounds():
     # rounds of about two seconds as the fit predicts them
     durations = [sum(work(n, m) for n, m, _, timed in items if timed) for items in device.rounds]
     assert len(device.rounds) > 10 and max(durations) <= 2.0 + 1e-9
+
+
+def test_no_request_in_range_times_nothing():
+    device = SyntheticDevice()
+    s = session(device)
+    fit = fit_linear(s.grid(GRID_N, GRID_M).cells)
+    rounds = len(device.rounds)
+    outcome = s.requests((), (), budget_s=10.0, fit=fit, floor_s=1e-3)
+    assert outcome.timed == () and outcome.stopped == "all timed"
+    assert len(device.rounds) == rounds
 
 
 def test_the_requests_budget_stops_timing_early():
