@@ -23,7 +23,7 @@ def read_json(
     *,
     what: str,
     fix: str,
-    format: str | None = None,
+    format: str | tuple[str, ...] | None = None,
     expect: type = dict,
 ) -> Any:
     """The JSON value in ``path``, which must be an instance of ``expect``.
@@ -53,8 +53,10 @@ def read_json(
     except RecursionError:
         raise ConfigError(f"{path}: not a {what}: JSON nested too deeply; {fix}") from None
     if format is not None:
-        if not isinstance(data, dict) or data.get("format") != format:
-            raise ConfigError(f"{path}: not a {what} (expected format {format!r}); {fix}")
+        accepted = (format,) if isinstance(format, str) else format
+        if not isinstance(data, dict) or data.get("format") not in accepted:
+            expected = " or ".join(repr(f) for f in accepted)
+            raise ConfigError(f"{path}: not a {what} (expected format {expected}); {fix}")
     if not isinstance(data, expect):
         raise ConfigError(
             f"{path}: not a {what}: expected a JSON {_json_kind(expect)}, got "

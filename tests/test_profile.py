@@ -210,40 +210,148 @@ def test_unknown_device_name_lists_the_builtin_devices():
 # ------------------------------------------------------------------------------------- worker
 
 
+# Timings of this machine vary (it may be busy): these tests check what was measured and how,
+# never how long it took. Runs per cell are fixed (min = max) unless the sanity check had cells
+# measured again, which a busy machine can cause.
+FIXED = dict(warmup=1, min_runs=3, max_runs=3)
+
+
+def any_host():
+    """The probe's result is recorded, never a reason to refuse here."""
+    from cnmt.profiling.measure import HostCheck
+
+    return HostCheck(allow_busy=True, probe_s=0.2)
+
+
+def remeasured(profile) -> set[tuple[int, int]]:
+    return {key for v in profile.quality.violations_found for key in (v.lower, v.upper)}
+
+
 def test_worker_times_every_cell_and_the_fit_describes_the_samples(toy_loader):
-    from cnmt.profiling.measure import measure
+    from cnmt.profiling.measure import Method, measure
 
     device = DeviceSetting(name="host", threads=1)
     profile = measure(
-        "toy", device, GRID_N, GRID_M, warmup=1, repeats=3, loader=toy_loader, progress=False
+        "toy",
+        device,
+        GRID_N,
+        GRID_M,
+        Method(regime="sustained", **FIXED),
+        host=any_host(),
+        loader=toy_loader,
+        progress=False,
+        on_warning=lambda message: None,
     )
     assert sorted((c.n, c.m) for c in profile.cells) == [(n, m) for n in GRID_N for m in GRID_M]
-    assert all(len(c.seconds) == 3 and min(c.seconds) > 0 for c in profile.cells)
+    assert all(min(c.seconds) > 0 for c in profile.cells)
+    assert all(c.count == 3 or (c.n, c.m) in remeasured(profile) for c in profile.cells)
     assert profile.family == "toy" and profile.model == "toy"
     assert profile.providers_used == ("CPUExecutionProvider",)
     assert profile.fit == fit_linear(profile.cells)
     assert profile.versions["python"] and profile.versions["numpy"] == np.__version__
     assert profile.machine["logical_cpus"] >= 1 and profile.date.endswith("+00:00")
-    assert (profile.warmup, profile.repeats) == (1, 3)
+    assert profile.warmup == 1 and profile.repeats == 0
+    quality = profile.quality
+    assert quality.regime == "sustained" and quality.pause_s == 0.0
+    assert quality.rounds == 3 and quality.stopped in ("converged", "max runs")
+    assert quality.runs == sum(c.count for c in profile.cells)
+    assert quality.host.allowed_busy and quality.host.probe_s == 0.2
+    assert quality.host.mean is None or quality.host.mean >= 0
+    assert profile.machine["wall_seconds_per_cpu_second"] > 0
+    assert profile.requests == () and quality.requests is None
 
 
-def test_grid_order_is_shuffled_reproducibly():
-    from cnmt.profiling.measure import measurement_order
+def test_isolated_regime_pauses_one_period_before_every_timed_run(toy_loader):
+    import time
 
-    order = measurement_order(GRID_N, GRID_M, seed=0)
-    assert sorted(order) == [(n, m) for n in GRID_N for m in GRID_M]
-    assert order == measurement_order(GRID_N, GRID_M, seed=0)
-    assert order != sorted(order)
+    from cnmt.profiling.measure import Method, measure
+
+    device = DeviceSetting(name="host", threads=1, cpu_period_us=50_000)
+    started = time.monotonic()
+    profile = measure(
+        "toy",
+        device,
+        (2, 4),
+        (2, 4),
+        Method(regime="isolated", warmup=0, min_runs=2, max_runs=2),
+        host=any_host(),
+        loader=toy_loader,
+        progress=False,
+        on_warning=lambda message: None,
+    )
+    elapsed = time.monotonic() - started
+    assert profile.quality.regime == "isolated" and profile.quality.pause_s == 0.05
+    runs = sum(c.count for c in profile.cells)
+    assert elapsed >= runs * 0.05  # a sleep never returns early
+    # the pauses are idle time, not model time: each timed run is far shorter than a pause
+    assert max(s for c in profile.cells for s in c.seconds) < 0.05
+
+
+def test_real_requests_are_timed_once_each_and_those_beyond_the_models_limits_left_out(
+    toy_loader,
+):
+    from cnmt.profiling.measure import Method, RequestSet, measure
+
+    n = (3, 17, 5, 1, 16, 2)  # the toy model takes at most 16 input tokens
+    m = (2, 4, 7, 9, 1, 3)
+    source = {"config": "test", "seed": 0}
+    profile = measure(
+        "toy",
+        DeviceSetting(name="host"),
+        GRID_N,
+        GRID_M,
+        Method(regime="sustained", **FIXED),
+        requests=RequestSet(n=n, m=m, source=source, budget_s=60.0),
+        host=any_host(),
+        loader=toy_loader,
+        progress=False,
+        on_warning=lambda message: None,
+    )
+    assert [(r.n, r.m) for r in profile.requests] == [(3, 2), (5, 7), (1, 9), (16, 1), (2, 3)]
+    assert all(r.seconds > 0 for r in profile.requests)
+    summary = profile.quality.requests
+    assert (summary.drawn, summary.out_of_range, summary.timed) == (6, 1, 5)
+    assert summary.stopped == "all timed" and summary.source == source
+    assert summary.fit_r2 <= 1.0 and summary.fit_mse >= 0
+
+
+def test_a_busy_host_is_refused_unless_allowed_and_then_flagged(toy_loader, monkeypatch):
+    import cnmt.profiling.measure as measure_module
+    from cnmt.profiling.measure import HostCheck, MachineBusy, Method, measure
+
+    monkeypatch.setattr(measure_module, "probe_other_cpus", lambda seconds, own: 1.5)
+    args = ("toy", DeviceSetting(name="host"), (2, 4), (2, 4), Method(**FIXED))
+    with pytest.raises(MachineBusy, match=r"kept 1.50 CPUs busy .* pass --allow-busy"):
+        measure(*args, host=HostCheck(max_busy=0.2), loader=toy_loader, progress=False)
+    warnings: list[str] = []
+    profile = measure(
+        *args,
+        host=HostCheck(max_busy=0.2, allow_busy=True),
+        loader=toy_loader,
+        progress=False,
+        on_warning=warnings.append,
+    )
+    host = profile.quality.host
+    assert host.busy and host.allowed_busy and host.before == 1.5 and host.max_busy == 0.2
+    assert any("measuring anyway (--allow-busy)" in w for w in warnings)
 
 
 @pytest.mark.cgroup
 @pytest.mark.skipif(available() is not None, reason=f"cgroup CPU quota unusable: {available()}")
 def test_worker_on_a_quota_device_runs_inside_its_cgroup_which_is_removed_after(toy_loader):
-    from cnmt.profiling.measure import measure
+    from cnmt.profiling.measure import Method, measure
 
     device = DeviceSetting(name="edge", threads=1, cpu_quota=0.5)
     profile = measure(
-        "toy", device, (2, 4), (2, 4), warmup=0, repeats=1, loader=toy_loader, progress=False
+        "toy",
+        device,
+        (2, 4),
+        (2, 4),
+        Method(warmup=0, min_runs=2, max_runs=2),
+        host=any_host(),
+        loader=toy_loader,
+        progress=False,
+        on_warning=lambda message: None,
     )
     cgroup = Path(profile.machine["cgroup"]["path"])
     assert cgroup.name.startswith("cnmt-")
@@ -259,7 +367,7 @@ def test_model_errors_from_the_worker_reach_the_caller(toy_loader):
 
 
 def test_a_model_crash_reports_the_exception_and_the_worker_traceback(toy_loader):
-    from cnmt.profiling.measure import measure
+    from cnmt.profiling.measure import Method, measure
 
     with pytest.raises(CnmtRuntimeError, match="RuntimeError: decoder exploded") as info:
         measure(
@@ -267,8 +375,11 @@ def test_a_model_crash_reports_the_exception_and_the_worker_traceback(toy_loader
             DeviceSetting(name="host"),
             GRID_N,
             GRID_M,
+            Method(**FIXED),
+            host=any_host(),
             loader=toy_loader,
             progress=False,
+            on_warning=lambda message: None,
         )
     assert "Traceback" in str(info.value)
 
@@ -283,20 +394,36 @@ def test_input_longer_than_the_model_accepts_is_refused_before_timing(toy_loader
 
 
 @pytest.mark.parametrize(
-    ("ns", "ms", "warmup", "repeats", "message"),
+    ("ns", "ms", "message"),
     [
-        ((8,), (2, 4), 1, 1, "--n: give at least two different values"),
-        ((8, 16), (4, 4), 1, 1, "--m: give at least two different values"),
-        ((0, 16), (2, 4), 1, 1, "at least 1"),
-        ((8, 16), (2, 4), -1, 1, "--warmup"),
-        ((8, 16), (2, 4), 1, 0, "--repeats"),
+        ((8,), (2, 4), "--n: give at least two different values"),
+        ((8, 16), (4, 4), "--m: give at least two different values"),
+        ((0, 16), (2, 4), "at least 1"),
     ],
 )
-def test_grids_that_cannot_be_fitted_are_refused(ns, ms, warmup, repeats, message):
+def test_grids_that_cannot_be_fitted_are_refused(ns, ms, message):
     from cnmt.profiling.measure import check_grid
 
     with pytest.raises(ConfigError, match=message):
-        check_grid(ns, ms, warmup, repeats)
+        check_grid(ns, ms)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"regime": "bursty"}, "--regime: 'bursty' is not one of isolated, sustained"),
+        ({"warmup": -1}, "--warmup"),
+        ({"target_rel_ci": 0.0}, "--ci"),
+        ({"min_runs": 1}, "--min-runs: 1 must be at least 2"),
+        ({"min_runs": 5, "max_runs": 4}, "--max-runs: 4 is below --min-runs 5"),
+        ({"budget_s": 0}, "--budget"),
+    ],
+)
+def test_impossible_methods_are_refused(changes, message):
+    from cnmt.profiling.measure import Method
+
+    with pytest.raises(ConfigError, match=message):
+        Method(**changes).check()
 
 
 # ---------------------------------------------------------------------------------------- CLI

@@ -31,8 +31,9 @@ DEFAULT = REPO / "configs" / "serving" / "default.yaml"
 
 @pytest.fixture(scope="module")
 def profiles(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Quick real profiles of cn2en (2 x 2 grid, one run per cell): the edge on edge-cpu-q25
-    where cgroups are writable, else unthrottled like the cloud."""
+    """Quick real profiles of cn2en (2 x 2 grid, two runs per cell, on whatever load this
+    machine has): the edge on edge-cpu-q25 where cgroups are writable, else unthrottled like
+    the cloud."""
     folder = tmp_path_factory.mktemp("profiles")
     edge_device = "edge-cpu-q25" if available() is None else "cloud-cpu"
     paths = []
@@ -40,8 +41,8 @@ def profiles(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         out = folder / name
         subprocess.run(
             [sys.executable, "-P", "-m", "cnmt", "profile", "--model", "cn2en", "--device", device,
-             "--n", "2,8", "--m", "2,8", "--warmup", "1", "--repeats", "1", "--out", str(out),
-             "--no-progress"],
+             "--n", "2,8", "--m", "2,8", "--warmup", "1", "--min-runs", "2", "--max-runs", "2",
+             "--allow-busy", "--probe", "0.2", "--out", str(out), "--no-progress"],
             check=True, capture_output=True, cwd=REPO,
         )  # fmt: skip
         paths.append(out)

@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cnmt.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cnmt.profiling.measure import RequestSet
 
 
 def _int_list(text: str) -> list[int]:
@@ -28,12 +32,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Characterize a model on a device setting: time run_forced(N, M) on a grid of input "
             "lengths N and output lengths M in a worker process (inside a cgroup CPU quota when "
-            "the device has one), fit T = a_n*N + a_m*M + b by least squares, and save every "
-            "raw sample with the fit. `cnmt profile show` prints and plots saved profiles."
+            "the device has one), in interleaved rounds until every cell's mean is known, check "
+            "that no cell is faster than its neighbour with fewer tokens (re-measuring those "
+            "that are), fit T = a_n*N + a_m*M + b by least squares, and save every raw sample, "
+            "the fit and a quality summary; with --requests, also time real requests as the "
+            "replay's ground truth. `cnmt profile show` prints and plots saved profiles."
         ),
         epilog=(
             "examples:\n"
             "  cnmt profile --model cn2en --device edge-cpu-q25 --out edge.json --plot edge.png\n"
+            "  cnmt profile --model cn2en --device cloud-cpu --out cloud.json "
+            "--requests experiments/cn2en-zh-en\n"
             "  cnmt profile show edge.json cloud.json --plot edge-vs-cloud.png"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -57,12 +66,94 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--m", type=_int_list, default=[8, 16, 32, 64], help="output lengths M (default 8,16,32,64)"
     )
-    parser.add_argument(
-        "--warmup", type=int, default=2, help="untimed runs before each cell (default 2)"
+    method = parser.add_argument_group(
+        "how it measures",
+        "interleaved rounds: every round times each cell that still needs runs once, in a new "
+        "shuffled order, until each cell's mean is known to --ci or --budget is spent",
     )
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per cell (default 5)")
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the shuffled grid order (default 0)"
+    method.add_argument(
+        "--regime",
+        choices=("isolated", "sustained"),
+        default="isolated",
+        help="isolated: a pause of one quota period (the device's cpu_period_us) before every "
+        "timed run, each request finds an idle device (sporadic traffic, the replay's "
+        "assumption); sustained: runs back to back (a saturated device). Default isolated",
+    )
+    method.add_argument(
+        "--warmup",
+        type=int,
+        default=2,
+        help="untimed runs of each cell before its first timed one (default 2)",
+    )
+    method.add_argument(
+        "--ci",
+        type=float,
+        default=0.05,
+        metavar="FRACTION",
+        help="target half-width of each cell's 95%% confidence interval, relative to its mean "
+        "(default 0.05); also the resolution of the sanity check",
+    )
+    method.add_argument(
+        "--min-runs", type=int, default=5, help="timed runs per cell at least (default 5)"
+    )
+    method.add_argument(
+        "--max-runs", type=int, default=2000, help="timed runs per cell at most (default 2000)"
+    )
+    method.add_argument(
+        "--budget",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="wall time of the grid's rounds (default 300); re-measuring cells out of order "
+        "may take a quarter more",
+    )
+    method.add_argument(
+        "--seed", type=int, default=0, help="seed of the rounds' shuffles and of --requests"
+    )
+    requests = parser.add_argument_group(
+        "real requests (ground truth for the replay, never fitted)",
+    )
+    requests.add_argument(
+        "--requests",
+        metavar="CONFIG",
+        help="after the grid, time real requests: (N, M) pairs drawn from this experiment "
+        "config's corpus exactly as its replay draws requests (held-out lines, its shares, "
+        "its token counts), each timed once",
+    )
+    requests.add_argument(
+        "--requests-count",
+        type=int,
+        default=5000,
+        metavar="K",
+        help="requests to draw (default 5000); as many are timed as --requests-budget allows",
+    )
+    requests.add_argument(
+        "--requests-budget",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="wall time for timing requests (default 300)",
+    )
+    busy = parser.add_argument_group("a busy host")
+    busy.add_argument(
+        "--max-busy",
+        type=float,
+        default=0.2,
+        metavar="CPUS",
+        help="other processes' CPU use (in CPUs, from /proc/stat) above which the host is "
+        "busy (default 0.2): refused before measuring, flagged in the profile after",
+    )
+    busy.add_argument(
+        "--allow-busy",
+        action="store_true",
+        help="measure on a busy host anyway (the profile records the load and is flagged busy)",
+    )
+    busy.add_argument(
+        "--probe",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="how long other processes' CPU use is measured before the run (default 2)",
     )
     parser.add_argument("--out", help="where to write the profile (JSON)")
     _plot_options(parser)
@@ -81,8 +172,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "show",
         help="print the fit and timing table of saved profiles; plot them together",
         description=(
-            "Print the fit, R^2, MSE and mean times of saved profiles; with --plot, draw them "
-            "on one figure."
+            "Print the quality summary, fit, R^2, MSE and mean times of saved profiles; with "
+            "--plot, draw them on one figure."
         ),
     )
     show.add_argument("profiles", nargs="+", metavar="PROFILE", help="profile JSON files")
@@ -116,10 +207,20 @@ def run_measure(args: argparse.Namespace) -> int:
     from cnmt.exporters.builtins import ensure_exported
     from cnmt.profiling import profiles
     from cnmt.profiling.devices import load_device
-    from cnmt.profiling.measure import measure
+    from cnmt.profiling.measure import HostCheck, Method, measure, resolve_model
     from cnmt.profiling.plots import summary
 
     device = load_device(args.device)
+    method = Method(
+        regime=args.regime,
+        warmup=args.warmup,
+        target_rel_ci=args.ci,
+        min_runs=args.min_runs,
+        max_runs=args.max_runs,
+        budget_s=args.budget,
+        seed=args.seed,
+    )
+    method.check()  # before a long export or measurement
     others = [profiles.load(p) for p in args.compare]  # bad files fail before a long measurement
     out_dir = Path(args.out).parent
     try:
@@ -129,14 +230,20 @@ def run_measure(args: argparse.Namespace) -> int:
     if not os.access(out_dir, os.W_OK):
         raise ConfigError(f"--out {args.out}: the folder {out_dir} is not writable")
     ensure_exported(args.model)
+    requests = None
+    if args.requests:
+        _, info = resolve_model(args.model)
+        requests = request_set(
+            args.requests, info.get("name"), args.requests_count, args.seed, args.requests_budget
+        )
     profile = measure(
         args.model,
         device,
         args.n,
         args.m,
-        warmup=args.warmup,
-        repeats=args.repeats,
-        seed=args.seed,
+        method,
+        requests=requests,
+        host=HostCheck(max_busy=args.max_busy, allow_busy=args.allow_busy, probe_s=args.probe),
         progress=not args.no_progress,
     )
     try:
@@ -149,6 +256,55 @@ def run_measure(args: argparse.Namespace) -> int:
     if args.plot:
         _plot([profile, *others], args)
     return 0
+
+
+def request_set(
+    config_ref: str, model: str | None, count: int, seed: int, budget_s: float
+) -> RequestSet:
+    """(N, M) of ``count`` requests drawn from an experiment config's corpus exactly as its
+    replay draws requests (its held-out pool, its part shares, its token counters and output
+    lengths), with a generator seeded by ``seed``: real requests to time as ground truth.
+
+    The scheduler's model is fitted on the grid, so these are inputs it was not fitted on, as
+    in the paper; and they come from the replay's own pool, so the ground truth describes the
+    requests the replay grades policies on.
+    """
+    import numpy as np
+
+    from cnmt.config import display_path, load_config
+    from cnmt.experiments.replay import draw_requests, load_corpus_lines
+    from cnmt.profiling.measure import RequestSet
+
+    if count < 1:
+        raise ConfigError(f"--requests-count must be at least 1, got {count}")
+    if not budget_s > 0:
+        raise ConfigError(f"--requests-budget must be a positive number of seconds, got {budget_s}")
+    config = load_config(config_ref)
+    spec = config.get("replay")
+    if spec is None:
+        raise ConfigError(
+            f"--requests {config_ref}: {config.source} has no `replay` section; give an "
+            "experiment config (e.g. experiments/cn2en-zh-en)"
+        )
+    if model is not None and spec.model != model:
+        raise ConfigError(
+            f"--requests {config_ref}: its replay is of model {spec.model!r}, not of the "
+            f"profiled model {model!r}"
+        )
+    lines = load_corpus_lines(spec.corpus)
+    pick = draw_requests(lines, spec.corpus, count, np.random.default_rng(seed))
+    source = {
+        "config": display_path(config.source),
+        "model": spec.model,
+        "seed": seed,
+        "corpus": lines.info,
+    }
+    return RequestSet(
+        n=tuple(int(v) for v in lines.n[pick]),
+        m=tuple(int(v) for v in lines.m[pick]),
+        source=source,
+        budget_s=budget_s,
+    )
 
 
 def run_show(args: argparse.Namespace) -> int:
