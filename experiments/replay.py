@@ -50,7 +50,7 @@ from cnmt.experiments.config import (
     PolicySpec,
     ReplayConfig,
 )
-from cnmt.experiments.groundtruth import TimeSampler
+from cnmt.experiments.groundtruth import Sampler, ground_truth
 from cnmt.experiments.outputs import load_output_lengths
 from cnmt.experiments.simulate import Learners, Queues, Simulation, Stream, simulate
 from cnmt.experiments.tokens import get_counter
@@ -452,7 +452,7 @@ def replay(
     rng = np.random.default_rng(spec.seed)
     pick = draw_requests(lines, spec.corpus, spec.requests, rng)
     n, m = lines.n[pick], lines.m[pick]
-    edge_sampler, cloud_sampler = TimeSampler(edge_profile), TimeSampler(cloud_profile)
+    edge_sampler, cloud_sampler = ground_truth(edge_profile), ground_truth(cloud_profile)
     arrival = link.arrival_s
     edge_s = _apply_drift(spec.drift, "edge", edge_sampler.sample(n, m, rng), arrival, arrival)
     cloud_s = _apply_drift(spec.drift, "cloud", cloud_sampler.sample(n, m, rng), arrival, arrival)
@@ -530,7 +530,7 @@ def replay(
                 row[f"vs_{ref}_pct"] = _pct(result["total_s"], policies[ref_label]["total_s"])
         table[label] = row
 
-    def device_info(path: str, profile: DeviceProfile, sampler: TimeSampler) -> dict[str, Any]:
+    def device_info(path: str, profile: DeviceProfile, sampler: Sampler) -> dict[str, Any]:
         fit = profile.fit
         return {
             "profile": display_path(path),
@@ -583,7 +583,7 @@ def oracle_decisions(batch: RequestBatch) -> np.ndarray:
 
 
 def _queues(
-    spec: ReplayConfig, lines: CorpusLines, cloud: TimeSampler, arrival: np.ndarray
+    spec: ReplayConfig, lines: CorpusLines, cloud: Sampler, arrival: np.ndarray
 ) -> tuple[Queues | None, dict[str, Any]]:
     """The devices' queues (None without) and what the report says of them. The background
     load is drawn with its own random stream: other draws stay as without it."""

