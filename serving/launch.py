@@ -26,6 +26,8 @@ from aiohttp import web
 
 from cnmt.config import Config
 from cnmt.errors import CnmtError, CnmtRuntimeError, ConfigError
+from cnmt.serving.limits import HardenedAppRunner
+from cnmt.serving.protocol import escape_controls
 from cnmt.serving.settings import CloudSettings, GatewaySettings, LinkSettings, split_host_port
 
 log = logging.getLogger("cnmt.serving.launch")
@@ -40,7 +42,8 @@ async def serve_app(
     """Run ``app`` on ``host:port`` (0 = a free port); returns the runner and the bound port.
     The app's startup hooks run here, so their errors surface here."""
     # Requests in flight at shutdown get SHUTDOWN_GRACE_S to finish before they are cut.
-    runner = web.AppRunner(
+    # Slow clients are bounded and the HTTP parser's errors are JSON: cnmt.serving.limits.
+    runner = HardenedAppRunner(
         app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_S
     )
     await runner.setup()
@@ -83,8 +86,25 @@ def load_translators(model: str, providers: tuple[str, ...], threads: int, count
 # --- the cloud, in its own process -----------------------------------------------------------
 
 
+class EscapingFormatter(logging.Formatter):
+    """A log formatter that writes control characters in messages as escapes: the servers log
+    text that clients sent (tokens a model drops, error details), which must not move the
+    terminal's cursor, set its title or start a forged log line."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
+
+
+def configure_logging(format: str) -> None:
+    """Warnings and errors to stderr in ``format``, control characters escaped."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(EscapingFormatter(format))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+
+
 def _cloud_process_main(settings: CloudSettings, conn: Connection) -> None:
-    logging.basicConfig(level=logging.WARNING, format="cloud: %(levelname)s %(name)s: %(message)s")
+    configure_logging("cloud: %(levelname)s %(name)s: %(message)s")
     try:
         translators = load_translators(
             settings.model, settings.providers, settings.threads, settings.workers
@@ -270,7 +290,11 @@ def build_gateway(
         threads=settings.threads,
     )
     edge = EdgeWorker(factory, quota, allow_unthrottled=settings.allow_unthrottled)
-    cloud = CloudClient(cloud_url, settings.cloud_timeout_s) if cloud_url else None
+    cloud = (
+        CloudClient(cloud_url, settings.cloud_timeout_s, probe_timeout_s=settings.probe_timeout_s)
+        if cloud_url
+        else None
+    )
     say(
         f"gateway: model {settings.model}, edge {edge_profile.label}"
         + (f" (CPU quota {device.cpu_quota:g} core)" if quota else " (unthrottled)")
@@ -458,7 +482,11 @@ class System:
 
             target = gateway_cfg.cloud_url or link_url or cloud_url
             assert target is not None
-            self.gateway.attach_cloud(CloudClient(target, gateway_cfg.cloud_timeout_s))
+            self.gateway.attach_cloud(
+                CloudClient(
+                    target, gateway_cfg.cloud_timeout_s, probe_timeout_s=gateway_cfg.probe_timeout_s
+                )
+            )
             self._gateway_runner, port = await serve_app(
                 self.gateway.app(), gateway_cfg.host, gateway_cfg.port
             )

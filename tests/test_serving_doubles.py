@@ -202,7 +202,11 @@ async def start_gateway(
     gateway = Gateway(
         tokenizer=ScriptedTranslator(),
         edge=edge,
-        cloud=CloudClient(cloud_url, config.cloud_timeout_s) if cloud_url else None,
+        cloud=(
+            CloudClient(cloud_url, config.cloud_timeout_s, probe_timeout_s=config.probe_timeout_s)
+            if cloud_url
+            else None
+        ),
         length_estimator=scheduler("length_estimator", length[0], **length[1]),
         device_policy=scheduler("device_policy", policy),
         rtt_estimator=scheduler("rtt_estimator", rtt[0], **rtt[1]),
