@@ -150,8 +150,8 @@ class Gateway:
 
     @property
     def cloud_healthy(self) -> bool:
-        """A cloud is attached and its breaker is closed."""
-        return self.cloud is not None and self.cloud_health.healthy
+        """A cloud is attached and may be tried: its breaker is closed or half-open."""
+        return self.cloud is not None and self.cloud_health.available
 
     # --- metrics -------------------------------------------------------------------------------
 
@@ -424,7 +424,8 @@ class Gateway:
         return reply
 
     async def handle_health(self, request: web.Request) -> web.Response:
-        cloud = "none" if self.cloud is None else ("healthy" if self.cloud_healthy else "unhealthy")
+        healthy = self.cloud_health.healthy  # a half-open breaker is not healthy yet
+        cloud = "none" if self.cloud is None else ("healthy" if healthy else "unhealthy")
         return json_response(
             {"status": "ok", "service": SERVICE, "cloud": cloud, "pending": self.pending}
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -54,7 +55,7 @@ async def slow_body(base: str, declared: int, every_s: float, stop: asyncio.Even
         f"POST /v1/translate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         f"Content-Length: {declared}\r\n\r\n".encode()
     )
-    answer = asyncio.ensure_future(reader.read())
+    answer = asyncio.ensure_future(read_answer(reader))
     try:
         for _ in range(declared):
             if stop.is_set() or answer.done():
@@ -62,12 +63,21 @@ async def slow_body(base: str, declared: int, every_s: float, stop: asyncio.Even
             writer.write(b" ")
             await writer.drain()
             await asyncio.wait([answer], timeout=every_s)
+    except ConnectionError:
+        pass  # closed by the server: the answer, if any, is in the reader's buffer
+    try:
         return await asyncio.wait_for(answer, 5.0)
-    except (ConnectionError, TimeoutError):
-        return await answer if answer.done() and not answer.exception() else b""
+    except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
+        return b""
     finally:
-        answer.cancel()
         writer.close()
+
+
+async def read_answer(reader: asyncio.StreamReader) -> bytes:
+    """One HTTP answer: its head and its Content-Length body."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = re.search(rb"Content-Length: (\d+)", head, re.IGNORECASE)
+    return head + (await reader.readexactly(int(length[1])) if length else b"")
 
 
 # --- slow clients -----------------------------------------------------------------------------
@@ -473,8 +483,48 @@ def test_a_failed_exchange_opens_the_breaker_and_a_probe_closes_it() -> None:
         with pytest.raises(CloudFailure), guard.exchange():
             raise CloudFailure("connection", "refused")
         assert not guard.healthy and guard.refusal() == UNHEALTHY
-        await doubles_wait(lambda: guard.healthy, 5.0)
-        assert len(probes) == 3 and guard.refusal() is None
+        await doubles_wait(lambda: guard.available, 5.0)  # half-open after a good probe
+        assert len(probes) == 3 and not guard.healthy
+        with guard.exchange() as trial:
+            assert trial.trial
+            assert guard.refusal() == UNHEALTHY  # one trial at a time
+            clock.now += 0.1
+        assert guard.healthy and guard.refusal() is None
+        await guard.close()
+
+    run(body())
+
+
+def test_a_slow_trial_opens_the_breaker_again_and_the_backoff_goes_on() -> None:
+    """A cloud whose /health answers fast but whose translations are slow gets one trial
+    exchange after each good probe, not max_exchanges of them."""
+
+    async def body() -> None:
+        clock = FakeClock()
+        probes: list[float] = []
+
+        async def probe() -> bool:
+            probes.append(clock.now)
+            return True
+
+        guard = CloudHealth(
+            probe=probe,
+            max_exchanges=3,
+            slow_s=1.0,
+            slow_count=2,
+            probe_initial_s=0.01,
+            probe_max_s=0.04,
+            health_interval_s=60.0,
+            clock=clock,
+        )
+        guard.mark_unhealthy("test", cause="failure")
+        for _ in range(3):
+            await doubles_wait(lambda: guard.available, 5.0)
+            with guard.exchange() as trial:
+                assert trial.trial and guard.refusal() == UNHEALTHY
+                clock.now += 1.5  # slow
+            assert not guard.available
+        assert guard._probe_delay == pytest.approx(0.04)  # 0.01 doubled three times, capped
         await guard.close()
 
     run(body())
