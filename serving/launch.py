@@ -181,12 +181,23 @@ class CloudProcess:
             await self.stop()
             raise CnmtRuntimeError(str(value))
         self.port = int(value)
+        reap_on_exit(self._process, self._exited)
         return self.port
+
+    def _exited(self, process: Any) -> None:
+        log.error(
+            "the cloud process (pid %s) exited with status %s; the gateway translates locally "
+            "until a cloud answers again (restart `cnmt launch`, or start a cloud on %s)",
+            process.pid,
+            process.exitcode,
+            self.port,
+        )
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         process, self._process = self._process, None
         if process is None:
             return
+        stop_reaping(process)
         if process.is_alive():
             process.terminate()  # SIGTERM: the child shuts its server down cleanly
         await asyncio.get_running_loop().run_in_executor(None, process.join, timeout_s)
@@ -194,6 +205,30 @@ class CloudProcess:
             log.warning("cloud process did not stop within %.0f s; killing it", timeout_s)
             process.kill()
             await asyncio.get_running_loop().run_in_executor(None, process.join, 5.0)
+
+
+def reap_on_exit(process: Any, on_exit: Callable[[Any], None]) -> None:
+    """Reap ``process`` (a started multiprocessing.Process) as soon as it exits, then call
+    ``on_exit(process)``: a child that dies while this process goes on serving must not stay a
+    zombie until it exits. Watches the process's sentinel in the running event loop."""
+    loop = asyncio.get_running_loop()
+
+    def exited() -> None:
+        loop.remove_reader(process.sentinel)
+        # The sentinel is ready once the child's end closed, i.e. it is exiting: a blocking
+        # waitpid returns at once (bounded all the same). Then no zombie, and exitcode is known.
+        process.join(1.0)
+        on_exit(process)
+
+    loop.add_reader(process.sentinel, exited)
+
+
+def stop_reaping(process: Any) -> None:
+    """Undo :func:`reap_on_exit` (before stopping ``process`` on purpose)."""
+    try:
+        asyncio.get_running_loop().remove_reader(process.sentinel)
+    except (ValueError, OSError):
+        pass  # already closed
 
 
 def _receive(conn: Connection, process: Any, timeout_s: float) -> tuple[str, Any]:

@@ -8,7 +8,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import multiprocessing
+import os
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -576,3 +579,72 @@ def test_new_settings_have_defaults_that_keep_configs_valid_and_check_their_valu
         GatewaySettings(edge_profile="e", cloud_profile="c", max_cloud_exchanges=0)
     with pytest.raises(ValueError, match="at least 5 s"):
         CloudSettings(idle_timeout_s=1.0)
+
+
+# --- processes: zombies and stale cgroups -----------------------------------------------------
+
+
+def test_a_child_that_dies_is_reaped_at_once_not_when_launch_exits() -> None:
+    """Before: a cloud child that died stayed a zombie until `cnmt launch` exited."""
+    from cnmt.serving.launch import reap_on_exit
+
+    async def body() -> None:
+        process = multiprocessing.get_context("spawn").Process(
+            target=os._exit, args=(9,), daemon=True
+        )
+        process.start()
+        exited: list[int] = []
+        reap_on_exit(process, lambda p: exited.append(p.exitcode))
+        await doubles_wait(lambda: bool(exited))
+        assert exited == [9]
+        assert not Path(f"/proc/{process.pid}").exists()  # reaped: no zombie left
+
+    run(body())
+
+
+def test_a_dead_cloud_process_of_launch_is_reaped_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from cnmt.runtime.models import builtin_dir
+    from cnmt.serving.launch import CloudProcess
+
+    if not (builtin_dir("cn2en") / "manifest.json").is_file():
+        pytest.skip("cn2en is not exported in this cache (scripts/install-cn2en)")
+
+    async def body() -> None:
+        cloud = CloudProcess(CloudSettings(port=0))
+        await cloud.start()
+        pid = cloud._process.pid
+        try:
+            os.kill(pid, signal.SIGKILL)
+            await doubles_wait(lambda: not Path(f"/proc/{pid}").exists())
+        finally:
+            await cloud.stop()
+
+    run(body())
+    assert "the cloud process" in caplog.text and "exited with status -9" in caplog.text
+
+
+def test_stale_cgroups_of_dead_processes_are_removed_at_start_up() -> None:
+    """Before: a SIGKILLed `cnmt launch` left an empty cnmt-<pid>-<n> cgroup that no later
+    launch removed."""
+    from cnmt.profiling.cpu_quota import CpuQuota, available, default_root
+
+    if available() is not None:
+        pytest.skip(f"no writable cgroup here: {available()}")
+    dead = multiprocessing.get_context("spawn").Process(target=os._exit, args=(9,))
+    dead.start()
+    dead.join()
+    root = default_root()
+    stale = root / f"cnmt-{dead.pid}-0"
+    live = root / f"cnmt-{os.getpid()}-999999"
+    stale.mkdir()
+    live.mkdir()
+    try:
+        with CpuQuota(0.5):
+            assert not stale.exists()
+            assert live.exists()  # its process is alive: not ours to remove
+    finally:
+        for path in (stale, live):
+            if path.exists():
+                path.rmdir()
