@@ -43,7 +43,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 from cnmt.serving.cloud_client import CloudFailure
-from cnmt.serving.protocol import escape_controls
+from cnmt.serving.logs import escape_controls
 
 log = logging.getLogger("cnmt.serving.cloud_health")
 

@@ -65,12 +65,12 @@ from cnmt.serving.cloud_client import CloudClient, CloudFailure, CloudRejected
 from cnmt.serving.cloud_health import CloudHealth
 from cnmt.serving.edge import EdgeFailure, EdgeWorker
 from cnmt.serving.limits import IDLE_TIMEOUT_KEY
+from cnmt.serving.logs import escape_controls
 from cnmt.serving.protocol import (
     RequestError,
     check_length,
     dumps,
     error_response,
-    escape_controls,
     json_errors,
     json_response,
     overloaded,

@@ -27,7 +27,7 @@ from aiohttp import web
 from cnmt.config import Config
 from cnmt.errors import CnmtError, CnmtRuntimeError, ConfigError
 from cnmt.serving.limits import HardenedAppRunner
-from cnmt.serving.protocol import escape_controls
+from cnmt.serving.logs import configure_logging
 from cnmt.serving.settings import CloudSettings, GatewaySettings, LinkSettings, split_host_port
 
 log = logging.getLogger("cnmt.serving.launch")
@@ -84,23 +84,6 @@ def load_translators(model: str, providers: tuple[str, ...], threads: int, count
 
 
 # --- the cloud, in its own process -----------------------------------------------------------
-
-
-class EscapingFormatter(logging.Formatter):
-    """A log formatter that writes control characters in messages as escapes: the servers log
-    text that clients sent (tokens a model drops, error details), which must not move the
-    terminal's cursor, set its title or start a forged log line."""
-
-    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
-        record.message = escape_controls(record.message)
-        return super().formatMessage(record)
-
-
-def configure_logging(format: str) -> None:
-    """Warnings and errors to stderr in ``format``, control characters escaped."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(EscapingFormatter(format))
-    logging.basicConfig(level=logging.WARNING, handlers=[handler])
 
 
 def _cloud_process_main(settings: CloudSettings, conn: Connection) -> None:

@@ -31,7 +31,8 @@ from typing import Any
 
 from aiohttp import web
 
-from cnmt.serving.protocol import escape_controls, json_response
+from cnmt.serving.logs import escape_controls
+from cnmt.serving.protocol import json_response
 from cnmt.serving.settings import DEFAULT_IDLE_TIMEOUT_S
 
 log = logging.getLogger("cnmt.serving.limits")

@@ -21,6 +21,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from cnmt.serving.logs import escape_controls
+
 JSON_CONTENT_TYPE = "application/json"
 READ_CHUNK = 65536
 # A request is {"text": "..."}: depth 1. The limit leaves room for clients that wrap extra
@@ -98,16 +100,6 @@ def _http_error_message(request: web.Request, exc: web.HTTPException) -> str:
             "GET /health, GET /ready and GET /metrics"
         )
     return f"{exc.status} {exc.reason}: {exc.text or exc.reason}"
-
-
-def escape_controls(text: str) -> str:
-    """``text`` with control characters (ESC, CR, BEL, ...) written as escapes, so that text a
-    client sent can be logged without steering the terminal or forging log lines."""
-    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
-
-
-# C0 and C1 control characters and DEL; a line feed too (one log record, one line).
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 async def read_body(

@@ -25,10 +25,10 @@ import test_serving_doubles as doubles  # noqa: E402
 
 from cnmt.serving.cloud_client import CloudFailure  # noqa: E402
 from cnmt.serving.cloud_health import BUSY, UNHEALTHY, CloudHealth  # noqa: E402
+from cnmt.serving.logs import escape_controls  # noqa: E402
 from cnmt.serving.protocol import (  # noqa: E402
     MAX_JSON_DEPTH,
     RequestError,
-    escape_controls,
     json_depth,
     parse_text,
 )
@@ -346,7 +346,7 @@ def test_control_characters_are_escaped() -> None:
 def test_control_characters_from_request_texts_do_not_reach_the_log_raw() -> None:
     """Before: a request's text reached the log raw (e.g. the tokens a model drops, a local
     failure's message), terminal escapes and forged lines included."""
-    from cnmt.serving.launch import EscapingFormatter
+    from cnmt.serving.logs import EscapingFormatter
 
     formatter = EscapingFormatter("cnmt launch: %(levelname)s: %(message)s")
     record = logging.LogRecord(
@@ -355,6 +355,29 @@ def test_control_characters_from_request_texts_do_not_reach_the_log_raw() -> Non
     assert formatter.format(record) == (
         "cnmt launch: WARNING: dropped \\x1b]0;owned\\x07\\nERROR: fake"
     )
+
+
+def test_the_edge_workers_logs_escape_control_characters(capfd: pytest.CaptureFixture[str]) -> None:
+    """Before: the edge worker (a spawned process) logged through Python's last-resort handler,
+    so cn2en's "dropped tokens" warning wrote a request's ESC raw to the terminal."""
+
+    async def body() -> None:
+        gw = await doubles.start_gateway(
+            None, policy="edge", edge_factory=doubles.EchoingTranslator
+        )
+        try:
+            async with aiohttp.ClientSession() as s:
+                text = json.dumps({"text": "ni \x1b]0;owned\x07 hao"}).encode()
+                status, _, _ = await post(s, gw.url, text)
+                assert status == 200
+        finally:
+            await gw.close()
+
+    run(body())
+    err = capfd.readouterr().err
+    assert "translating 'ni \\x1b]0;owned\\x07 hao'" not in err  # not repr: the formatter's work
+    assert "translating ni \\x1b]0;owned\\x07 hao" in err
+    assert "\x1b" not in err
 
 
 def test_metrics_count_edge_worker_restarts(tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from cnmt.config import load_config
     from cnmt.errors import ConfigError
     from cnmt.serving.demo import pick_sentences, run_demo
-    from cnmt.serving.launch import configure_logging
+    from cnmt.serving.logs import configure_logging
 
     if args.sentences < 1:
         raise ConfigError(f"--sentences: {args.sentences} must be at least 1")

@@ -39,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
 
     from cnmt.config import load_config
     from cnmt.errors import ConfigError
-    from cnmt.serving.launch import System, configure_logging, run_until_signal
+    from cnmt.serving.launch import System, run_until_signal
+    from cnmt.serving.logs import configure_logging
 
     for flag in ("gateway_port", "cloud_port", "link_port"):
         port = getattr(args, flag)
