@@ -42,6 +42,13 @@ DATA_VAR = "${data}"
 _VAR = re.compile(r"\$\{([a-z_]+)\}")
 # Keys handled by the loader itself.
 RESERVED = ("extends", "data_dir", "description")
+# Bounds on what one config file may cost to read: YAML aliases let a few hundred bytes stand
+# for billions of nodes ("billion laughs"), which every later step (merging, substituting,
+# validating) would expand. Real configs are a few KB, a few hundred nodes, a few levels deep.
+CONFIG_SUFFIXES = (".yaml", ".yml")
+MAX_CONFIG_BYTES = 256 * 1024
+MAX_CONFIG_NODES = 100_000  # counted with every alias expanded
+MAX_CONFIG_DEPTH = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,15 +180,93 @@ def resolve_config_path(
 # ----------------------------------------------------------------------------- reading YAML
 
 
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a document whose node graph, with every alias expanded,
+    has more than MAX_CONFIG_NODES nodes, nests deeper than MAX_CONFIG_DEPTH or refers to
+    itself. The graph is measured after composing (where aliases are still shared references,
+    so composing costs only the text's size) and before anything is constructed from it."""
+
+    def get_single_node(self) -> yaml.Node | None:
+        node = super().get_single_node()
+        if node is not None:
+            _check_expanded_size(node)
+        return node
+
+
+def _check_expanded_size(root: yaml.Node) -> None:
+    """Count the nodes of ``root`` with aliases expanded (each shared node's count is computed
+    once, so this is linear in the composed graph) and its depth, without recursion."""
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    open_nodes: set[int] = set()
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        children = _children(node)
+        if children_done:
+            open_nodes.discard(key)
+            size[key] = 1 + sum(size[id(c)] for c in children)
+            depth[key] = 1 + max((depth[id(c)] for c in children), default=0)
+            if size[key] > MAX_CONFIG_NODES:
+                raise _Limit(f"it expands to more than {MAX_CONFIG_NODES:,} values (YAML aliases)")
+            if depth[key] > MAX_CONFIG_DEPTH:
+                raise _Limit(f"it nests deeper than {MAX_CONFIG_DEPTH} levels")
+            continue
+        if key in size:
+            continue
+        if key in open_nodes:
+            raise _Limit("a YAML alias refers to a node that contains it")
+        open_nodes.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in children if id(child) not in size)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+class _Limit(Exception):
+    """A config over one of the reading limits; the message says which."""
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
+    if path.suffix not in CONFIG_SUFFIXES:
+        # Its content is never shown: a file that is not a config may hold secrets, and the
+        # errors below would quote its keys and lines.
+        raise ConfigError(
+            f"{path}: not a config file (a config is a YAML file whose name ends in "
+            f"{' or '.join(CONFIG_SUFFIXES)}); name a config file or a built-in config"
+        )
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read config: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{path}: a config file is at most {MAX_CONFIG_BYTES // 1024} KiB; this one is "
+            "larger: split it, or name large data (traces, corpora) by path instead"
+        )
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: cannot read config: not UTF-8 text") from None
+    try:
+        data = yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 (a SafeLoader subclass)
+    except _Limit as exc:
+        raise ConfigError(f"{path}: refused: {exc}; write the values out plainly") from None
+    except RecursionError:
+        raise ConfigError(
+            f"{path}: refused: it nests deeper than {MAX_CONFIG_DEPTH} levels"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)

@@ -26,6 +26,10 @@ Typical use::
 :func:`popen_in_quota` starts the command through a two-line ``sh`` wrapper that writes its own
 pid into the cgroup and then ``exec``\\ s the command (same pid), so not one instruction of the
 command runs unthrottled. ``CNMT_CGROUP_ROOT`` overrides where cgroups are created.
+
+A process killed before it could remove its cgroups (SIGKILL) leaves them behind, empty:
+:meth:`CpuQuota.create` first removes every ``cnmt-<pid>-<n>`` cgroup of the root whose process
+``<pid>`` is gone and that holds no process (:func:`remove_stale`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import re
 import subprocess
 import time
 from collections.abc import Sequence
@@ -183,6 +188,7 @@ class CpuQuota:
         if self._created:
             return self
         self.version = detect_version(self.root)
+        remove_stale(self.root)
         if self.version == "v2":
             self._enable_v2_controller()
         try:
@@ -283,6 +289,43 @@ class CpuQuota:
         tb: TracebackType | None,
     ) -> None:
         self.remove()
+
+
+# The names CpuQuota gives its cgroups: cnmt-<pid>-<n>, cnmt-probe-<pid>-<n>.
+_OWN_NAME = re.compile(r"cnmt-(?:probe-)?(\d+)-\d+")
+
+
+def remove_stale(root: Path) -> list[Path]:
+    """Remove the cgroups under ``root`` that a CpuQuota of a process now gone created and left
+    behind (the process was killed before it could remove them). Only empty ones: a cgroup that
+    still holds a process, or whose creator is alive, is left alone. Returns what was removed."""
+    removed: list[Path] = []
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return removed
+    for path in entries:
+        match = _OWN_NAME.fullmatch(path.name)
+        if match is None or not path.is_dir() or _alive(int(match.group(1))):
+            continue
+        try:
+            if (path / "cgroup.procs").read_text().split():
+                continue
+            path.rmdir()
+        except OSError:
+            continue  # another process removed it first, or it just became busy
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def available(root: Path | str | None = None) -> str | None:

@@ -21,6 +21,10 @@ from cnmt.schema import build, to_plain
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
+# The longest input or output a manifest may declare: longer than any model of this project
+# accepts (Marian's positional tables hold 512), and short enough that one decode cannot run
+# for minutes. A larger value is a corrupt or hostile manifest, not a model.
+MAX_TOKENS_LIMIT = 4096
 
 
 @dataclass(frozen=True)
@@ -56,8 +60,13 @@ class Manifest:
                 f"format_version {self.format_version} is not supported (this cnmt reads "
                 f"{FORMAT_VERSION}); re-export the model with this version of `cnmt export`"
             )
-        if self.max_source_tokens < 1 or self.max_output_tokens < 1:
-            raise ValueError("max_source_tokens and max_output_tokens must be at least 1")
+        for key in ("max_source_tokens", "max_output_tokens"):
+            value = getattr(self, key)
+            if not 1 <= value <= MAX_TOKENS_LIMIT:
+                raise ValueError(f"{key} is {value}, must be between 1 and {MAX_TOKENS_LIMIT}")
+        for token, value in self.special_tokens.items():
+            if value < 0:
+                raise ValueError(f"special_tokens.{token} is {value}, a token id must be >= 0")
         for role in self.graphs:
             if role not in self.inputs or role not in self.outputs:
                 raise ValueError(f"graph {role!r} has no entry in `inputs` and `outputs`")
@@ -115,12 +124,19 @@ def load_manifest(model_dir: str | os.PathLike[str]) -> Manifest:
         manifest = build(Manifest, data, where=str(path))
     except ConfigError as exc:
         raise ConfigError(f"{exc}; {fix}") from None
+    inside = folder.resolve()
     for kind, names in (("graph", manifest.graphs), ("file", manifest.files)):
         for role, relative in names.items():
             if Path(relative).is_absolute() or ".." in Path(relative).parts:
                 raise ConfigError(
                     f"{path}: {kind} {role!r}: {relative!r} must be a path inside the model "
                     f"directory; {fix}"
+                )
+            # Symlinks resolved: a model directory must not read files from elsewhere.
+            if not (folder / relative).resolve().is_relative_to(inside):
+                raise ConfigError(
+                    f"{path}: {kind} {role!r}: {relative!r} is a symlink that leads out of the "
+                    f"model directory {folder}; copy the file into the directory instead"
                 )
             if not (folder / relative).is_file():
                 raise ConfigError(

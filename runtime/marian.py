@@ -21,6 +21,7 @@ from cnmt.files import read_json
 from cnmt.runtime.base import Translation, Translator
 from cnmt.runtime.manifest import Manifest, file_path, graph_path
 from cnmt.runtime.session import SessionConfig, create_session
+from cnmt.runtime.tokenizers import no_known_token
 
 FAMILY = "marian"
 SPIECE_UNDERLINE = "\u2581"
@@ -139,6 +140,16 @@ class MarianTokenizer:
             else:
                 ids.extend(self._chunk_ids(chunk))
         return ids
+
+    def unknown(self, text: str) -> list[str]:
+        """The source pieces of ``text`` that are not in the vocabulary (they become <unk>)."""
+        return [
+            piece
+            for chunk in self._special_split.split(text)
+            if chunk
+            for piece in self._source.encode(chunk, out_type=str)
+            if piece not in self.vocab
+        ]
 
     def encode(self, text: str) -> list[int]:
         """Model input ids of ``text``: its tokens followed by ``</s>``."""
@@ -375,6 +386,7 @@ class MarianTranslator(Translator):
         )
         self.decoder = MarianDecoder(self.model_dir, manifest, session_config or SessionConfig())
         self.encoder = self.decoder.encoder  # its providers are what `cnmt translate -v` shows
+        self._check_special_ids()
         limit = manifest.max_output_tokens
         if max_output_tokens is not None:
             if not 1 <= max_output_tokens <= limit:
@@ -389,6 +401,20 @@ class MarianTranslator(Translator):
         ordinary = sorted(i for i in self.tokenizer.vocab.values() if i not in specials)
         self._filler_ids = np.asarray(ordinary[:1000], dtype=np.int64)
 
+    def _check_special_ids(self) -> None:
+        """The manifest's special ids inside the decoder's output and equal to the vocabulary's
+        own: a bad manifest fails at load time, not with ONNX Runtime errors on each request."""
+        size = self.decoder.vocab_size
+        vocab_ids = {"eos": self.tokenizer.eos_id, "pad": self.tokenizer.pad_id}
+        for token in ("eos", "pad", "decoder_start"):
+            value = self.manifest.special(token)
+            if not 0 <= value < size or vocab_ids.get(token, value) != value:
+                raise ConfigError(
+                    f"model {self.manifest.name!r}: manifest.json special_tokens.{token} is "
+                    f"{value}, but the decoder scores ids 0..{size - 1} and the vocabulary's "
+                    f"{token} is {vocab_ids.get(token, '(none)')}; {REEXPORT}"
+                )
+
     @classmethod
     def load(
         cls, model_dir: Path, manifest: Manifest, session_config: SessionConfig
@@ -400,12 +426,21 @@ class MarianTranslator(Translator):
         return self.manifest.max_source_tokens
 
     def count_source_tokens(self, text: str) -> int:
-        return len(self.tokenizer.tokenize(text))
+        ids = self.tokenizer.tokenize(text)
+        self._check_known(text, ids)
+        return len(ids)
+
+    def _check_known(self, text: str, ids: Sequence[int]) -> None:
+        """ConfigError naming the pieces when every token of ``text`` is ``<unk>``: a
+        "translation" of it would be invented."""
+        if ids and all(i == self.tokenizer.unk_id for i in ids):
+            raise ConfigError(no_known_token(self.manifest.name, self.tokenizer.unknown(text)))
 
     def _source_ids(self, text: str) -> list[int]:
         if not isinstance(text, str) or not text.strip():
             raise ConfigError(f"cannot translate an empty text ({text!r}); give at least one word")
         ids = self.tokenizer.encode(text)
+        self._check_known(text, ids[:-1])  # ids end with </s>
         if len(ids) - 1 > self.max_source_tokens:
             raise ConfigError(
                 f"input of {len(ids) - 1} tokens is longer than the {self.max_source_tokens} "

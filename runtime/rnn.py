@@ -30,7 +30,14 @@ from cnmt.errors import ConfigError
 from cnmt.runtime.base import Translation, Translator
 from cnmt.runtime.manifest import Manifest, file_path, graph_path
 from cnmt.runtime.session import SessionConfig, create_session, resolve_config
-from cnmt.runtime.tokenizers import Bpe, Cn2enTokenizer, TextCodec, Vocabulary, WordTokenizer
+from cnmt.runtime.tokenizers import (
+    Bpe,
+    Cn2enTokenizer,
+    TextCodec,
+    Vocabulary,
+    WordTokenizer,
+    no_known_token,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +93,7 @@ class RnnTranslator(Translator):
             dtype=np.int64,
         )
         self._check_graph_names()
+        self._check_special_ids()
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -145,6 +153,34 @@ class RnnTranslator(Translator):
                     f"{names[1]}; export the model again with `cnmt export --family {self.family}`"
                 )
 
+    def _check_special_ids(self) -> None:
+        """Every special id of the manifest inside the vocabulary that uses it, and the decoder's
+        output as wide as the target vocabulary: a bad manifest fails at load time, not with
+        an ONNX Runtime error on every request."""
+        where = f"model {self.manifest.name!r}: manifest.json"
+        fix = f"export the model again with `cnmt export --family {self.family}`"
+        target, source = len(self.target.vocab), len(self.source.vocab)
+        uses = [("bos", target, "target"), ("eos", target, "target"), ("pad", source, "source")]
+        if self.source_eos:
+            uses.append(("eos", source, "source"))
+        if "unk" in self.manifest.special_tokens:
+            uses += [("unk", source, "source"), ("unk", target, "target")]
+        for token, size, side in uses:
+            value = self.manifest.special_tokens.get(token, self.pad if token == "pad" else None)
+            if value is None:
+                continue
+            if not 0 <= value < size:
+                raise ConfigError(
+                    f"{where}: special_tokens.{token} is {value}, outside the {side} "
+                    f"vocabulary's ids 0..{size - 1}; {fix}"
+                )
+        width = self.decoder.get_outputs()[0].shape[-1]
+        if isinstance(width, int) and width != target:
+            raise ConfigError(
+                f"{where}: the decoder graph scores {width} target tokens but the target "
+                f"vocabulary has {target}; {fix}"
+            )
+
     # -- family specifics ------------------------------------------------------------------
 
     def initial_state(
@@ -181,8 +217,10 @@ class RnnTranslator(Translator):
                 f"{self.max_source_tokens} (max_source_tokens in its manifest.json): split it "
                 "into shorter sentences"
             )
-        if not ids and not self.source_eos:
-            raise ConfigError(f"text {text!r} has no tokens the model can read")
+        known = len(ids) - (len(unknown) if self.source.unk is not None else 0)
+        if known == 0:
+            # Every token dropped or <unk>: a "translation" would be invented from EOS alone.
+            raise ConfigError(no_known_token(self.manifest.name, unknown))
         return ids
 
     def count_source_tokens(self, text: str) -> int:

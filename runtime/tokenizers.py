@@ -197,6 +197,21 @@ def remove_bpe(tokens: Iterable[str]) -> list[str]:
     return words
 
 
+def no_known_token(model: str, unknown: Sequence[str], shown: int = 10) -> str:
+    """The message for a text none of whose tokens is in model ``model``'s source vocabulary
+    (``unknown``: its tokens), naming them (as repr, so control characters stay visible)."""
+    distinct = list(dict.fromkeys(unknown))
+    if not distinct:
+        return f"the text has no token model {model!r} can read; give a sentence to translate"
+    names = ", ".join(repr(t) for t in distinct[:shown])
+    more = f" and {len(distinct) - shown} more" if len(distinct) > shown else ""
+    return (
+        f"the text has no token model {model!r} knows: {names}{more} "
+        f"{'is' if len(distinct) == 1 else 'are'} not in its source vocabulary; write the "
+        "text in the model's source language"
+    )
+
+
 @dataclass(frozen=True)
 class TextCodec:
     """Text <-> ids for one side of a model: a tokenizer, optional BPE, a vocabulary.

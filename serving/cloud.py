@@ -5,10 +5,10 @@
     {"translation": "let's go .", "n_tokens": 5, "m_tokens": 3, "exec_s": 0.0123,
      "received_at": 1718000000.125, "sent_at": 1718000000.139}
 
-``received_at`` is taken when the request arrives and ``sent_at`` just before the answer is
-written, both on this server's clock (``time.time``); ``exec_s`` is the model's own time. The
-gateway subtracts ``sent_at - received_at`` from the round trip it measured to get one RTT
-sample of the link, so the two clocks never need to agree. The server keeps no state between
+``received_at`` is taken when the request's body has arrived and ``sent_at`` just before the
+answer is written, both on this server's clock (``time.time``); ``exec_s`` is the model's own
+time. The gateway subtracts ``sent_at - received_at`` from the round trip it measured to get one
+RTT sample of the link, so the two clocks never need to agree. The server keeps no state between
 requests: replicas can share one address (``reuse_port``) behind any balancer.
 
 ``GET /health`` (alive), ``GET /ready`` (models loaded) and ``GET /metrics`` (Prometheus text).
@@ -28,10 +28,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from cnmt.errors import CnmtError
 from cnmt.runtime.base import Translation, Translator
 from cnmt.serving import metrics as m
+from cnmt.serving.limits import IDLE_TIMEOUT_KEY
 from cnmt.serving.protocol import (
     RequestError,
     check_length,
     error_response,
+    json_errors,
     json_response,
     overloaded,
     parse_text,
@@ -89,7 +91,8 @@ class CloudServer:
         )
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[json_errors])
+        app[IDLE_TIMEOUT_KEY] = self.settings.idle_timeout_s
         app.router.add_post("/v1/translate", self.handle_translate)
         app.router.add_get("/health", self.handle_health)
         app.router.add_get("/ready", self.handle_health)
@@ -107,14 +110,17 @@ class CloudServer:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def handle_translate(self, request: web.Request) -> web.Response:
-        received_at = self.clock()
+        settings = self.settings
         try:
-            if self.pending >= self.settings.max_pending:
-                raise overloaded("the cloud server", self.pending, self.settings.retry_after_s)
+            # The body first: an upload in progress holds no slot and is not the server's time.
+            body = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
+            received_at = self.clock()
+            if self.pending >= settings.max_pending:
+                raise overloaded("the cloud server", self.pending, settings.retry_after_s)
             self.pending += 1
             self._pending.set(self.pending)
             try:
-                result = await self._translate(request)
+                result = await self._translate(parse_text(body))
             finally:
                 self.pending -= 1
                 self._pending.set(self.pending)
@@ -133,8 +139,7 @@ class CloudServer:
         }
         return json_response(body)
 
-    async def _translate(self, request: web.Request) -> Translation:
-        text = parse_text(await read_body(request, self.settings.max_body_bytes))
+    async def _translate(self, text: str) -> Translation:
         assert self._free is not None
         translator = await self._free.get()
         try:

@@ -22,6 +22,7 @@ import aiohttp
 from cnmt.datasets.link import serialisation_s
 from cnmt.serving.cloud import SERVICE
 from cnmt.serving.protocol import JSON_CONTENT_TYPE, dumps
+from cnmt.serving.settings import CLOUD_KEEPALIVE_S
 
 
 class CloudFailure(Exception):
@@ -124,8 +125,12 @@ class CloudClient:
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        # No limit per host: the gateway's own max_pending bounds the connections.
-        connector = aiohttp.TCPConnector(limit=0, force_close=False)
+        # No limit per host: the gateway's max_cloud_exchanges bounds the connections. An idle
+        # connection is closed well before the cloud's idle timeout closes it (CLOUD_KEEPALIVE_S
+        # < the cloud's idle_timeout_s), so no request goes out on a connection being closed.
+        connector = aiohttp.TCPConnector(
+            limit=0, force_close=False, keepalive_timeout=CLOUD_KEEPALIVE_S
+        )
         self._session = aiohttp.ClientSession(connector=connector)
 
     async def close(self) -> None:

@@ -30,6 +30,7 @@ from typing import Any
 
 from cnmt.errors import CnmtError, CnmtRuntimeError
 from cnmt.runtime.base import Translation, Translator
+from cnmt.serving.logs import configure_logging
 
 log = logging.getLogger("cnmt.serving.edge")
 
@@ -69,6 +70,8 @@ def _worker_main(conn: Any, factory: TranslatorFactory, procs_file: str | None) 
     """Build the translator at full speed, then join the cgroup (writing the pid to
     cgroup.procs moves every thread of the process) and translate what arrives."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the gateway decides when the worker stops
+    # The model logs what it drops of a client's text: control characters escaped.
+    configure_logging("edge: %(levelname)s %(name)s: %(message)s")
     try:
         translator = factory()
         if procs_file is not None:

@@ -25,9 +25,12 @@ Faults never lose a request. A cloud exchange that times out (``cloud_timeout_s`
 connect, answers an HTTP error or an answer that is not the protocol is translated locally
 instead (``fallback`` names the reason); the cloud is then marked unhealthy, requests the policy
 sends to the cloud run locally, and a background probe (``GET /health``, exponential backoff
-from ``probe_initial_s`` to ``probe_max_s``) brings it back. A local worker that dies is
+from ``probe_initial_s`` to ``probe_max_s``) brings it back. A cloud that hangs is caught
+sooner, and never holds more than ``max_cloud_exchanges`` requests (past it they run locally,
+fallback ``cloud_busy``): see :mod:`cnmt.serving.cloud_health`. A local worker that dies is
 restarted; if it dies again the request goes to a healthy cloud. At most ``max_pending``
-requests are inside the gateway at once; more get 503 with ``Retry-After``.
+requests whose body has arrived are inside the gateway at once; more get 503 with
+``Retry-After``. Slow clients are bounded by :mod:`cnmt.serving.limits`.
 
 ``GET /health`` (alive, and the cloud's state), ``GET /ready`` (the local worker is up),
 ``GET /metrics`` (Prometheus text).
@@ -35,7 +38,6 @@ requests are inside the gateway at once; more get 503 with ``Retry-After``.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -43,6 +45,8 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from cnmt.errors import CnmtError
 from cnmt.runtime.base import Translator
@@ -58,12 +62,16 @@ from cnmt.schedulers.base import (
 from cnmt.schedulers.rtt_estimators import RttEstimator
 from cnmt.serving import metrics as m
 from cnmt.serving.cloud_client import CloudClient, CloudFailure, CloudRejected
+from cnmt.serving.cloud_health import CloudHealth
 from cnmt.serving.edge import EdgeFailure, EdgeWorker
+from cnmt.serving.limits import IDLE_TIMEOUT_KEY
+from cnmt.serving.logs import escape_controls
 from cnmt.serving.protocol import (
     RequestError,
     check_length,
     dumps,
     error_response,
+    json_errors,
     json_response,
     overloaded,
     parse_text,
@@ -112,10 +120,38 @@ class Gateway:
         self.clock = clock
         self.timer = timer
         self.pending = 0
-        self.cloud_healthy = cloud is not None
-        self._prober: asyncio.Task[None] | None = None
         self.ready = False
         self._init_metrics()
+        self.cloud_health = self._new_cloud_health()
+
+    def _new_cloud_health(self) -> CloudHealth:
+        settings = self.settings
+
+        async def probe() -> bool:
+            return self.cloud is not None and await self.cloud.probe()
+
+        def on_change(healthy: bool, cause: str) -> None:
+            self.m_cloud_healthy.set(1.0 if healthy else 0.0)
+            if not healthy:
+                self.m_cloud_unhealthy.labels(cause=cause).inc()
+
+        self.m_cloud_healthy.set(1.0 if self.cloud is not None else 0.0)
+        return CloudHealth(
+            probe=probe,
+            max_exchanges=settings.max_cloud_exchanges,
+            slow_s=settings.slow_exchange_s,
+            slow_count=settings.breaker_slow_count,
+            probe_initial_s=settings.probe_initial_s,
+            probe_max_s=settings.probe_max_s,
+            health_interval_s=settings.health_interval_s,
+            clock=self.clock,
+            on_change=on_change,
+        )
+
+    @property
+    def cloud_healthy(self) -> bool:
+        """A cloud is attached and may be tried: its breaker is closed or half-open."""
+        return self.cloud is not None and self.cloud_health.available
 
     # --- metrics -------------------------------------------------------------------------------
 
@@ -180,15 +216,31 @@ class Gateway:
             registry=r,
         )
         self.m_pending = Gauge(
-            "cnmt_gateway_pending_requests", "Requests inside the gateway.", registry=r
+            "cnmt_gateway_pending_requests",
+            "Requests inside the gateway (their body has arrived).",
+            registry=r,
         )
-        self.m_cloud_healthy.set(1.0 if self.cloud_healthy else 0.0)
+        self.m_cloud_unhealthy = Counter(
+            "cnmt_gateway_cloud_marked_unhealthy_total",
+            "Times the cloud was marked unhealthy, by cause: a failed exchange, consecutive "
+            "slow exchanges (the breaker), a failed health probe.",
+            ["cause"],
+            registry=r,
+        )
+        self.m_cloud_in_flight = Gauge(
+            "cnmt_gateway_cloud_exchanges_in_flight",
+            "Cloud exchanges waiting for an answer (at most max_cloud_exchanges).",
+            registry=r,
+        )
+        self.m_cloud_in_flight.set_function(lambda: len(self.cloud_health.in_flight))
+        r.register(_EdgeRestarts(self.edge))
         self.m_rtt_estimate.set(self.rtt_estimator.estimate(self.clock()))
 
     # --- lifecycle -----------------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[json_errors])
+        app[IDLE_TIMEOUT_KEY] = self.settings.idle_timeout_s
         app.router.add_post("/v1/translate", self.handle_translate)
         app.router.add_get("/health", self.handle_health)
         app.router.add_get("/ready", self.handle_ready)
@@ -204,18 +256,15 @@ class Gateway:
         if self.cloud is not None:
             await self.cloud.start()
             if not await self.cloud.probe():
-                self._mark_unhealthy("the cloud did not answer its health probe at startup")
+                self.cloud_health.mark_unhealthy(
+                    "the cloud did not answer its health probe at startup", cause="probe"
+                )
+            self.cloud_health.start()
         self.ready = True
 
     async def close(self) -> None:
         self.ready = False
-        if self._prober is not None:
-            self._prober.cancel()
-            try:
-                await self._prober
-            except asyncio.CancelledError:
-                pass
-            self._prober = None
+        await self.cloud_health.close()
         if self.cloud is not None:
             await self.cloud.close()
         await self.edge.close()
@@ -225,42 +274,23 @@ class Gateway:
         if self.ready:
             raise RuntimeError("attach_cloud() must come before start()")
         self.cloud = cloud
-        self.cloud_healthy = True
-        self.m_cloud_healthy.set(1.0)
-
-    # --- cloud health --------------------------------------------------------------------------
-
-    def _mark_unhealthy(self, why: str) -> None:
-        if self.cloud_healthy:
-            log.warning("cloud marked unhealthy: %s", why)
-        self.cloud_healthy = False
-        self.m_cloud_healthy.set(0.0)
-        if self._prober is None or self._prober.done():
-            self._prober = asyncio.get_running_loop().create_task(self._probe_until_healthy())
-
-    async def _probe_until_healthy(self) -> None:
-        assert self.cloud is not None
-        delay = self.settings.probe_initial_s
-        while not self.cloud_healthy:
-            await asyncio.sleep(delay)
-            if await self.cloud.probe():
-                log.warning("cloud is healthy again")
-                self.cloud_healthy = True
-                self.m_cloud_healthy.set(1.0)
-                return
-            delay = min(delay * 2.0, self.settings.probe_max_s)
+        self.cloud_health = self._new_cloud_health()
 
     # --- requests ------------------------------------------------------------------------------
 
     async def handle_translate(self, request: web.Request) -> web.Response:
-        started = self.timer()
+        settings = self.settings
         try:
-            if self.pending >= self.settings.max_pending:
-                raise overloaded("the gateway", self.pending, self.settings.retry_after_s)
+            # The body first: a client still uploading holds no slot, and its upload time is
+            # not the gateway's latency.
+            body = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
+            started = self.timer()
+            if self.pending >= settings.max_pending:
+                raise overloaded("the gateway", self.pending, settings.retry_after_s)
             self.pending += 1
             self.m_pending.set(self.pending)
             try:
-                text = parse_text(await read_body(request, self.settings.max_body_bytes))
+                text = parse_text(body)
                 answer = await self.translate(text, started)
             finally:
                 self.pending -= 1
@@ -271,7 +301,8 @@ class Gateway:
         except Exception as exc:  # a bug, not the user's fault: say so, keep serving
             log.exception("request failed")
             self.m_rejected.labels(status="500").inc()
-            return error_response(RequestError(500, f"internal error: {type(exc).__name__}: {exc}"))
+            message = escape_controls(f"internal error: {type(exc).__name__}: {exc}")
+            return error_response(RequestError(500, message))
         return json_response(answer)
 
     async def translate(self, text: str, started: float | None = None) -> dict[str, Any]:
@@ -379,14 +410,12 @@ class Gateway:
         is marked unhealthy. CloudRejected (the model refused the text) becomes a 422."""
         assert self.cloud is not None
         try:
-            reply = await self.cloud.translate(text)
+            with self.cloud_health.exchange():  # CloudFailure if busy, unhealthy or failing
+                reply = await self.cloud.translate(text)
         except CloudRejected as exc:
             raise RequestError(
                 422, f"the model cannot translate this text: {exc.message}"
             ) from None
-        except CloudFailure as exc:
-            self._mark_unhealthy(str(exc))
-            raise
         at = self.clock()
         sample = reply.rtt_sample(self.settings.bandwidth_bps)
         self.rtt_estimator.observe(sample, at)
@@ -395,7 +424,8 @@ class Gateway:
         return reply
 
     async def handle_health(self, request: web.Request) -> web.Response:
-        cloud = "none" if self.cloud is None else ("healthy" if self.cloud_healthy else "unhealthy")
+        healthy = self.cloud_health.healthy  # a half-open breaker is not healthy yet
+        cloud = "none" if self.cloud is None else ("healthy" if healthy else "unhealthy")
         return json_response(
             {"status": "ok", "service": SERVICE, "cloud": cloud, "pending": self.pending}
         )
@@ -410,3 +440,17 @@ class Gateway:
     async def handle_metrics(self, request: web.Request) -> web.Response:
         self.m_rtt_estimate.set(self.rtt_estimator.estimate(self.clock()))
         return m.response(self.metrics)
+
+
+class _EdgeRestarts(Collector):
+    """``cnmt_gateway_edge_restarts_total``, read from the worker's own count when scraped."""
+
+    def __init__(self, edge: EdgeWorker) -> None:
+        self.edge = edge
+
+    def collect(self) -> Any:
+        yield CounterMetricFamily(
+            "cnmt_gateway_edge_restarts",
+            "Times the local translation worker died and was started again.",
+            value=self.edge.restarts,
+        )

@@ -26,6 +26,8 @@ from aiohttp import web
 
 from cnmt.config import Config
 from cnmt.errors import CnmtError, CnmtRuntimeError, ConfigError
+from cnmt.serving.limits import HardenedAppRunner
+from cnmt.serving.logs import configure_logging
 from cnmt.serving.settings import CloudSettings, GatewaySettings, LinkSettings, split_host_port
 
 log = logging.getLogger("cnmt.serving.launch")
@@ -40,7 +42,8 @@ async def serve_app(
     """Run ``app`` on ``host:port`` (0 = a free port); returns the runner and the bound port.
     The app's startup hooks run here, so their errors surface here."""
     # Requests in flight at shutdown get SHUTDOWN_GRACE_S to finish before they are cut.
-    runner = web.AppRunner(
+    # Slow clients are bounded and the HTTP parser's errors are JSON: cnmt.serving.limits.
+    runner = HardenedAppRunner(
         app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_S
     )
     await runner.setup()
@@ -84,7 +87,7 @@ def load_translators(model: str, providers: tuple[str, ...], threads: int, count
 
 
 def _cloud_process_main(settings: CloudSettings, conn: Connection) -> None:
-    logging.basicConfig(level=logging.WARNING, format="cloud: %(levelname)s %(name)s: %(message)s")
+    configure_logging("cloud: %(levelname)s %(name)s: %(message)s")
     try:
         translators = load_translators(
             settings.model, settings.providers, settings.threads, settings.workers
@@ -161,12 +164,23 @@ class CloudProcess:
             await self.stop()
             raise CnmtRuntimeError(str(value))
         self.port = int(value)
+        reap_on_exit(self._process, self._exited)
         return self.port
+
+    def _exited(self, process: Any) -> None:
+        log.error(
+            "the cloud process (pid %s) exited with status %s; the gateway translates locally "
+            "until a cloud answers again (restart `cnmt launch`, or start a cloud on %s)",
+            process.pid,
+            process.exitcode,
+            self.port,
+        )
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         process, self._process = self._process, None
         if process is None:
             return
+        stop_reaping(process)
         if process.is_alive():
             process.terminate()  # SIGTERM: the child shuts its server down cleanly
         await asyncio.get_running_loop().run_in_executor(None, process.join, timeout_s)
@@ -174,6 +188,30 @@ class CloudProcess:
             log.warning("cloud process did not stop within %.0f s; killing it", timeout_s)
             process.kill()
             await asyncio.get_running_loop().run_in_executor(None, process.join, 5.0)
+
+
+def reap_on_exit(process: Any, on_exit: Callable[[Any], None]) -> None:
+    """Reap ``process`` (a started multiprocessing.Process) as soon as it exits, then call
+    ``on_exit(process)``: a child that dies while this process goes on serving must not stay a
+    zombie until it exits. Watches the process's sentinel in the running event loop."""
+    loop = asyncio.get_running_loop()
+
+    def exited() -> None:
+        loop.remove_reader(process.sentinel)
+        # The sentinel is ready once the child's end closed, i.e. it is exiting: a blocking
+        # waitpid returns at once (bounded all the same). Then no zombie, and exitcode is known.
+        process.join(1.0)
+        on_exit(process)
+
+    loop.add_reader(process.sentinel, exited)
+
+
+def stop_reaping(process: Any) -> None:
+    """Undo :func:`reap_on_exit` (before stopping ``process`` on purpose)."""
+    try:
+        asyncio.get_running_loop().remove_reader(process.sentinel)
+    except (ValueError, OSError):
+        pass  # already closed
 
 
 def _receive(conn: Connection, process: Any, timeout_s: float) -> tuple[str, Any]:
@@ -270,7 +308,11 @@ def build_gateway(
         threads=settings.threads,
     )
     edge = EdgeWorker(factory, quota, allow_unthrottled=settings.allow_unthrottled)
-    cloud = CloudClient(cloud_url, settings.cloud_timeout_s) if cloud_url else None
+    cloud = (
+        CloudClient(cloud_url, settings.cloud_timeout_s, probe_timeout_s=settings.probe_timeout_s)
+        if cloud_url
+        else None
+    )
     say(
         f"gateway: model {settings.model}, edge {edge_profile.label}"
         + (f" (CPU quota {device.cpu_quota:g} core)" if quota else " (unthrottled)")
@@ -458,7 +500,11 @@ class System:
 
             target = gateway_cfg.cloud_url or link_url or cloud_url
             assert target is not None
-            self.gateway.attach_cloud(CloudClient(target, gateway_cfg.cloud_timeout_s))
+            self.gateway.attach_cloud(
+                CloudClient(
+                    target, gateway_cfg.cloud_timeout_s, probe_timeout_s=gateway_cfg.probe_timeout_s
+                )
+            )
             self._gateway_runner, port = await serve_app(
                 self.gateway.app(), gateway_cfg.host, gateway_cfg.port
             )

@@ -1,16 +1,38 @@
 """The wire format both servers share: a JSON request ``{"text": "..."}``, JSON answers, and
 JSON errors ``{"error": "..."}`` whose message names the problem and the fix.
+
+Every error is JSON, whoever raises it: :class:`RequestError` from the handlers, aiohttp's own
+HTTP errors (404, 405, ...) through :func:`json_errors`, and the HTTP parser's 400s through
+:mod:`cnmt.serving.limits`. A request body is parsed with limits (:func:`parse_text`): it must
+arrive within ``body_timeout_s`` (else 408), be valid UTF-8 JSON nested at most
+:data:`MAX_JSON_DEPTH` deep, and its text must be a string of Unicode scalar values (no lone
+surrogate escapes such as ``"\\ud800"``, which no UTF-8 encoder can write back out).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from cnmt.serving.logs import escape_controls
 
 JSON_CONTENT_TYPE = "application/json"
 READ_CHUNK = 65536
+# A request is {"text": "..."}: depth 1. The limit leaves room for clients that wrap extra
+# fields, and keeps the parser's recursion (about 1,000 frames) far away.
+MAX_JSON_DEPTH = 32
+# The characters that decide a JSON text's nesting: brackets, and the quotes and backslashes
+# that say whether a bracket is inside a string.
+_JSON_STRUCTURE = re.compile(r'[\[\]{}"\\]')
+
+log = logging.getLogger("cnmt.serving.protocol")
 
 
 class RequestError(Exception):
@@ -34,12 +56,79 @@ def json_response(
 
 
 def error_response(exc: RequestError) -> web.Response:
-    return json_response({"error": exc.message}, status=exc.status, headers=exc.headers)
+    response = json_response({"error": exc.message}, status=exc.status, headers=exc.headers)
+    if exc.headers.get("Connection") == "close":
+        response.force_close()
+    return response
 
 
-async def read_body(request: web.Request, max_body_bytes: int) -> bytes:
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own HTTP errors (no such endpoint, wrong method, ...) as JSON errors, with
+    their headers (``Allow`` for a 405); an exception no handler caught as a JSON 500."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return json_response(
+            {"error": _http_error_message(request, exc)},
+            status=exc.status,
+            headers={k: v for k, v in exc.headers.items() if k.lower() in _KEPT_HEADERS},
+        )
+    except Exception as exc:  # a bug, not the user's fault: say so, keep serving
+        log.exception("request failed")
+        return json_response(
+            {"error": f"internal error: {type(exc).__name__}: {escape_controls(str(exc))}"},
+            status=500,
+        )
+
+
+_KEPT_HEADERS = ("allow", "retry-after")
+
+
+def _http_error_message(request: web.Request, exc: web.HTTPException) -> str:
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return f"method {request.method} is not allowed on {request.path}; use {allowed}"
+    if isinstance(exc, web.HTTPNotFound):
+        return (
+            f"no such endpoint {request.path!r}; the endpoints are POST /v1/translate, "
+            "GET /health, GET /ready and GET /metrics"
+        )
+    return f"{exc.status} {exc.reason}: {exc.text or exc.reason}"
+
+
+async def read_body(
+    request: web.Request, max_body_bytes: int, timeout_s: float | None = None
+) -> bytes:
     """The request body, refusing (413) one larger than ``max_body_bytes`` without reading it
-    all into memory."""
+    all into memory, (408) one that has not fully arrived within ``timeout_s`` (a slow or
+    stalled client must not hold the server's resources), and (400) one the client abandoned
+    half-way."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read_body(request, max_body_bytes)
+    except TimeoutError:
+        raise RequestError(
+            408,
+            f"the request body did not arrive within {timeout_s:g} s (the server's "
+            "body_timeout_s setting); send the whole body at once",
+            headers={"Connection": "close"},
+        ) from None
+    except (ConnectionError, HttpProcessingError) as exc:
+        # The client closed the connection (or broke the framing) before its body ended:
+        # nobody is left to read an answer, and it is not the server's fault.
+        log.info("request body abandoned by the client: %s", exc)
+        raise RequestError(
+            400, "the request body ended before its declared length; send the whole body"
+        ) from None
+
+
+async def _read_body(request: web.Request, max_body_bytes: int) -> bytes:
     too_large = RequestError(
         413,
         f"request body is larger than {max_body_bytes} bytes; send one sentence per request "
@@ -71,6 +160,13 @@ def parse_text(body: bytes) -> str:
         ) from None
     if not decoded.strip():
         raise RequestError(400, f"request body is empty; {example}")
+    depth = json_depth(decoded)
+    if depth > MAX_JSON_DEPTH:
+        raise RequestError(
+            400,
+            f"request body is JSON nested {depth} levels deep (at most {MAX_JSON_DEPTH}); "
+            f"{example}",
+        )
     try:
         data = json.loads(decoded)
     except json.JSONDecodeError as exc:
@@ -79,6 +175,8 @@ def parse_text(body: bytes) -> str:
             f"request body is not valid JSON ({exc.msg} at line {exc.lineno} column "
             f"{exc.colno}); {example}",
         ) from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise RequestError(400, f"request body is not usable JSON ({exc}); {example}") from None
     if not isinstance(data, dict):
         raise RequestError(
             400, f"request body must be a JSON object, got {type(data).__name__}; {example}"
@@ -90,7 +188,45 @@ def parse_text(body: bytes) -> str:
         raise RequestError(400, f"`text` must be a string, got {type(text).__name__}; {example}")
     if not text.strip():
         raise RequestError(400, f"`text` is empty; {example}")
+    surrogate = _LONE_SURROGATE.search(text)
+    if surrogate is not None:
+        raise RequestError(
+            400,
+            f"`text` has a lone surrogate \\u{ord(surrogate.group()):04x} at character "
+            f"{surrogate.start()}: escapes \\ud800-\\udfff must come in high-low pairs that "
+            "form one character; send the text as UTF-8",
+        )
     return text
+
+
+# json.loads joins valid surrogate pairs, so any surrogate left in a string is a lone one.
+_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def json_depth(text: str) -> int:
+    """How deep the arrays and objects of a JSON text nest, counted in one pass without
+    recursion (so a hostile body cannot exhaust the parser's stack); brackets inside strings
+    do not count. For invalid JSON the count is only an estimate: the parser then refuses it."""
+    depth = deepest = 0
+    in_string = False
+    escaped_at = -1  # the position a backslash inside a string escapes
+    for match in _JSON_STRUCTURE.finditer(text):
+        char, at = match.group(), match.start()
+        if at == escaped_at:
+            continue
+        if in_string:
+            if char == "\\":
+                escaped_at = at + 1
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
 
 
 def check_length(n_tokens: int, max_tokens: int) -> None:

@@ -13,6 +13,14 @@ from urllib.parse import urlsplit
 from cnmt.datasets.link import DEFAULT_LOSS_TIMEOUT_S, RttSource
 
 CPU = "CPUExecutionProvider"
+# Connection limits (cnmt.serving.limits): seconds a client may take for a request head after
+# opening or after its previous answer, and for a body after its head.
+DEFAULT_IDLE_TIMEOUT_S = 15.0
+DEFAULT_BODY_TIMEOUT_S = 10.0
+# A gateway closes a connection to the cloud after this long unused; the cloud must keep an
+# idle connection open longer, or a request may go out on a connection it is closing.
+CLOUD_KEEPALIVE_S = 4.0
+MIN_CLOUD_IDLE_TIMEOUT_S = 5.0
 
 
 def _check_port(port: int) -> None:
@@ -39,6 +47,15 @@ class GatewaySettings:
     gateway; more get 503 with ``Retry-After: retry_after_s``. ``bandwidth_mbps`` is the link
     bandwidth the gateway assumes for the bodies' serialisation time, in its predictions and when
     it takes an RTT sample out of a cloud round trip.
+
+    Hardening (docs/hardening.md): a connection must complete a request head within
+    ``idle_timeout_s`` of opening or of its previous answer, and its body within
+    ``body_timeout_s`` (else 408); a request counts against ``max_pending`` only once its body
+    has arrived. At most ``max_cloud_exchanges`` requests wait on the cloud at once (past it a
+    request runs on the edge); ``breaker_slow_count`` exchanges in a row that take
+    ``breaker_slow_s`` (default: half of ``cloud_timeout_s``) or longer mark the cloud
+    unhealthy, as does a failed exchange or, while nothing is offloaded for
+    ``health_interval_s``, a failed health probe; each probe waits at most ``probe_timeout_s``.
     """
 
     edge_profile: str
@@ -57,6 +74,13 @@ class GatewaySettings:
     probe_initial_s: float = 0.25
     probe_max_s: float = 5.0
     bandwidth_mbps: float = 100.0
+    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    max_cloud_exchanges: int = 16
+    breaker_slow_s: float | None = None  # None: half of cloud_timeout_s
+    breaker_slow_count: int = 3
+    health_interval_s: float = 2.0
+    probe_timeout_s: float = 1.0
 
     def __post_init__(self) -> None:
         _check_port(self.port)
@@ -69,11 +93,30 @@ class GatewaySettings:
             probe_initial_s=self.probe_initial_s,
             probe_max_s=self.probe_max_s,
             bandwidth_mbps=self.bandwidth_mbps,
+            idle_timeout_s=self.idle_timeout_s,
+            body_timeout_s=self.body_timeout_s,
+            max_cloud_exchanges=self.max_cloud_exchanges,
+            breaker_slow_count=self.breaker_slow_count,
+            health_interval_s=self.health_interval_s,
+            probe_timeout_s=self.probe_timeout_s,
         )
         if self.probe_max_s < self.probe_initial_s:
             raise ValueError("probe_max_s must be at least probe_initial_s")
+        if self.breaker_slow_s is not None and not 0 < self.breaker_slow_s < self.cloud_timeout_s:
+            raise ValueError(
+                f"breaker_slow_s ({self.breaker_slow_s:g}) must be positive and below "
+                f"cloud_timeout_s ({self.cloud_timeout_s:g}): an exchange must count as slow "
+                "before it times out"
+            )
         if self.cloud_url is not None:
             check_http_url(self.cloud_url, "cloud_url")
+
+    @property
+    def slow_exchange_s(self) -> float:
+        """When a cloud exchange counts as slow for the breaker."""
+        if self.breaker_slow_s is not None:
+            return self.breaker_slow_s
+        return self.cloud_timeout_s / 2.0
 
     @property
     def bandwidth_bps(self) -> float:
@@ -87,7 +130,10 @@ class CloudSettings:
     ``workers`` translations run at once (each with its own loaded model); ``max_pending``
     bounds the requests waiting or running, beyond which it answers 503. With
     ``reuse_port: true`` several `cnmt launch` processes can serve the same port (stateless
-    replicas behind one address, balanced by the kernel).
+    replicas behind one address, balanced by the kernel). A connection must complete a
+    request head within ``idle_timeout_s`` (at least the gateways' 4 s keep-alive, so that no
+    gateway sends on a connection the cloud is closing) and its body within
+    ``body_timeout_s``.
     """
 
     host: str = "127.0.0.1"
@@ -100,10 +146,19 @@ class CloudSettings:
     retry_after_s: int = 1
     max_body_bytes: int = 16384
     reuse_port: bool = False
+    idle_timeout_s: float = 30.0
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
 
     def __post_init__(self) -> None:
         _check_port(self.port)
+        if not self.idle_timeout_s >= MIN_CLOUD_IDLE_TIMEOUT_S:
+            raise ValueError(
+                f"idle_timeout_s must be at least {MIN_CLOUD_IDLE_TIMEOUT_S:g} s (longer than a "
+                f"gateway keeps an idle connection to the cloud, {CLOUD_KEEPALIVE_S:g} s), got "
+                f"{self.idle_timeout_s}"
+            )
         _check_positive(
+            body_timeout_s=self.body_timeout_s,
             threads=self.threads,
             workers=self.workers,
             max_pending=self.max_pending,

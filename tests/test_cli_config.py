@@ -297,3 +297,63 @@ def test_a_typo_in_a_replayed_policys_own_estimator_fails_validation(tmp_path, c
     code, _, err = run_cli(capsys, "config", "validate", str(write(tmp_path, "c.yaml", text)))
     assert code == 2
     assert "replay.policies[1].rtt_estimator.params.alpah: unknown key; valid keys:" in err
+
+
+# --- reading limits and files that are not configs (issue 12) --------------------------------
+
+LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi", strict=True)
+)
+
+
+def test_a_billion_laughs_config_exits_2_within_a_second_with_bounded_memory(tmp_path, capsys):
+    """Before: `cnmt config validate` of these 500 bytes grew past 5 GB and ran past 60 s
+    (nine levels of nine aliases: 9**9 strings once expanded)."""
+    import time
+    import tracemalloc
+
+    path = write(tmp_path, "laughs.yaml", LAUGHS)
+    tracemalloc.start()
+    started = time.perf_counter()
+    code, _, err = run_cli(capsys, "config", "validate", str(path))
+    elapsed = time.perf_counter() - started
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert code == 2
+    assert "expands to more than 100,000 values (YAML aliases)" in err
+    assert elapsed < 1.0 and peak < 50e6, (elapsed, peak)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a: &a [*a]\n", "a YAML alias refers to a node that contains it"),
+        ("a: " + "[" * 5000 + "]" * 5000 + "\n", "nests deeper than 64 levels"),
+        ("a: " + "[" * 65 + "]" * 65 + "\n", "nests deeper than 64 levels"),
+        ("description: '" + "x" * 300_000 + "'\n", "a config file is at most 256 KiB"),
+    ],
+)
+def test_configs_over_the_reading_limits_exit_2_naming_the_limit(tmp_path, capsys, text, expected):
+    code, _, err = run_cli(capsys, "config", "validate", str(write(tmp_path, "c.yaml", text)))
+    assert code == 2 and expected in err and "Traceback" not in err
+
+
+def test_extends_pointing_at_a_file_that_is_not_a_config_never_shows_its_content(tmp_path, capsys):
+    """Before: `extends: /etc/shadow` printed the password hash line as an unknown section."""
+    secret = "root:$6$s4lt$H4SHH4SHH4SH:19000:0:99999:7:::\nbin:*:19000:0:99999:7:::\n"
+    shadow = write(tmp_path, "shadow", secret)
+    config = write(tmp_path, "c.yaml", f"extends: {shadow}\n")
+    code, out, err = run_cli(capsys, "config", "validate", str(config))
+    assert code == 2 and "not a config file" in err
+    assert "H4SH" not in out + err and "19000" not in out + err
+    code, out, err = run_cli(capsys, "config", "validate", str(shadow))
+    assert code == 2 and "H4SH" not in out + err
+
+
+def test_anchors_and_aliases_within_the_limits_still_work(tmp_path, capsys):
+    text = VALID + "description: &d shared text\nextra_description_for_aliases: *d\n"
+    code, _, err = run_cli(capsys, "config", "validate", str(write(tmp_path, "c.yaml", text)))
+    assert code == 2 and "extra_description_for_aliases: unknown section" in err  # parsed
+    text = VALID.replace("params: {max_tokens: 12.5, side: cloud}", "params: &p {max_tokens: 3}")
+    code, _, _ = run_cli(capsys, "config", "validate", str(write(tmp_path, "d.yaml", text)))
+    assert code == 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import multiprocessing
 import os
 import signal
@@ -86,6 +87,15 @@ class ScriptedTranslator(Translator):
 
     def run_forced(self, n_tokens: int, m_tokens: int) -> None:
         time.sleep(self.delay_s)
+
+
+class EchoingTranslator(ScriptedTranslator):
+    """A ScriptedTranslator that logs each text it translates at WARNING, raw, as cn2en logs the
+    tokens it drops."""
+
+    def translate(self, text: str) -> Translation:
+        logging.getLogger("cnmt.runtime.echo").warning("translating %s", text)
+        return super().translate(text)
 
 
 def run(coro: Any, timeout_s: float = 60.0) -> Any:
@@ -194,15 +204,20 @@ async def start_gateway(
     length: tuple[str, dict[str, Any]] = ("linear", {"gamma": 1.0, "delta": 1.0}),
     rtt: tuple[str, dict[str, Any]] = ("last", {}),
     clock: Callable[[], float] = time.monotonic,
+    edge_factory: Callable[..., Translator] = ScriptedTranslator,
     **settings: Any,
 ) -> GatewayHandle:
     """A gateway on a free loopback port: scripted model in a real (unthrottled) worker process."""
     config = gateway_settings(**settings)
-    edge = EdgeWorker(functools.partial(ScriptedTranslator, edge_delay_s, label="edge"))
+    edge = EdgeWorker(functools.partial(edge_factory, edge_delay_s, label="edge"))
     gateway = Gateway(
         tokenizer=ScriptedTranslator(),
         edge=edge,
-        cloud=CloudClient(cloud_url, config.cloud_timeout_s) if cloud_url else None,
+        cloud=(
+            CloudClient(cloud_url, config.cloud_timeout_s, probe_timeout_s=config.probe_timeout_s)
+            if cloud_url
+            else None
+        ),
         length_estimator=scheduler("length_estimator", length[0], **length[1]),
         device_policy=scheduler("device_policy", policy),
         rtt_estimator=scheduler("rtt_estimator", rtt[0], **rtt[1]),

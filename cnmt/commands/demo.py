@@ -32,15 +32,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import asyncio
-    import logging
 
     from cnmt.config import display_path, load_config
     from cnmt.errors import ConfigError
     from cnmt.serving.demo import pick_sentences, run_demo
+    from cnmt.serving.logs import configure_logging
 
     if args.sentences < 1:
         raise ConfigError(f"--sentences: {args.sentences} must be at least 1")
-    logging.basicConfig(level=logging.WARNING, format="cnmt demo: %(levelname)s: %(message)s")
+    configure_logging("cnmt demo: %(levelname)s: %(message)s")
     config = load_config(args.config)
     sentences, source = pick_sentences(args.sentences, args.corpus, args.seed)
     print(f"cnmt demo: {display_path(config.source)}; {len(sentences)} sentences from {source}")

@@ -36,11 +36,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import asyncio
-    import logging
 
     from cnmt.config import load_config
     from cnmt.errors import ConfigError
     from cnmt.serving.launch import System, run_until_signal
+    from cnmt.serving.logs import configure_logging
 
     for flag in ("gateway_port", "cloud_port", "link_port"):
         port = getattr(args, flag)
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"--{flag.replace('_', '-')}: {port} out of range 0..65535 (0 = any free port)"
             )
-    logging.basicConfig(level=logging.WARNING, format="cnmt launch: %(levelname)s: %(message)s")
+    configure_logging("cnmt launch: %(levelname)s: %(message)s")
 
     def say(message: str) -> None:
         if not args.quiet:
