@@ -4,7 +4,8 @@ Every way an exchange can fail is one :class:`CloudFailure` with a short ``reaso
 metric label) and a detail for the log: ``timeout`` (no complete answer within the deadline),
 ``connection`` (refused, reset, closed), ``status`` (an HTTP error other than 422) and
 ``bad_response`` (an answer that is not the cloud protocol: not JSON, missing fields, wrong
-types, timestamps that go backwards). A 422 is not a fault: the model refused the text, and
+types, timestamps that go backwards). The queueing fields ``wait_s``, ``pending`` and
+``batch_size`` are optional (older clouds do not send them) but checked when present. A 422 is not a fault: the model refused the text, and
 :class:`CloudRejected` carries its message to the user.
 """
 
@@ -50,6 +51,10 @@ class CloudReply:
     sent_at: float
     round_trip_s: float
     wire_bytes: int = 0  # request plus response bodies
+    # Queueing in the cloud, when it reports it (optional fields of the protocol).
+    wait_s: float | None = None
+    pending: int | None = None
+    batch_size: int | None = None
 
     @property
     def server_s(self) -> float:
@@ -78,6 +83,24 @@ def _count(data: dict[str, Any], key: str) -> int:
     return value
 
 
+def _optional_seconds(data: dict[str, Any], key: str) -> float | None:
+    if key not in data:
+        return None
+    value = _number(data, key)
+    if value < 0:
+        raise CloudFailure("bad_response", f"`{key}` is {value!r}, expected seconds >= 0")
+    return value
+
+
+def _optional_count(data: dict[str, Any], key: str, minimum: int) -> int | None:
+    if key not in data:
+        return None
+    value = _count(data, key)
+    if value < minimum:
+        raise CloudFailure("bad_response", f"`{key}` is {value!r}, expected at least {minimum}")
+    return value
+
+
 def parse_reply(body: bytes, round_trip_s: float, request_bytes: int = 0) -> CloudReply:
     try:
         data = json.loads(body.decode("utf-8"))
@@ -97,6 +120,9 @@ def parse_reply(body: bytes, round_trip_s: float, request_bytes: int = 0) -> Clo
         sent_at=_number(data, "sent_at"),
         round_trip_s=round_trip_s,
         wire_bytes=request_bytes + len(body),
+        wait_s=_optional_seconds(data, "wait_s"),
+        pending=_optional_count(data, "pending", 0),
+        batch_size=_optional_count(data, "batch_size", 1),
     )
     if reply.server_s < 0:
         raise CloudFailure("bad_response", "`sent_at` is earlier than `received_at`")

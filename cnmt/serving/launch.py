@@ -123,8 +123,26 @@ async def _stop_when_orphaned(stop: asyncio.Event, every_s: float = 1.0) -> None
     stop.set()
 
 
+def _ray_cloud_process_main(settings: CloudSettings, conn: Connection) -> None:
+    # Imported here, in the child: the launching process (and its gateway) never imports Ray.
+    from cnmt.serving.ray_cloud import process_main
+
+    process_main(settings, conn)
+
+
+def check_ray_installed() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None or importlib.util.find_spec("ray.serve") is None:
+        raise CnmtRuntimeError(
+            "cloud.engine: ray needs Ray Serve, which is not installed: pip install 'cnmt[ray]' "
+            "(or set cloud.engine: aiohttp)"
+        )
+
+
 class CloudProcess:
-    """The cloud server in a child process (spawned, so it shares no state with this one)."""
+    """The cloud server in a child process (spawned, so it shares no state with this one):
+    our aiohttp server, or a Ray Serve cloud's driver (``engine: ray``)."""
 
     def __init__(self, settings: CloudSettings) -> None:
         self.settings = settings
@@ -134,8 +152,9 @@ class CloudProcess:
     async def start(self, timeout_s: float = 600.0) -> int:
         context = multiprocessing.get_context("spawn")
         parent_end, child_end = context.Pipe(duplex=False)
+        ray = self.settings.engine == "ray"
         self._process = context.Process(
-            target=_cloud_process_main,
+            target=_ray_cloud_process_main if ray else _cloud_process_main,
             args=(self.settings, child_end),
             name="cnmt-cloud",
             daemon=True,
@@ -152,7 +171,10 @@ class CloudProcess:
         self.port = int(value)
         return self.port
 
-    async def stop(self, timeout_s: float = 10.0) -> None:
+    async def stop(self, timeout_s: float | None = None) -> None:
+        # A Ray cloud shuts down Serve and its local Ray instance: allow more time.
+        if timeout_s is None:
+            timeout_s = 60.0 if self.settings.engine == "ray" else 10.0
         process, self._process = self._process, None
         if process is None:
             return
@@ -163,6 +185,25 @@ class CloudProcess:
             log.warning("cloud process did not stop within %.0f s; killing it", timeout_s)
             process.kill()
             await asyncio.get_running_loop().run_in_executor(None, process.join, 5.0)
+
+
+def describe_cloud(settings: CloudSettings) -> str:
+    what = f"model {settings.model}, {settings.threads} thread(s)"
+    ray = settings.ray
+    if settings.engine != "ray" or ray is None:
+        return f"model {settings.model}, {settings.workers} worker(s), {settings.threads} thread(s)"
+    replicas = (
+        f"{ray.autoscaling.min_replicas}-{ray.autoscaling.max_replicas} replicas (autoscaled)"
+        if ray.autoscaling
+        else f"{ray.num_replicas} replica(s)"
+    )
+    batching = (
+        f"batches of up to {ray.max_batch_size} within {ray.batch_wait_timeout_s * 1000:g} ms"
+        if ray.max_batch_size > 1
+        else "no batching"
+    )
+    where = "local Ray" if ray.local else f"Ray cluster {ray.address}"
+    return f"Ray Serve on {where}: {what} each, {replicas}, {batching}"
 
 
 def _receive(conn: Connection, process: Any, timeout_s: float) -> tuple[str, Any]:
@@ -403,7 +444,9 @@ class System:
         cloud_url = link_url = None
         cloud_address: tuple[str, int] | None = None
         if cloud_cfg is not None:
-            if gateway_cfg is not None or link_cfg is not None:
+            if cloud_cfg.engine == "ray":
+                check_ray_installed()
+            if gateway_cfg is not None or link_cfg is not None or cloud_cfg.engine == "ray":
                 self._cloud_process = CloudProcess(cloud_cfg)
                 port = await self._cloud_process.start()
             else:
@@ -425,10 +468,7 @@ class System:
                 )
             cloud_address = (cloud_cfg.host, port)
             cloud_url = url(cloud_cfg.host, port)
-            self.say(
-                f"cloud:   {cloud_url}  (model {cloud_cfg.model}, {cloud_cfg.workers} "
-                f"worker(s), {cloud_cfg.threads} thread(s))"
-            )
+            self.say(f"cloud:   {cloud_url}  ({describe_cloud(cloud_cfg)})")
         if link_cfg is not None:
             upstream = (
                 split_host_port(link_cfg.upstream, "link.upstream")

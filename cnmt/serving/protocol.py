@@ -40,11 +40,7 @@ def error_response(exc: RequestError) -> web.Response:
 async def read_body(request: web.Request, max_body_bytes: int) -> bytes:
     """The request body, refusing (413) one larger than ``max_body_bytes`` without reading it
     all into memory."""
-    too_large = RequestError(
-        413,
-        f"request body is larger than {max_body_bytes} bytes; send one sentence per request "
-        "(the server's max_body_bytes setting)",
-    )
+    too_large = body_too_large(max_body_bytes)
     if request.content_length is not None and request.content_length > max_body_bytes:
         raise too_large
     chunks: list[bytes] = []
@@ -58,6 +54,14 @@ async def read_body(request: web.Request, max_body_bytes: int) -> bytes:
             raise too_large
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def body_too_large(max_body_bytes: int) -> RequestError:
+    return RequestError(
+        413,
+        f"request body is larger than {max_body_bytes} bytes; send one sentence per request "
+        "(the server's max_body_bytes setting)",
+    )
 
 
 def parse_text(body: bytes) -> str:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
+from cnmt.serving.ray_settings import RayCloudSettings
+
 CPU = "CPUExecutionProvider"
 
 
@@ -81,6 +83,10 @@ class CloudSettings:
     bounds the requests waiting or running, beyond which it answers 503. With
     ``reuse_port: true`` several `cnmt launch` processes can serve the same port (stateless
     replicas behind one address, balanced by the kernel).
+
+    ``engine: ray`` serves the same protocol from a Ray Serve deployment instead (replicas,
+    batching, a cluster), configured by the ``ray`` mapping (:class:`RayCloudSettings`);
+    ``workers`` and ``reuse_port`` are then Ray's business and must stay unset.
     """
 
     host: str = "127.0.0.1"
@@ -93,6 +99,8 @@ class CloudSettings:
     retry_after_s: int = 1
     max_body_bytes: int = 16384
     reuse_port: bool = False
+    engine: Literal["aiohttp", "ray"] = "aiohttp"
+    ray: RayCloudSettings | None = None
 
     def __post_init__(self) -> None:
         _check_port(self.port)
@@ -103,6 +111,16 @@ class CloudSettings:
             retry_after_s=self.retry_after_s,
             max_body_bytes=self.max_body_bytes,
         )
+        if self.engine == "aiohttp" and self.ray is not None:
+            raise ValueError("ray: only used with engine: ray (set engine: ray or remove it)")
+        if self.engine == "ray":
+            if self.workers != 1 or self.reuse_port:
+                raise ValueError(
+                    "workers and reuse_port are for engine: aiohttp; with engine: ray set "
+                    "ray.num_replicas (or ray.autoscaling) instead"
+                )
+            if self.ray is None:
+                object.__setattr__(self, "ray", RayCloudSettings())
 
 
 @dataclass(frozen=True)
