@@ -14,6 +14,10 @@ for every answer (each bounded by ``timeout_s``). Every request ends in exactly 
 failed (any other HTTP status) or lost (no answer at all: connection error or timeout), so
 ``sent == ok + rejected + failed + lost``.
 
+Several gateways (``base_url`` a list, `cnmt loadtest --url A --url B`) share the load in turn:
+closed-loop client ``k`` talks to gateway ``k mod G``, open-loop request ``i`` goes to gateway
+``i mod G``; the report covers them all (e.g. many edge gateways in front of one cloud).
+
 Only loopback addresses are accepted: this is a tool for a system you launched on this machine,
 never for someone else's server.
 """
@@ -205,7 +209,7 @@ async def _send(
 
 
 async def run_load(
-    base_url: str,
+    base_url: str | Sequence[str],
     sentences: Sequence[str],
     *,
     concurrency: int | None = None,
@@ -230,8 +234,12 @@ async def run_load(
         raise ConfigError(f"--duration: {duration_s} must be positive (seconds)")
     if not sentences:
         raise ConfigError("no sentences to send")
-    check_loopback(base_url)
-    endpoint = base_url.rstrip("/") + "/v1/translate"
+    urls = [base_url] if isinstance(base_url, str) else list(base_url)
+    if not urls:
+        raise ConfigError("give at least one --url")
+    for one_url in urls:
+        check_loopback(one_url)
+    endpoints = [u.rstrip("/") + "/v1/translate" for u in urls]
     outcomes: list[Outcome] = []
     issued = 0
     started = time.perf_counter()
@@ -256,26 +264,31 @@ async def run_load(
         if concurrency is not None:
             mode = f"closed loop, concurrency {concurrency}"
 
-            async def client() -> None:
+            async def client(endpoint: str) -> None:
                 while (text := next_text()) is not None:
                     record(await _send(session, endpoint, text, timeout_s))
 
-            await asyncio.gather(*(client() for _ in range(concurrency)))
+            await asyncio.gather(
+                *(client(endpoints[k % len(endpoints)]) for k in range(concurrency))
+            )
         else:
             assert rate is not None
             mode = f"open loop, {rate:g} requests/s"
             tasks: list[asyncio.Task[None]] = []
 
-            async def one(text: str) -> None:
+            async def one(text: str, endpoint: str) -> None:
                 record(await _send(session, endpoint, text, timeout_s))
 
             interval = 1.0 / rate
             while (text := next_text()) is not None:
-                tasks.append(asyncio.create_task(one(text)))
+                endpoint = endpoints[(issued - 1) % len(endpoints)]
+                tasks.append(asyncio.create_task(one(text, endpoint)))
                 due = started + issued * interval
                 delay = due - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
             await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - started
-    return summarize(base_url, mode, outcomes, elapsed)
+    if len(urls) > 1:
+        mode += f", spread over {len(urls)} gateways"
+    return summarize(" ".join(urls), mode, outcomes, elapsed)
