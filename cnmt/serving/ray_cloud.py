@@ -264,6 +264,7 @@ def start(settings: CloudSettings, after_init: Callable[[], None] = lambda: None
     else:
         ray.init(address=cfg.address, logging_level=logging.WARNING)
     after_init()
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # its INFO lines are chatter here
     serve.start(
         http_options={"host": settings.host, "port": port},
         logging_config={"log_level": "WARNING"},
