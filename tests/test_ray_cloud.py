@@ -495,3 +495,47 @@ def test_the_builtin_default_ray_system_translates_and_stops_on_sigterm(
     assert code == 0, output
     assert output.rstrip().endswith("cnmt launch: stopped")
     wait_for(lambda: not alive(set(tree)), 30, f"every process gone: {alive(set(tree))}")
+
+
+def test_the_ray_cloud_joins_an_existing_cluster_and_leaves_it_running(
+    model: Path, sentences: list[str], reference: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    gcs_port, http_port = free_port(), free_port()
+    head = subprocess.Popen(
+        [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
+         f"--port={gcs_port}", "--num-cpus=2", "--include-dashboard=false",
+         "--disable-usage-stats"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path,
+    )  # fmt: skip
+    config = tmp_path / "cluster.yaml"
+    config.write_text(
+        f"extends: {REPO / 'configs' / 'serving' / 'cloud-ray-cluster.yaml'}\n"
+        f"cloud: {{host: 127.0.0.1, port: {http_port}, model: {model},"
+        f" ray: {{address: '127.0.0.1:{gcs_port}', autoscaling: {{max_replicas: 1}}}}}}\n"
+    )
+    cloud = RayCloud(config, http_port)
+    try:
+        wait_for(lambda: any("raylet" in c for c in descendants(head.pid).values()), 60, "head up")
+        cloud.start()
+        status, answer = run(post(cloud.url, {"text": sentences[3]}))
+        assert (status, answer["translation"]) == (200, reference[sentences[3]]["translation"])
+        code, output = cloud.stop(signal.SIGTERM)
+        assert code == 0, output
+        # Only our application is gone: the cluster, and Serve's proxy on it, keep running.
+        assert head.poll() is None
+        status, _ = run(post(cloud.url, {"text": sentences[3]}))
+        assert status == 404
+
+        async def proxy_health() -> int:
+            async with aiohttp.ClientSession() as session:
+                async with session.get(cloud.url + "/-/healthz") as response:
+                    return response.status
+
+        assert run(proxy_health()) == 200
+    finally:
+        if cloud.launched is not None and cloud.launched.process.poll() is None:
+            cloud.launched.process.kill()
+        tree = descendants(head.pid)
+        head.send_signal(signal.SIGTERM)
+        head.wait(60)
+        wait_for(lambda: not alive(set(tree)), 30, f"the cluster's processes gone: {alive(set(tree))}")

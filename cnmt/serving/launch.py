@@ -188,10 +188,11 @@ class CloudProcess:
 
 
 def describe_cloud(settings: CloudSettings) -> str:
-    what = f"model {settings.model}, {settings.threads} thread(s)"
+    """What ``cnmt launch`` prints about a cloud it started."""
     ray = settings.ray
     if settings.engine != "ray" or ray is None:
         return f"model {settings.model}, {settings.workers} worker(s), {settings.threads} thread(s)"
+    what = f"model {settings.model}, {settings.threads} thread(s)"
     replicas = (
         f"{ray.autoscaling.min_replicas}-{ray.autoscaling.max_replicas} replicas (autoscaled)"
         if ray.autoscaling

@@ -41,7 +41,7 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cnmt.errors import CnmtError
+from cnmt.errors import CnmtError, CnmtRuntimeError
 from cnmt.runtime.base import Translation
 from cnmt.serving.cloud import SERVICE
 from cnmt.serving.protocol import (
@@ -262,7 +262,14 @@ def start(settings: CloudSettings, after_init: Callable[[], None] = lambda: None
             logging_level=logging.WARNING,
         )
     else:
-        ray.init(address=cfg.address, logging_level=logging.WARNING)
+        try:
+            ray.init(address=cfg.address, logging_level=logging.WARNING)
+        except (ConnectionError, RuntimeError, TimeoutError) as exc:
+            raise CnmtRuntimeError(
+                f"cloud.ray.address {cfg.address!r}: cannot join a Ray cluster there ({exc}); "
+                "start one (`ray start --head`) or set cloud.ray.address: null for a local "
+                "Ray instance"
+            ) from None
     after_init()
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # its INFO lines are chatter here
     serve.start(
