@@ -24,10 +24,12 @@ This is the only module that imports Ray: the gateway and the core never need it
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -227,11 +229,8 @@ def deployment_app(settings: CloudSettings) -> Any:
             "max_replicas": cfg.autoscaling.max_replicas,
             "target_ongoing_requests": cfg.autoscaling.target_ongoing_requests,
         }
-    model = settings.model
-    if os.path.isdir(model):  # replicas do not run in this working directory
-        model = os.path.abspath(model)
     return TranslationReplica.options(**options).bind(
-        model, list(settings.providers), settings.threads, settings.max_body_bytes
+        settings.model, list(settings.providers), settings.threads, settings.max_body_bytes
     )
 
 
@@ -325,22 +324,44 @@ def process_main(settings: CloudSettings, conn: Connection) -> None:
 
     handle_signals()
     parent = os.getppid()
+    if os.path.isdir(settings.model):  # the replicas do not run in this working directory
+        settings = dataclasses.replace(settings, model=os.path.abspath(settings.model))
+    # Ray puts the driver's working directory first on every worker's sys.path: started in a
+    # source checkout, the replicas would import its cnmt/ folder instead of the installed
+    # package (whose subpackages live elsewhere in the checkout). An empty directory is safe.
+    neutral = tempfile.mkdtemp(prefix="cnmt-ray-")
+    os.chdir(neutral)
     try:
-        port = start(settings, after_init=handle_signals)
-        starting = False
-    except _Stop:
+        try:
+            if ray_settings(settings).local:
+                check_model(settings)
+            port = start(settings, after_init=handle_signals)
+            starting = False
+        except _Stop:
+            stop(settings)
+            return
+        except Exception as exc:
+            message = f"cloud (Ray Serve): {type(exc).__name__}: {exc}"
+            if isinstance(exc, CnmtError):
+                message = f"cloud: {exc}"
+            conn.send(("error", message))
+            stop(settings)
+            return
+        conn.send(("ready", port))
+        while not stopping.wait(1.0):
+            if os.getppid() != parent:
+                log.warning("the launching process exited; stopping the Ray cloud")
+                break
         stop(settings)
-        return
-    except Exception as exc:
-        message = f"cloud (Ray Serve): {type(exc).__name__}: {exc}"
-        if isinstance(exc, CnmtError):
-            message = f"cloud: {exc}"
-        conn.send(("error", message))
-        stop(settings)
-        return
-    conn.send(("ready", port))
-    while not stopping.wait(1.0):
-        if os.getppid() != parent:
-            log.warning("the launching process exited; stopping the Ray cloud")
-            break
-    stop(settings)
+    finally:
+        os.rmdir(neutral)
+
+
+def check_model(settings: CloudSettings) -> None:
+    """Open the model once here, before any replica does: a missing or broken model fails in
+    seconds with our message (Ray would retry the replicas' constructors many times), and a
+    built-in model is exported into the cache once instead of by every replica at the same time.
+    """
+    from cnmt.runtime import load_translator
+
+    load_translator(settings.model, providers=list(settings.providers), threads=settings.threads)
