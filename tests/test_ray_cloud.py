@@ -17,6 +17,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -538,4 +539,8 @@ def test_the_ray_cloud_joins_an_existing_cluster_and_leaves_it_running(
         tree = descendants(head.pid)
         head.send_signal(signal.SIGTERM)
         head.wait(60)
+        # `ray start` records its cluster for later `ray.init()` calls; it is gone now.
+        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        if current.is_file() and current.read_text().strip().endswith(f":{gcs_port}"):
+            current.unlink()
         wait_for(lambda: not alive(set(tree)), 30, f"the cluster's processes gone: {alive(set(tree))}")

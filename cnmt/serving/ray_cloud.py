@@ -256,6 +256,9 @@ def start(settings: CloudSettings, after_init: Callable[[], None] = lambda: None
     port = settings.port or free_port(settings.host)
     if cfg.local:
         ray.init(
+            # "local": always a new instance of our own, never a cluster that `ray start` left
+            # on this machine (which a plain ray.init() would join).
+            address="local",
             num_cpus=cfg.num_cpus,
             include_dashboard=False,
             logging_level=logging.WARNING,
