@@ -267,10 +267,18 @@ def start(settings: CloudSettings, after_init: Callable[[], None] = lambda: None
         try:
             ray.init(address=cfg.address, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, TimeoutError) as exc:
+            hint = ""
+            if cfg.address != "auto" and "RAY_AUTH_MODE" not in os.environ:
+                # Ray 2.60 finds a cluster's token by itself only with address auto.
+                hint = (
+                    "; if the cluster uses token authentication (the default of `ray start "
+                    "--head`), set RAY_AUTH_MODE=token and give its token (~/.ray/auth_token "
+                    "or RAY_AUTH_TOKEN)"
+                )
             raise CnmtRuntimeError(
                 f"cloud.ray.address {cfg.address!r}: cannot join a Ray cluster there ({exc}); "
                 "start one (`ray start --head`) or set cloud.ray.address: null for a local "
-                "Ray instance"
+                f"Ray instance{hint}"
             ) from None
     after_init()
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # its INFO lines are chatter here
