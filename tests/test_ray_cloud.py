@@ -332,6 +332,30 @@ def test_a_sentence_translates_identically_alone_and_in_a_batch(
         assert answer["m_tokens"] == reference[text]["m_tokens"]
 
 
+def test_requests_arriving_while_the_model_runs_join_the_next_batch(
+    ray_cloud: RayCloud, reference: dict[str, dict[str, Any]], sentences: list[str]
+) -> None:
+    """A steady stream, each request 25 ms after the last (longer than the cloud's 10 ms batch
+    window, shorter than a model run): the requests that queued during a run form the next
+    batch, instead of one batch each behind the model."""
+    ray_cloud.start()
+
+    async def stream() -> list[tuple[int, Any]]:
+        tasks = []
+        for text in sentences * 2:
+            tasks.append(asyncio.create_task(post(ray_cloud.url, {"text": text})))
+            await asyncio.sleep(0.025)
+        return await asyncio.gather(*tasks)
+
+    answers = run(stream())
+    assert all(status == 200 for status, _ in answers), answers
+    assert all(a["exec_s"] > 0.025 for _, a in answers)  # the premise: a run outlasts the gap
+    sizes = [answer["batch_size"] for _, answer in answers]
+    assert sum(1 for size in sizes if size > 1) >= len(sizes) // 2, sizes
+    for text, (_, answer) in zip(sentences * 2, answers, strict=True):
+        assert answer["translation"] == reference[text]["translation"], text
+
+
 BAD_REQUESTS = [
     b"\xff\xfe not utf-8",
     b"",

@@ -114,6 +114,16 @@ class TranslationReplica:
 
     The batch size and wait come as the deployment's ``user_config`` (Ray's way to retune
     replicas without restarting them), applied in :meth:`reconfigure`.
+
+    ``@serve.batch`` gathers the requests that arrive within ``batch_wait_timeout_s`` of each
+    other, but it forms its next batch when that window closes even while the model still runs
+    the previous one: under a steady stream (many gateways, each request a few ms after the
+    last) every batch it forms holds one or two sentences and waits behind the model, and
+    batching gains nothing (measured: open loop at twice one replica's unbatched capacity, all
+    80 batches of size 1). So its batches are not run as they come: they join one queue, and
+    the model, whenever it is free, runs everything waiting there, up to ``max_batch_size``
+    sentences, as one batch. Ray's window still decides how long a request waits for company
+    while the model is idle.
     """
 
     def __init__(
@@ -124,14 +134,18 @@ class TranslationReplica:
         self._translator = load_translator(model, providers=list(providers), threads=threads)
         self._max_body_bytes = max_body_bytes
         # The model runs on one thread of its own: ONNX Runtime releases the GIL while a graph
-        # runs, so the replica's event loop keeps accepting requests and filling the next batch;
-        # serve.batch runs one batch at a time, so the translator is never used concurrently.
+        # runs, so the replica's event loop keeps accepting requests and queueing the next
+        # batch; one batch runs at a time, so the translator is never used concurrently.
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="cnmt-model")
+        self._waiting: list[tuple[_Job, asyncio.Future[_Done]]] = []
+        self._model_busy = False
+        self._max_batch_size = 1
         self._inside = 0  # translation requests in this replica: Ray reports no per-request count
 
     def reconfigure(self, config: dict[str, Any]) -> None:
-        self._run_batch.set_max_batch_size(int(config["max_batch_size"]))
-        self._run_batch.set_batch_wait_timeout_s(float(config["batch_wait_timeout_s"]))
+        self._max_batch_size = int(config["max_batch_size"])
+        self._gather.set_max_batch_size(self._max_batch_size)
+        self._gather.set_batch_wait_timeout_s(float(config["batch_wait_timeout_s"]))
 
     async def __call__(self, request: Request) -> Response:
         path = request.url.path.rstrip("/") or "/"
@@ -162,7 +176,8 @@ class TranslationReplica:
             except CnmtError as exc:
                 raise _model_error(exc) from None
             check_length(n_tokens, self._translator.max_source_tokens)
-            done: _Done = await self._run_batch(_Job(text, arrived))
+            queued: asyncio.Future[_Done] = await self._gather(_Job(text, arrived))
+            done = await queued
             if done.error is not None:
                 raise done.error
         except RequestError as exc:
@@ -187,9 +202,36 @@ class TranslationReplica:
 
     # The defaults are replaced by the user_config in reconfigure() before any request.
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
-    async def _run_batch(self, jobs: list[_Job]) -> list[_Done]:
+    async def _gather(self, jobs: list[_Job]) -> list[asyncio.Future[_Done]]:
+        """Queue a batch Ray formed; each request then awaits its own result."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._model_thread, self._translate_jobs, jobs)
+        futures: list[asyncio.Future[_Done]] = [loop.create_future() for _ in jobs]
+        self._waiting.extend(zip(jobs, futures, strict=True))
+        if not self._model_busy:
+            self._model_busy = True
+            loop.create_task(self._run_waiting())
+        return futures
+
+    async def _run_waiting(self) -> None:
+        """Run what waits, up to ``max_batch_size`` sentences a batch, until nothing does."""
+        loop = asyncio.get_running_loop()
+        try:
+            while self._waiting:
+                taken = self._waiting[: self._max_batch_size]
+                del self._waiting[: self._max_batch_size]
+                jobs = [job for job, _ in taken]
+                try:
+                    results = await loop.run_in_executor(
+                        self._model_thread, self._translate_jobs, jobs
+                    )
+                except Exception as exc:  # the executor itself failed: fail these, go on
+                    failed = _Done(None, _model_error(exc), time.perf_counter(), len(jobs))
+                    results = [failed] * len(jobs)
+                for (_, future), result in zip(taken, results, strict=True):
+                    if not future.done():  # a request whose client left was cancelled
+                        future.set_result(result)
+        finally:
+            self._model_busy = False
 
     def _translate_jobs(self, jobs: list[_Job]) -> list[_Done]:
         started = time.perf_counter()
