@@ -289,8 +289,8 @@ async def many_gateways(args: argparse.Namespace, sentences: list[str]) -> list[
     rows = []
     for replicas in (1, 2):
         for batch in (1, 16):
-            settings = cloud_settings(args, "ray", args.model, num_replicas=replicas, max_batch_size=batch,
-                                      batch_wait_timeout_s=0.01)  # fmt: skip
+            settings = cloud_settings(args, "ray", args.model, num_replicas=replicas,
+                                      max_batch_size=batch, batch_wait_timeout_s=0.01)  # fmt: skip
             async with Cloud(settings) as cloud:
                 with tempfile.TemporaryDirectory() as tmp:
                     gateways = [
