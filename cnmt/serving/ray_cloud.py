@@ -139,6 +139,7 @@ class TranslationReplica:
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="cnmt-model")
         self._waiting: list[tuple[_Job, asyncio.Future[_Done]]] = []
         self._model_busy = False
+        self._runner: asyncio.Task[None] | None = None  # held: the loop keeps only weak refs
         self._max_batch_size = 1
         self._inside = 0  # translation requests in this replica: Ray reports no per-request count
 
@@ -209,7 +210,7 @@ class TranslationReplica:
         self._waiting.extend(zip(jobs, futures, strict=True))
         if not self._model_busy:
             self._model_busy = True
-            loop.create_task(self._run_waiting())
+            self._runner = loop.create_task(self._run_waiting())
         return futures
 
     async def _run_waiting(self) -> None:
@@ -240,8 +241,8 @@ class TranslationReplica:
         except Exception as exc:
             if len(jobs) == 1:
                 return [_Done(None, _model_error(exc), started, 1)]
-            # Ray fails every request of a batch whose handler raised; one sentence the model
-            # refuses must not fail the others, so each is run alone to find it.
+            # One sentence the model refuses must not fail the others beside it in the batch
+            # (our aiohttp server would have refused only that one): each is run alone.
             return [self._translate_jobs([job])[0] for job in jobs]
         return [_Done(r, None, started, len(jobs)) for r in results]
 
