@@ -122,8 +122,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         length_estimator=naive(naive.Params(mean_tokens=10.0)),
         device_policy=components.create("device_policy", "edge"),
         rtt_estimator=components.create("rtt_estimator", "last"),
-        edge_latency=unused,
-        cloud_latency=unused,
+        cloud_wait_estimator=components.create("rtt_estimator", "last"),
+        edge_latency=components.create("latency_model", "profile", prior=unused),
+        cloud_latency=components.create("latency_model", "profile", prior=unused),
         settings=GatewaySettings(edge_profile="(unused)", cloud_profile="(unused)", port=0),
     )
     runner, port = await serve_app(gateway.app(), "127.0.0.1", 0)

@@ -11,17 +11,22 @@ and seed give the same numbers):
 2. **Ground truth.** Each request's true execution time on the edge and on the cloud is drawn
    from the raw samples of the device profiles (:mod:`cnmt.experiments.groundtruth`), not from
    the fitted line the scheduler uses.
-3. **Link.** Requests arrive in trace time (spread evenly over the window, or one every
-   ``interval_s``). A request's true round trip is the RTT of the latest trace sample at its
+3. **Link.** Requests arrive in trace time: spread evenly over the window, one every
+   ``interval_s``, as a Poisson process at ``rate`` per second, or at the times of a file
+   (``arrivals``). A request's true round trip is the RTT of the latest trace sample at its
    arrival. If that ping was lost, the exchange is charged one retransmission timeout
    (``loss_timeout_s``) on top of the last answered RTT: the packet was lost and resent. The
    transmission time adds the payload (request plus response, UTF-8 bytes plus
    ``overhead_bytes``) at ``bandwidth_mbps``.
 4. **Policies.** Each policy decides every request in arrival order with its own RTT
-   estimator, which learns only from that policy's own offloads: an offloaded exchange's round
-   trip becomes a sample when it completes (arrival + transmission + cloud time), as on a live
-   gateway, so the estimate is as fresh as the last offload. A request's latency is its
-   execution time plus, when offloaded, its transmission time; totals are sums (no queueing).
+   estimator, which learns only from that policy's own offloads (and probes, with
+   ``rtt_probe_s``): an offloaded exchange's round trip becomes a sample when it completes
+   (arrival + transmission + cloud time), as on a live gateway, so the estimate is as fresh as
+   the last offload. Its learning components (``online`` latency models, ``online_linear``)
+   learn from each request once it has finished, never before. A request's latency is its
+   execution time plus, when offloaded, its transmission time, plus with ``queues`` its wait
+   for a free worker on the device (:mod:`cnmt.experiments.simulate`); without queues (the
+   paper's method) every request finds both devices idle and totals are plain sums.
 5. **Table I.** Each policy's total against edge-only, cloud-only and the Oracle, in percent:
    ``100 * (total - reference) / reference`` (negative = faster).
 """
@@ -64,7 +69,7 @@ from cnmt.schedulers.base import (
     LatencyModel,
     RequestBatch,
 )
-from cnmt.schedulers.rtt_estimators import WindowedMedian
+from cnmt.schedulers.defaults import DEFAULT_COMPONENTS
 
 FORMAT = "cnmt-replay/1"
 REFERENCES = ("edge", "cloud", "oracle", "oracle_expected")
@@ -255,18 +260,9 @@ class PolicyRun:
             for spec in (self.length, self.edge_latency, self.cloud_latency)
             if spec is not None
         ]
+        if self.policy.needs_truth:
+            return False  # an Oracle decides from the truth, whatever its models learn
         return any(getattr(cls, "learns", False) for cls in classes)
-
-
-DEFAULTS = {
-    "rtt_estimator": ComponentSpec("rtt_estimator", "last", None),
-    # starts at no wait; a stale estimate decays toward the lowest wait seen
-    "cloud_wait_estimator": ComponentSpec(
-        "rtt_estimator", "median", WindowedMedian.Params(initial_s=0.0)
-    ),
-    "edge_latency": ComponentSpec("latency_model", "profile", None),
-    "cloud_latency": ComponentSpec("latency_model", "profile", None),
-}
 
 
 def build_policies(config: Config, replay: ReplayConfig) -> list[PolicyRun]:
@@ -274,7 +270,7 @@ def build_policies(config: Config, replay: ReplayConfig) -> list[PolicyRun]:
     top-level sections, else the defaults (validated when the config was loaded)."""
 
     def pick(spec: PolicySpec, key: str) -> ComponentSpec | None:
-        return getattr(spec, key) or config.get(key) or DEFAULTS.get(key)
+        return getattr(spec, key) or config.get(key) or DEFAULT_COMPONENTS.get(key)
 
     runs = []
     for spec in replay.policy_specs():
@@ -502,7 +498,7 @@ def replay(
                 m_est = np.asarray(learners.length.estimate_many(n, m), dtype=float)
         sim = simulate(run.policy, stream, learners, queue_model, m_est)
         decisions[run.label] = sim.on_edge
-        policies[run.label] = _policy_result(run, sim, batch, learners)
+        policies[run.label] = _policy_result(run, sim, batch, learners, queue_model)
         described = _describe_length(run)
         if described and described not in estimators and np.isfinite(sim.m_estimate).all():
             error = sim.m_estimate - m
@@ -608,9 +604,16 @@ def _queues(
 
 
 def _policy_result(
-    run: PolicyRun, sim: Simulation, batch: RequestBatch, learners: Learners
+    run: PolicyRun,
+    sim: Simulation,
+    batch: RequestBatch,
+    learners: Learners,
+    queues: Queues | None = None,
 ) -> dict[str, Any]:
-    """One policy's line of the replay JSON."""
+    """One policy's line of the replay JSON. A device's utilization is the share of its
+    workers' time spent translating (1.0: every worker busy all the time)."""
+    edge_workers = queues.edge_workers if queues is not None else 1
+    cloud_workers = queues.cloud_workers if queues is not None else 1
     latency, on_edge = sim.latency_s, sim.on_edge
     true_exec = np.where(on_edge, batch.edge_s, batch.cloud_s)
     relative = (sim.predicted_s - true_exec) / true_exec
@@ -628,17 +631,19 @@ def _policy_result(
         "requests_edge": int(on_edge.sum()),
         "requests_cloud": int((~on_edge).sum()),
         "length_estimator": _describe_length(run) or None,
-        "rtt_estimator": run.rtt.name if sim.decided_by != "choose_many" else None,
+        "rtt_estimator": (
+            run.rtt.name if sim.decided_by != "choose_many" and not run.policy.needs_truth else None
+        ),
         "decided_by": sim.decided_by,
         "closed_loop": run.closed_loop,
         "devices": {
             "edge": {
-                "utilization": sim.busy_s["edge"] / sim.span_s,
+                "utilization": sim.busy_s["edge"] / sim.span_s / edge_workers,
                 "mean_queue_length": float(edge_waits.sum()) / sim.span_s,
                 "mean_wait_s": float(edge_waits.mean()) if edge_waits.size else 0.0,
             },
             "cloud": {
-                "utilization": sim.busy_s["cloud"] / sim.span_s,
+                "utilization": sim.busy_s["cloud"] / sim.span_s / cloud_workers,
                 "mean_queue_length": (float(cloud_waits.sum()) + sim.background_wait_s)
                 / sim.span_s,
                 "mean_wait_s": float(cloud_waits.mean()) if cloud_waits.size else 0.0,
@@ -685,7 +690,9 @@ def markdown_table(result: dict[str, Any]) -> str:
     rows = [head, "|---|" + "---:|" * (head.count("|") - 2)]
 
     def pct(value: float | None) -> str:
-        return "" if value is None else f"{value:+.1f}%"
+        if value is None:
+            return ""
+        return f"{0.0 if abs(value) < 0.05 else value:+.1f}%"  # no "-0.0%" from rounding
 
     for label, p in result["policies"].items():
         t = result["table"][label]

@@ -38,6 +38,7 @@ class SweepPoint:
     utilization: float
     rate: float
     policies: dict[str, Any]
+    mode: str = ""  # how requests arrived and queued (describe_mode)
 
 
 @dataclass
@@ -148,7 +149,7 @@ def run_sweep(
     at the rates that keep edge-only busy each configured share of the time (its mean true
     edge time, from the scenario's own replay, sets them), with the config's
     ``load_sweep_requests`` (or ``requests``, when fewer)."""
-    from cnmt.experiments.replay import replay
+    from cnmt.experiments.replay import describe_mode, replay
 
     config = load_config(scenario.config)
     spec = config["replay"]
@@ -165,7 +166,9 @@ def run_sweep(
             arrival_rate=rate,
             labels=SWEEP_POLICIES,
         )
-        scenario.sweep.append(SweepPoint(utilization, rate, outcome.result["policies"]))
+        scenario.sweep.append(
+            SweepPoint(utilization, rate, outcome.result["policies"], describe_mode(outcome.result))
+        )
         print(f"  {scenario.name} at edge-only utilization {utilization:g}", file=sys.stderr)
     if output is not None:
         path = output.figures / (scenario.name.replace("/", "__") + "__load.png")
@@ -296,9 +299,9 @@ def our_table(scenarios: list[Scenario]) -> list[str]:
     lines = [
         "## Our Table I, every scenario",
         "",
-        "The paper's method (no queues). C-NMT is the paper's rule (`cnmt`); closed loop is "
-        "`cnmt-closed` (learning latency and length models, the load-aware rule, the link "
-        "probed when idle).",
+        "C-NMT is the paper's rule (`cnmt`); closed loop is `cnmt-closed` (learning latency "
+        "and length models, the load-aware rule, the link probed when idle). Each scenario's "
+        "arrivals and queues are listed under the table.",
         "",
         "| scenario | C-NMT vs edge | vs cloud | vs Oracle | vs E[Oracle] | Naive vs Oracle "
         "| closed loop vs Oracle | vs E[Oracle] | Oracle on edge |",
@@ -320,6 +323,10 @@ def our_table(scenarios: list[Scenario]) -> list[str]:
             f"{'n/a' if share is None else f'{share * 100:.1f}%'}"
             f"{' (one-sided)' if one_sided else ''} |"
         )
+    from cnmt.experiments.replay import describe_mode
+
+    modes = sorted({describe_mode(s.result) for s in scenarios if s.result is not None})
+    lines += ["", "Arrivals and queues: " + "; or ".join(modes) + "."] if modes else []
     lines += [
         "",
         '"Oracle on edge" is the share of requests the Oracle runs on the edge; where it is '
@@ -375,8 +382,8 @@ def sweep_section(s: Scenario) -> list[str]:
     lines = [
         f"### Load sweep: {s.name}",
         "",
-        "Poisson arrivals with FIFO queues (one server per device), at the rates that keep "
-        "edge-only busy the given share of the time; mean / p99 latency in ms.",
+        f"{s.sweep[0].mode}; at the rates that keep edge-only busy the given "
+        "share of the time. Mean / p99 latency in ms.",
         "",
         "| edge-only busy | rate (req/s) | "
         + " | ".join(labels)

@@ -54,6 +54,14 @@ from cnmt.schedulers.base import (
 from cnmt.schedulers.latency_models import LatencyEstimator
 from cnmt.schedulers.rtt_estimators import RttEstimator
 
+# Between two requests, at most this many idle probes of the link are simulated (the latest
+# ones): a sparse replay (requests minutes apart, probes every second) would otherwise spend
+# nearly all its time probing. The built-in RTT estimators have forgotten the earlier probes
+# anyway: `last` keeps one sample, `median` its window, `ewma` weighs a sample 64 probes old
+# (1 - alpha)^64, under 2e-4 at the default alpha; only `median`'s floor (the lowest RTT it
+# decays toward when stale) is taken over the simulated probes alone.
+MAX_PROBES_BETWEEN = 64
+
 
 @dataclass(frozen=True)
 class Queues:
@@ -84,8 +92,10 @@ class Learners:
 
     ``rtt_probe_s``: when no round trip has been measured for that long, the gateway probes
     the link (a tiny request answered at once) every ``rtt_probe_s`` until one is: the RTT
-    estimate then never goes stale while everything runs on the edge. None: no probes (the
-    paper's gateway learns only from offloads).
+    estimate then never goes stale while everything runs on the edge, and a probe that finds
+    the cloud empty (no request waiting or running) is a cloud-wait sample of 0, as a live
+    gateway's ``learn_from_probes`` does. None: no probes (the paper's gateway learns only from
+    offloads).
     """
 
     length: LengthEstimator | None
@@ -121,7 +131,7 @@ def simulate(
     """Play ``stream`` through ``policy`` (see the module docstring); ``m_estimate`` holds the
     length estimates when they can be computed up front (an estimator that does not learn)."""
     count = len(stream.batch)
-    learning = (
+    learning = not policy.needs_truth and (  # an Oracle ignores what the models learn
         learners.rtt_probe_s is not None
         or learners.edge.learns
         or learners.cloud.learns
@@ -472,11 +482,22 @@ def _general(
         # 1b. while nothing is measured, probes of the link every probe_s; those back by now
         if probe_s is not None:
             sent = last_sample + probe_s
+            if now - sent > MAX_PROBES_BETWEEN * probe_s:  # see MAX_PROBES_BETWEEN
+                sent = now - MAX_PROBES_BETWEEN * probe_s
             while sent < now:
                 rtt = rtt_at(sent)  # type: ignore[misc]
                 if sent + rtt > now:
                     break
                 learners.rtt.observe(rtt, sent + rtt)
+                if queued:  # the cloud's health answer: nothing pending means no wait
+                    at_cloud = sent + rtt / 2.0
+                    while bg_next < len(bg_arrival) and bg_arrival[bg_next] <= at_cloud:
+                        start = max(bg_arrival[bg_next], cloud_free[0])
+                        bg_wait += start - bg_arrival[bg_next]
+                        heapq.heapreplace(cloud_free, start + bg_exec[bg_next])
+                        bg_next += 1
+                    if max(cloud_free) <= at_cloud:
+                        learners.cloud_wait.observe(0.0, sent + rtt)
                 last_sample = sent + rtt
                 sent = last_sample + probe_s
         # 2. the state

@@ -83,7 +83,7 @@ class OnlineLatency(LatencyEstimator):
     @dataclass(frozen=True)
     class Params:
         forgetting: float = 0.99
-        prior_weight: float = 20.0
+        prior_weight: float = 2.0
         floor_weight: float = 1.0
         clip: float = 3.0
         initial_scale: float = 0.25

@@ -19,9 +19,12 @@ swings the model anywhere ("wind-up"); the floor keeps those directions at the p
 ``w`` is Huber's weight: a residual larger than ``clip`` times the running scale of residuals
 counts as if it were that large (``w = clip * scale / |residual|``). One stall of a CPU quota or
 a garbage collection therefore moves the model by a bounded step, while a real change (every
-observation off by as much) moves it all the way within the memory. The scale is an
-exponentially weighted mean of the absolute (clipped) residuals with the same forgetting,
-started at ``initial_scale``.
+observation off by as much) moves it all the way within the memory. The scale is the mean of
+the absolute (clipped) residuals so far, ``initial_scale`` counting as one of them, until the
+memory is full; from then on an exponentially weighted mean with the same forgetting. Growing
+the scale as fast as the evidence allows matters when the prior is far off: with a scale that
+forgot as slowly as the model, every residual of a profile 3x too fast would be clipped for
+about a hundred observations, and the model would crawl toward the truth.
 
 Pure Python on purpose: the models have two or three coefficients, and numpy's per-call
 overhead would make each update several times slower than these few multiplications.
@@ -92,7 +95,8 @@ class RecursiveLeastSquares:
         ]
         self.b = [lam * self.b[i] + weight * x[i] * y + keep * self._floor_b[i] for i in range(d)]
         self.theta = _solve(self.A, self.b)
-        self.scale = lam * self.scale + keep * min(abs(residual), limit)
+        rate = max(keep, 1.0 / (self.observations + 2))
+        self.scale += rate * (min(abs(residual), limit) - self.scale)
         self.observations += 1
 
     def state(self) -> dict[str, Any]:

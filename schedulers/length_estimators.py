@@ -76,7 +76,7 @@ class OnlineLinearLength(LinearLength):
     @dataclass(frozen=True)
     class Params(LinearLength.Params):
         forgetting: float = 0.995
-        prior_weight: float = 50.0
+        prior_weight: float = 10.0
         floor_weight: float = 1.0
         clip: float = 3.0
         initial_scale: float = 2.0

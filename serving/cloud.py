@@ -3,13 +3,19 @@
 ``POST /v1/translate`` with ``{"text": "..."}`` answers::
 
     {"translation": "let's go .", "n_tokens": 5, "m_tokens": 3, "exec_s": 0.0123,
-     "received_at": 1718000000.125, "sent_at": 1718000000.139}
+     "received_at": 1718000000.125, "sent_at": 1718000000.139,
+     "wait_s": 0.0004, "pending": 0, "batch_size": 1}
 
 ``received_at`` is taken when the request's body has arrived and ``sent_at`` just before the
 answer is written, both on this server's clock (``time.time``); ``exec_s`` is the model's own
 time. The gateway subtracts ``sent_at - received_at`` from the round trip it measured to get one
 RTT sample of the link, so the two clocks never need to agree. The server keeps no state between
 requests: replicas can share one address (``reuse_port``) behind any balancer.
+
+Queueing, in the fields both cloud engines report (the Ray Serve cloud too): ``wait_s`` is the
+time from the request's arrival to the start of the model run that translated it (waiting for a
+free worker), ``pending`` the requests already waiting or running in this server when it
+arrived (itself not counted), ``batch_size`` the sentences in that model run (always 1 here).
 
 ``GET /health`` (alive), ``GET /ready`` (models loaded) and ``GET /metrics`` (Prometheus text).
 """
@@ -46,9 +52,11 @@ log = logging.getLogger("cnmt.serving.cloud")
 SERVICE = "cnmt-cloud"
 
 
-def _translate_checked(translator: Translator, text: str) -> Translation:
+def _translate_checked(translator: Translator, text: str) -> tuple[float, Translation]:
+    """The model run's start (``time.perf_counter``) and its result."""
+    started = time.perf_counter()
     check_length(translator.count_source_tokens(text), translator.max_source_tokens)
-    return translator.translate(text)
+    return started, translator.translate(text)
 
 
 class CloudServer:
@@ -115,12 +123,14 @@ class CloudServer:
             # The body first: an upload in progress holds no slot and is not the server's time.
             body = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
             received_at = self.clock()
+            arrived = time.perf_counter()  # waiting for a model from here on: `wait_s`
+            pending = self.pending
             if self.pending >= settings.max_pending:
                 raise overloaded("the cloud server", self.pending, settings.retry_after_s)
             self.pending += 1
             self._pending.set(self.pending)
             try:
-                result = await self._translate(parse_text(body))
+                started, result = await self._translate(parse_text(body))
             finally:
                 self.pending -= 1
                 self._pending.set(self.pending)
@@ -136,10 +146,13 @@ class CloudServer:
             "exec_s": result.seconds,
             "received_at": received_at,
             "sent_at": self.clock(),
+            "wait_s": max(0.0, started - arrived),
+            "pending": pending,
+            "batch_size": 1,
         }
         return json_response(body)
 
-    async def _translate(self, text: str) -> Translation:
+    async def _translate(self, text: str) -> tuple[float, Translation]:
         assert self._free is not None
         translator = await self._free.get()
         try:

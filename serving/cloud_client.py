@@ -4,8 +4,10 @@ Every way an exchange can fail is one :class:`CloudFailure` with a short ``reaso
 metric label) and a detail for the log: ``timeout`` (no complete answer within the deadline),
 ``connection`` (refused, reset, closed), ``status`` (an HTTP error other than 422) and
 ``bad_response`` (an answer that is not the cloud protocol: not JSON, missing fields, wrong
-types, timestamps that go backwards). A 422 is not a fault: the model refused the text, and
-:class:`CloudRejected` carries its message to the user.
+types, timestamps that go backwards). The queueing fields ``wait_s``, ``pending`` and
+``batch_size`` are optional (older clouds do not send them) but checked when present. A 422 is
+not a fault: the model refused the text, and :class:`CloudRejected` carries its message to the
+user.
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ class CloudReply:
     sent_at: float
     round_trip_s: float
     wire_bytes: int = 0  # request plus response bodies
+    # Queueing in the cloud, when it reports it (optional fields of the protocol).
+    wait_s: float | None = None
+    pending: int | None = None
+    batch_size: int | None = None
 
     @property
     def server_s(self) -> float:
@@ -59,11 +65,16 @@ class CloudReply:
         return self.sent_at - self.received_at
 
     def rtt_sample(self, bandwidth_bps: float) -> float:
-        """One RTT sample of the link: the round trip minus the time spent in the server and
-        minus the bodies' serialisation at ``bandwidth_bps`` (the part of the exchange that
-        :meth:`cnmt.schedulers.LinkState.transmission_s` adds back per request)."""
+        """One sample of the rest of the cloud path: the round trip minus what the gateway's
+        other models predict, the cloud's wait and execution (``wait_s + exec_s``; the whole
+        time in the server, ``sent_at - received_at``, from a cloud that does not report its
+        wait), and minus the bodies' serialisation at ``bandwidth_bps`` (the part of the
+        exchange that :meth:`cnmt.schedulers.LinkState.transmission_s` adds back per request).
+        What remains is the link plus the cloud's own HTTP handling, so the predicted and the
+        measured cloud path add up the same parts."""
         serialisation = float(serialisation_s(self.wire_bytes, bandwidth_bps))
-        return max(0.0, self.round_trip_s - self.server_s - serialisation)
+        in_cloud = self.server_s if self.wait_s is None else self.wait_s + self.exec_s
+        return max(0.0, self.round_trip_s - in_cloud - serialisation)
 
 
 def _number(data: dict[str, Any], key: str) -> float:
@@ -77,6 +88,24 @@ def _count(data: dict[str, Any], key: str) -> int:
     value = data.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise CloudFailure("bad_response", f"`{key}` is {value!r}, expected a token count")
+    return value
+
+
+def _optional_seconds(data: dict[str, Any], key: str) -> float | None:
+    if key not in data:
+        return None
+    value = _number(data, key)
+    if value < 0:
+        raise CloudFailure("bad_response", f"`{key}` is {value!r}, expected seconds >= 0")
+    return value
+
+
+def _optional_count(data: dict[str, Any], key: str, minimum: int) -> int | None:
+    if key not in data:
+        return None
+    value = _count(data, key)
+    if value < minimum:
+        raise CloudFailure("bad_response", f"`{key}` is {value!r}, expected at least {minimum}")
     return value
 
 
@@ -99,6 +128,9 @@ def parse_reply(body: bytes, round_trip_s: float, request_bytes: int = 0) -> Clo
         sent_at=_number(data, "sent_at"),
         round_trip_s=round_trip_s,
         wire_bytes=request_bytes + len(body),
+        wait_s=_optional_seconds(data, "wait_s"),
+        pending=_optional_count(data, "pending", 0),
+        batch_size=_optional_count(data, "batch_size", 1),
     )
     if reply.server_s < 0:
         raise CloudFailure("bad_response", "`sent_at` is earlier than `received_at`")
@@ -170,17 +202,21 @@ class CloudClient:
 
     async def probe(self) -> bool:
         """True if ``GET /health`` answers as a C-NMT cloud server does."""
+        return await self.health() is not None
+
+    async def health(self) -> dict[str, Any] | None:
+        """``GET /health``'s answer if it is a C-NMT cloud server's (``status`` ok), else None."""
         timeout = aiohttp.ClientTimeout(total=self.probe_timeout_s)
         try:
             async with self.session.get(f"{self.base_url}/health", timeout=timeout) as response:
                 if response.status != 200:
-                    return False
+                    return None
                 data = json.loads(await response.read())
         except (TimeoutError, aiohttp.ClientError, ValueError):
-            return False
-        return (
-            isinstance(data, dict) and data.get("service") == SERVICE and data.get("status") == "ok"
-        )
+            return None
+        if isinstance(data, dict) and data.get("service") == SERVICE and data.get("status") == "ok":
+            return data
+        return None
 
 
 def _error_message(body: bytes) -> str:

@@ -58,6 +58,42 @@ def pick_sentences(
     return picks, str(path)
 
 
+def _load(answer: dict[str, Any]) -> str:
+    backlog, wait = answer.get("edge_backlog_ms") or 0.0, answer.get("cloud_wait_estimate_ms")
+    if not backlog and not wait:
+        return ""
+    return f"; edge backlog {backlog:.2f} ms, cloud wait {wait or 0.0:.2f} ms"
+
+
+def describe_models(models: dict[str, Any]) -> list[str]:
+    """The latency models as the profiles gave them and as the gateway has them now."""
+    lines = ["latency models, T = a_n*N + a_m*M + b (ms per token, ms):"]
+    for side, model in models["latency"].items():
+        for label, coefficients in (("profile", model["prior"]), ("now", model["current"])):
+            a_n, a_m, b = (coefficients[k] * 1000.0 for k in ("a_n", "a_m", "b"))
+            lines.append(
+                f"  {side:5} {label:7} a_n {a_n:8.4f}  a_m {a_m:8.4f}  b {b:8.3f}"
+                + (
+                    f"   ({model['component']}, learnt from {model['observations']} requests)"
+                    if label == "now"
+                    else f"   ({model['device']})"
+                )
+            )
+        error = model["median_abs_relative_error"]
+        if error is not None:
+            lines.append(
+                f"  {side:5} median |predicted - measured| / measured over its last "
+                f"{model['recent_requests']} requests: {error:.0%}"
+            )
+    length = models["length"]
+    if "gamma" in length:
+        lines.append(
+            f"length model ({length['component']}): M = {length['gamma']:.3f} N "
+            f"{length['delta']:+.2f}"
+        )
+    return lines
+
+
 def describe(index: int, text: str, answer: dict[str, Any]) -> str:
     predicted = answer["predicted_ms"]
     decided = answer["decided"]
@@ -71,7 +107,7 @@ def describe(index: int, text: str, answer: dict[str, Any]) -> str:
         f"    device {answer['device']} ({why}); N = {answer['n_tokens']} tokens, M estimated "
         f"{answer['m_estimated']:.1f}, actual {answer['m_actual']}",
         f"    predicted: edge {predicted['edge']:.2f} ms, cloud {predicted['cloud']:.2f} ms "
-        f"(model + link RTT estimate {rtt:.2f} ms)",
+        f"(model + link RTT estimate {rtt:.2f} ms)" + _load(answer),
         f"    measured:  {answer['latency_ms']:.2f} ms at the gateway, of which the model "
         f"{answer['exec_ms']:.2f} ms"
         + (
@@ -109,6 +145,11 @@ async def run_demo(
                         continue
                 answers.append(answer)
                 say(describe(index, text, answer))
+            async with session.get(f"{endpoints.gateway}/v1/models") as response:
+                models = await response.json()
+        say("")
+        for line in describe_models(models):
+            say(line)
     finally:
         say("")
         say("stopping")

@@ -12,6 +12,11 @@ the pipe directly (``add_reader``), so a local translation costs one pipe write 
 on top of the model's own time, with no thread hand-offs. Texts are sent one at a time (the
 device translates one at a time anyway), so a write never waits on a full pipe. If the worker
 dies, the next translation starts a new one and retries once.
+
+The worker knows its own load: each translation is queued with the gateway's predicted
+execution time, and :meth:`EdgeWorker.backlog_s` sums what is left of them (the running one's
+prediction minus the time it has run, never below zero, plus every queued one's): the edge
+backlog a load-aware policy adds to a new local request's own time.
 """
 
 from __future__ import annotations
@@ -116,21 +121,26 @@ class EdgeWorker:
         quota: QuotaSpec | None = None,
         allow_unthrottled: bool = False,
         start_timeout_s: float = 600.0,
+        timer: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.factory = factory
         self.quota_spec = quota
         self.allow_unthrottled = allow_unthrottled
         self.start_timeout_s = start_timeout_s
+        self.timer = timer
         self.throttled = False
         self.pid: int | None = None
         self.restarts = 0
         self._quota: Any = None  # cnmt.profiling.cpu_quota.CpuQuota once created
         self._process: Any = None
         self._conn: Any = None
-        self._queue: collections.deque[tuple[str, asyncio.Future[Translation]]] = (
+        # (text, its future, its predicted execution time in seconds)
+        self._queue: collections.deque[tuple[str, asyncio.Future[Translation], float]] = (
             collections.deque()
         )
         self._current: asyncio.Future[Translation] | None = None
+        self._current_started = 0.0  # timer() when the running translation was sent
+        self._current_predicted = 0.0
         self._restart_lock: asyncio.Lock | None = None
         self._generation = 0
         self._closing = False
@@ -143,6 +153,15 @@ class EdgeWorker:
     def queued(self) -> int:
         """Translations waiting or running in the worker."""
         return len(self._queue) + (self._current is not None)
+
+    def backlog_s(self) -> float:
+        """The predicted time until the worker is free: what is left of the running
+        translation's prediction plus the predictions of the queued ones (seconds)."""
+        backlog = sum(predicted for _, _, predicted in self._queue)
+        if self._current is not None:
+            ran = self.timer() - self._current_started
+            backlog += max(0.0, self._current_predicted - ran)
+        return backlog
 
     # --- start and stop ---
 
@@ -243,7 +262,7 @@ class EdgeWorker:
                 pass
         self._conn = None
         waiting = [self._current] if self._current is not None else []
-        waiting += [future for _, future in self._queue]
+        waiting += [future for _, future, _ in self._queue]
         self._current = None
         self._queue.clear()
         for future in waiting:
@@ -252,9 +271,10 @@ class EdgeWorker:
 
     # --- translating ---
 
-    async def translate(self, text: str) -> Translation:
+    async def translate(self, text: str, predicted_s: float = 0.0) -> Translation:
         """Translate in the worker. A model error (CnmtError) propagates; a dead worker is
-        restarted and the translation retried once, then EdgeFailure."""
+        restarted and the translation retried once, then EdgeFailure. ``predicted_s`` is the
+        translation's predicted execution time, counted in :meth:`backlog_s` until it ends."""
         for attempt in (1, 2):
             if self._closing:
                 raise EdgeFailure("the gateway is shutting down")
@@ -262,7 +282,7 @@ class EdgeWorker:
                 await self._restart(self._generation)
             generation = self._generation
             future: asyncio.Future[Translation] = asyncio.get_running_loop().create_future()
-            self._queue.append((text, future))
+            self._queue.append((text, future, max(0.0, predicted_s)))
             self._dispatch()
             try:
                 return await future
@@ -278,14 +298,16 @@ class EdgeWorker:
     def _dispatch(self) -> None:
         if self._current is not None or not self._queue or self._conn is None:
             return
-        text, future = self._queue.popleft()
+        item = self._queue.popleft()
+        text, future, predicted = item
         try:
             self._conn.send(text)
         except OSError as exc:
-            self._queue.appendleft((text, future))
+            self._queue.appendleft(item)
             self._detach(_WorkerDied(f"cannot write to the worker: {exc}"))
             return
         self._current = future
+        self._current_started, self._current_predicted = self.timer(), predicted
 
     def _on_readable(self, conn: Any) -> None:
         try:

@@ -5,21 +5,46 @@
 1. counts N, the input length in the model's tokens (the model's own tokenizer);
 2. estimates M with the configured length estimator;
 3. asks the configured device policy, a pure function of the request, M, a snapshot of the
-   scheduler state (edge and cloud latency models, the current RTT estimate) and ``now`` from
-   the injected clock;
+   scheduler state and ``now`` from the injected clock. The snapshot holds each device's
+   latency model as it is now (``edge_latency`` / ``cloud_latency``: the profile's fit, or an
+   ``online`` model learning from this gateway's own requests), the RTT estimate, the edge's
+   backlog (what is left of the predicted times of the local translations running or queued,
+   :meth:`cnmt.serving.edge.EdgeWorker.backlog_s`) and the estimate of the cloud's queue wait
+   (``cloud_wait_estimator``, fed by the ``wait_s`` each cloud answer reports);
 4. translates in the local worker (:mod:`cnmt.serving.edge`) or sends the text to the cloud;
-5. after a cloud exchange, feeds the RTT estimator one sample: the round trip it measured
-   minus the time the cloud says it held the request (``sent_at - received_at``) and minus
-   the bodies' serialisation time at the configured ``bandwidth_mbps``.
+5. once the translation is back, every learner observes what happened, and nothing before
+   (an observation exists only once its request has finished): the device's latency model its
+   ``(N, M, seconds)`` (the edge the worker's own execution time, the cloud the ``exec_s`` it
+   reports), the length estimator ``(N, M)``, and after a cloud exchange the cloud-wait
+   estimator the reported ``wait_s`` and the RTT estimator one sample of the rest of the cloud
+   path: the round trip the gateway measured minus the cloud's wait and execution (what the
+   other two models predict) and minus the bodies' serialisation at ``bandwidth_mbps`` (what
+   :meth:`LinkState.transmission_s` adds back). So the predicted cloud path, wait + T_cloud +
+   RTT + serialisation, sums the same parts the measured one does, nothing counted twice and
+   nothing missing. With ``learn_from_probes`` the idle health probes (every
+   ``health_interval_s`` while nothing is offloaded) are RTT samples too, and a cloud that
+   reports no pending request a cloud-wait sample of 0, so neither estimate stays stuck at
+   what the last offload saw while everything runs on the edge.
 
 It answers::
 
     {"translation": "let's go .", "device": "cloud", "decided": "cloud", "fallback": null,
      "n_tokens": 5, "m_estimated": 4.9, "m_actual": 3, "latency_ms": 61.2, "exec_ms": 11.0,
-     "rtt_estimate_ms": 48.1, "rtt_sample_ms": 49.0,
-     "predicted_ms": {"edge": 80.3, "cloud": 62.0}}
+     "wait_ms": 0.2, "rtt_estimate_ms": 48.1, "rtt_sample_ms": 49.0,
+     "predicted_ms": {"edge": 80.3, "cloud": 62.0}, "predicted_exec_ms": 10.1,
+     "edge_backlog_ms": 0.0, "cloud_wait_estimate_ms": 0.3}
 
 ``decided`` is the policy's choice, ``device`` where the text was really translated.
+``predicted_ms`` are the decision's predicted execution times (the cloud's plus its
+transmission), ``predicted_exec_ms`` the prediction for the device that ran it (to compare
+with ``exec_ms``), ``wait_ms`` the measured wait before the translation ran (the cloud's
+report; locally, the time in the worker's queue).
+
+What the gateway learns is visible: ``GET /v1/models`` shows each device's current and prior
+coefficients, the length model, the estimates and the median prediction error of the recent
+requests; ``GET /metrics`` exports the coefficients and a histogram of the relative prediction
+error per device. With ``state_file`` set it is saved and restored across restarts
+(:mod:`cnmt.serving.learned_state`).
 
 Faults never lose a request. A cloud exchange that times out (``cloud_timeout_s``), cannot
 connect, answers an HTTP error or an answer that is not the protocol is translated locally
@@ -33,19 +58,24 @@ requests whose body has arrived are inside the gateway at once; more get 503 wit
 ``Retry-After``. Slow clients are bounded by :mod:`cnmt.serving.limits`.
 
 ``GET /health`` (alive, and the cloud's state), ``GET /ready`` (the local worker is up),
-``GET /metrics`` (Prometheus text).
+``GET /v1/models`` (what it has learnt), ``GET /metrics`` (Prometheus text).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import statistics
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from cnmt.errors import CnmtError
@@ -59,11 +89,13 @@ from cnmt.schedulers.base import (
     Request,
     SchedulerState,
 )
+from cnmt.schedulers.latency_models import LatencyEstimator
 from cnmt.schedulers.rtt_estimators import RttEstimator
 from cnmt.serving import metrics as m
 from cnmt.serving.cloud_client import CloudClient, CloudFailure, CloudRejected
 from cnmt.serving.cloud_health import CloudHealth
 from cnmt.serving.edge import EdgeFailure, EdgeWorker
+from cnmt.serving.learned_state import Part, save
 from cnmt.serving.limits import IDLE_TIMEOUT_KEY
 from cnmt.serving.logs import escape_controls
 from cnmt.serving.protocol import (
@@ -82,6 +114,8 @@ from cnmt.serving.settings import GatewaySettings
 log = logging.getLogger("cnmt.serving.gateway")
 
 SERVICE = "cnmt-gateway"
+# How many recent requests per device /v1/models summarises the prediction error over.
+RECENT_ERRORS = 200
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -102,9 +136,12 @@ class Gateway:
         length_estimator: LengthEstimator,
         device_policy: DevicePolicy,
         rtt_estimator: RttEstimator,
-        edge_latency: LatencyModel,
-        cloud_latency: LatencyModel,
+        cloud_wait_estimator: RttEstimator,
+        edge_latency: LatencyEstimator,
+        cloud_latency: LatencyEstimator,
         settings: GatewaySettings,
+        state_parts: Sequence[Part] = (),
+        devices: dict[Device, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         timer: Callable[[], float] = time.perf_counter,
     ) -> None:
@@ -114,13 +151,20 @@ class Gateway:
         self.length_estimator = length_estimator
         self.device_policy = device_policy
         self.rtt_estimator = rtt_estimator
-        self.edge_latency = edge_latency
-        self.cloud_latency = cloud_latency
+        self.cloud_wait_estimator = cloud_wait_estimator
+        self.latency = {Device.EDGE: edge_latency, Device.CLOUD: cloud_latency}
         self.settings = settings
+        self.state_parts = list(state_parts)
+        self.devices = devices or {Device.EDGE: "edge", Device.CLOUD: "cloud"}
         self.clock = clock
         self.timer = timer
         self.pending = 0
         self.ready = False
+        # |predicted - observed| / observed of the last requests per device, for /v1/models
+        self.recent_errors: dict[Device, deque[float]] = {
+            device: deque(maxlen=RECENT_ERRORS) for device in Device
+        }
+        self._saver: asyncio.Task[None] | None = None
         self._init_metrics()
         self.cloud_health = self._new_cloud_health()
 
@@ -128,7 +172,17 @@ class Gateway:
         settings = self.settings
 
         async def probe() -> bool:
-            return self.cloud is not None and await self.cloud.probe()
+            if self.cloud is None:
+                return False
+            started = self.timer()
+            health = await self.cloud.health()
+            if health is not None and settings.learn_from_probes:
+                # A health answer costs the cloud next to nothing: its round trip is the link's.
+                at = self.clock()
+                self._observe_rtt(self.timer() - started, at)
+                if health.get("pending") == 0:  # an empty cloud: a request sent now waits 0
+                    self.cloud_wait_estimator.observe(0.0, at)
+            return health is not None
 
         def on_change(healthy: bool, cause: str) -> None:
             self.m_cloud_healthy.set(1.0 if healthy else 0.0)
@@ -206,10 +260,32 @@ class Gateway:
         )
         self.m_rtt_sample = Histogram(
             "cnmt_gateway_rtt_sample_seconds",
-            "RTT samples: cloud round trip minus the cloud's own time.",
+            "RTT samples: cloud round trip minus the cloud's wait and execution and the "
+            "serialisation time (and idle health probes' round trips with learn_from_probes).",
             buckets=m.LATENCY_BUCKETS_S,
             registry=r,
         )
+        self.m_prediction_error = Histogram(
+            "cnmt_gateway_exec_prediction_relative_error",
+            "(predicted - observed) / observed execution time of each translated request, by "
+            "the device that ran it; predicted with the latency model and M estimate the "
+            "decision used.",
+            ["device"],
+            buckets=m.RELATIVE_ERROR_BUCKETS,
+            registry=r,
+        )
+        self.m_edge_backlog = Gauge(
+            "cnmt_gateway_edge_backlog_seconds",
+            "Predicted time until the local worker is free (running and queued translations).",
+            registry=r,
+        )
+        self.m_edge_backlog.set_function(self.edge.backlog_s)
+        self.m_cloud_wait = Gauge(
+            "cnmt_gateway_cloud_wait_estimate_seconds",
+            "The estimate of how long a request waits in the cloud before it runs.",
+            registry=r,
+        )
+        r.register(_LearnedModels(self))
         self.m_cloud_healthy = Gauge(
             "cnmt_gateway_cloud_healthy",
             "1 while the cloud is considered healthy, else 0.",
@@ -244,6 +320,7 @@ class Gateway:
         app.router.add_post("/v1/translate", self.handle_translate)
         app.router.add_get("/health", self.handle_health)
         app.router.add_get("/ready", self.handle_ready)
+        app.router.add_get("/v1/models", self.handle_models)
         app.router.add_get("/metrics", self.handle_metrics)
         app.on_startup.append(lambda _app: self.start())
         app.on_cleanup.append(lambda _app: self.close())
@@ -260,14 +337,38 @@ class Gateway:
                     "the cloud did not answer its health probe at startup", cause="probe"
                 )
             self.cloud_health.start()
+        if self.settings.state_file is not None and self.state_parts:
+            self._saver = asyncio.get_running_loop().create_task(self._save_periodically())
         self.ready = True
 
     async def close(self) -> None:
         self.ready = False
+        if self._saver is not None:
+            self._saver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._saver
+            self._saver = None
+        self.save_state()
         await self.cloud_health.close()
         if self.cloud is not None:
             await self.cloud.close()
         await self.edge.close()
+
+    def save_state(self) -> None:
+        """Write what the gateway has learnt to ``state_file`` (if set); a failure is logged,
+        never fatal: serving goes on with what is in memory."""
+        path = self.settings.state_file
+        if path is None or not self.state_parts:
+            return
+        try:
+            save(path, self.state_parts)
+        except CnmtError as exc:
+            log.error("could not save the learnt state: %s", exc)
+
+    async def _save_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.state_save_s)
+            self.save_state()
 
     def attach_cloud(self, cloud: CloudClient) -> None:
         """Set the cloud once its address is known (before :meth:`start`)."""
@@ -317,11 +418,7 @@ class Gateway:
         request = Request(
             n_tokens=n_tokens, payload_bytes=len(dumps({"text": text}).encode("utf-8"))
         )
-        now = self.clock()
-        link = LinkState(
-            rtt_s=self.rtt_estimator.estimate(now), bandwidth_bps=self.settings.bandwidth_bps
-        )
-        state = SchedulerState(edge=self.edge_latency, cloud=self.cloud_latency, link=link, now=now)
+        state = self.snapshot()
         try:
             m_estimated = float(self.length_estimator.estimate(request))
             decided = Device(self.device_policy.choose(request, m_estimated, state))
@@ -329,31 +426,29 @@ class Gateway:
             log.error("scheduler failed: %s", exc)
             raise RequestError(500, f"the gateway's scheduler failed: {exc}") from None
         self.m_decisions.labels(device=decided.value).inc()
+        predicted = {
+            Device.EDGE: state.edge.predict(n_tokens, m_estimated),
+            Device.CLOUD: state.cloud.predict(n_tokens, m_estimated),
+        }
 
         device, fallback = decided, None
-        text_out: str | None = None
-        m_actual = 0
-        exec_s = 0.0
-        rtt_sample: float | None = None
+        outcome: _Outcome | None = None
         if decided is Device.CLOUD:
             if not self.cloud_healthy:
                 device, fallback = Device.EDGE, "cloud_unhealthy" if self.cloud else "no_cloud"
             else:
                 try:
-                    reply = await self._offload(text)
+                    outcome = await self._offload(text, n_tokens)
                 except CloudFailure as exc:
                     device, fallback = Device.EDGE, exc.reason
-                else:
-                    text_out, m_actual, exec_s = reply.text, reply.m_tokens, reply.exec_s
-                    rtt_sample = reply.rtt_sample(self.settings.bandwidth_bps)
         if device is Device.EDGE:
             try:
-                local = await self.edge.translate(text)
+                outcome = await self._translate_locally(text, n_tokens, predicted[Device.EDGE])
             except CnmtError as exc:
                 if isinstance(exc, EdgeFailure) and decided is Device.EDGE and self.cloud_healthy:
                     log.warning("local translation failed (%s); offloading instead", exc)
                     try:
-                        reply = await self._offload(text)
+                        outcome = await self._offload(text, n_tokens)
                     except CloudFailure as cloud_exc:
                         raise RequestError(
                             503,
@@ -361,8 +456,6 @@ class Gateway:
                             headers={"Retry-After": str(self.settings.retry_after_s)},
                         ) from None
                     device, fallback = Device.CLOUD, "edge_failure"
-                    text_out, m_actual, exec_s = reply.text, reply.m_tokens, reply.exec_s
-                    rtt_sample = reply.rtt_sample(self.settings.bandwidth_bps)
                 elif isinstance(exc, EdgeFailure):
                     raise RequestError(
                         503,
@@ -373,11 +466,15 @@ class Gateway:
                     raise RequestError(
                         422, f"the model cannot translate this text: {exc}"
                     ) from None
-            else:
-                text_out, m_actual, exec_s = local.text, local.output_tokens, local.seconds
-        assert text_out is not None
+        assert outcome is not None
 
         latency = self.timer() - started
+        m_actual = outcome.m_tokens
+        self.length_estimator.observe(n_tokens, m_actual)
+        if outcome.exec_s > 0:
+            error = (predicted[device] - outcome.exec_s) / outcome.exec_s
+            self.m_prediction_error.labels(device=device.value).observe(error)
+            self.recent_errors[device].append(abs(error))
         if fallback is not None:
             self.m_fallbacks.labels(reason=fallback).inc()
         self.m_requests.labels(device=device.value).inc()
@@ -385,7 +482,7 @@ class Gateway:
         self.m_length_error.observe(m_estimated - m_actual)
         self.m_length_abs_error.inc(abs(m_estimated - m_actual))
         return {
-            "translation": text_out,
+            "translation": outcome.text,
             "device": device.value,
             "decided": decided.value,
             "fallback": fallback,
@@ -393,21 +490,49 @@ class Gateway:
             "m_estimated": round(m_estimated, 3),
             "m_actual": m_actual,
             "latency_ms": _ms(latency),
-            "exec_ms": _ms(exec_s),
-            "rtt_estimate_ms": _ms(link.rtt_s),
-            "rtt_sample_ms": _ms(rtt_sample),
+            "exec_ms": _ms(outcome.exec_s),
+            "wait_ms": _ms(outcome.wait_s),
+            "rtt_estimate_ms": _ms(state.link.rtt_s),
+            "rtt_sample_ms": _ms(outcome.rtt_sample_s),
             "predicted_ms": {
-                "edge": _ms(self.edge_latency.predict(n_tokens, m_estimated)),
+                "edge": _ms(predicted[Device.EDGE]),
                 "cloud": _ms(
-                    self.cloud_latency.predict(n_tokens, m_estimated)
-                    + link.transmission_s(request.payload_bytes)
+                    predicted[Device.CLOUD] + state.link.transmission_s(request.payload_bytes)
                 ),
             },
+            "predicted_exec_ms": _ms(predicted[device]),
+            "edge_backlog_ms": _ms(state.edge_backlog_s),
+            "cloud_wait_estimate_ms": _ms(state.cloud_wait_s),
         }
 
-    async def _offload(self, text: str) -> Any:
-        """One cloud exchange; on success the RTT estimator learns from it, on failure the cloud
-        is marked unhealthy. CloudRejected (the model refused the text) becomes a 422."""
+    def snapshot(self) -> SchedulerState:
+        """What a decision sees now: each device's current latency model, the link, the edge's
+        backlog and the cloud's expected wait."""
+        now = self.clock()
+        link = LinkState(
+            rtt_s=self.rtt_estimator.estimate(now), bandwidth_bps=self.settings.bandwidth_bps
+        )
+        return SchedulerState(
+            edge=self.latency[Device.EDGE].current(),
+            cloud=self.latency[Device.CLOUD].current(),
+            link=link,
+            now=now,
+            edge_backlog_s=self.edge.backlog_s(),
+            cloud_wait_s=self.cloud_wait_estimator.estimate(now),
+        )
+
+    async def _translate_locally(self, text: str, n_tokens: int, predicted_s: float) -> _Outcome:
+        """One local translation; the edge's latency model learns from the worker's own time."""
+        queued = self.timer()
+        local = await self.edge.translate(text, predicted_s)
+        waited = max(0.0, self.timer() - queued - local.seconds)
+        self.latency[Device.EDGE].observe(n_tokens, local.output_tokens, local.seconds)
+        return _Outcome(local.text, local.output_tokens, local.seconds, waited, None)
+
+    async def _offload(self, text: str, n_tokens: int) -> _Outcome:
+        """One cloud exchange; on success the cloud's latency model, the cloud-wait and the RTT
+        estimators learn from it, on failure the cloud is marked unhealthy. CloudRejected (the
+        model refused the text) becomes a 422."""
         assert self.cloud is not None
         try:
             with self.cloud_health.exchange():  # CloudFailure if busy, unhealthy or failing
@@ -417,11 +542,17 @@ class Gateway:
                 422, f"the model cannot translate this text: {exc.message}"
             ) from None
         at = self.clock()
+        self.latency[Device.CLOUD].observe(n_tokens, reply.m_tokens, reply.exec_s)
+        if reply.wait_s is not None:
+            self.cloud_wait_estimator.observe(reply.wait_s, at)
         sample = reply.rtt_sample(self.settings.bandwidth_bps)
+        self._observe_rtt(sample, at)
+        return _Outcome(reply.text, reply.m_tokens, reply.exec_s, reply.wait_s, sample)
+
+    def _observe_rtt(self, sample: float, at: float) -> None:
         self.rtt_estimator.observe(sample, at)
         self.m_rtt_sample.observe(sample)
         self.m_rtt_estimate.set(self.rtt_estimator.estimate(at))
-        return reply
 
     async def handle_health(self, request: web.Request) -> web.Response:
         healthy = self.cloud_health.healthy  # a half-open breaker is not healthy yet
@@ -437,9 +568,94 @@ class Gateway:
             )
         return json_response({"ready": True})
 
+    def models(self) -> dict[str, Any]:
+        """What the gateway decides with now and how well it has predicted (``/v1/models``)."""
+        state = self.snapshot()
+        latency = {}
+        for device, estimator in self.latency.items():
+            errors = self.recent_errors[device]
+            latency[device.value] = {
+                "device": self.devices[device],
+                "component": estimator.name,
+                "learns": estimator.learns,
+                "observations": estimator.observations,
+                "current": _coefficients(estimator.current()),
+                "prior": _coefficients(estimator.prior),
+                "recent_requests": len(errors),
+                "median_abs_relative_error": (
+                    round(statistics.median(errors), 4) if errors else None
+                ),
+            }
+        length: dict[str, Any] = {
+            "component": self.length_estimator.name,
+            "learns": self.length_estimator.learns,
+        }
+        for key in ("gamma", "delta"):  # the linear estimators' M = gamma*N + delta
+            value = getattr(self.length_estimator, key, None)
+            if isinstance(value, int | float):
+                length[key] = round(float(value), 6)
+        return {
+            "latency": latency,
+            "length": length,
+            "rtt_estimate_ms": _ms(state.link.rtt_s),
+            "cloud_wait_estimate_ms": _ms(state.cloud_wait_s),
+            "edge_backlog_ms": _ms(state.edge_backlog_s),
+            "state_file": self.settings.state_file,
+        }
+
+    async def handle_models(self, request: web.Request) -> web.Response:
+        return json_response(self.models())
+
     async def handle_metrics(self, request: web.Request) -> web.Response:
-        self.m_rtt_estimate.set(self.rtt_estimator.estimate(self.clock()))
+        now = self.clock()
+        self.m_rtt_estimate.set(self.rtt_estimator.estimate(now))
+        self.m_cloud_wait.set(self.cloud_wait_estimator.estimate(now))
         return m.response(self.metrics)
+
+
+def _coefficients(model: LatencyModel) -> dict[str, float]:
+    """A latency model's coefficients: seconds per input token, per output token, and fixed."""
+    return {"a_n": model.a_n, "a_m": model.a_m, "b": model.b}
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """A finished translation, wherever it ran: its text and M, the device's execution time,
+    the wait before it ran (None if the cloud does not report it) and, for an offload, the RTT
+    sample taken from it."""
+
+    text: str
+    m_tokens: int
+    exec_s: float
+    wait_s: float | None
+    rtt_sample_s: float | None
+
+
+class _LearnedModels(Collector):
+    """The latency models' current coefficients and observation counts, read when scraped."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def collect(self) -> Any:
+        coefficients = GaugeMetricFamily(
+            "cnmt_gateway_latency_model_coefficient",
+            "The current T = a_n*N + a_m*M + b of each device's latency model (seconds, per "
+            "token for a_n and a_m).",
+            labels=["device", "coefficient"],
+        )
+        observations = GaugeMetricFamily(
+            "cnmt_gateway_latency_model_observations",
+            "Requests each device's latency model has learnt from (0 for a fixed profile).",
+            labels=["device"],
+        )
+        for device, estimator in self.gateway.latency.items():
+            model = estimator.current()
+            for name, value in (("a_n", model.a_n), ("a_m", model.a_m), ("b", model.b)):
+                coefficients.add_metric([device.value, name], value)
+            observations.add_metric([device.value], estimator.observations)
+        yield coefficients
+        yield observations
 
 
 class _EdgeRestarts(Collector):

@@ -137,8 +137,26 @@ async def _stop_when_orphaned(stop: asyncio.Event, every_s: float = 1.0) -> None
     stop.set()
 
 
+def _ray_cloud_process_main(settings: CloudSettings, conn: Connection) -> None:
+    # Imported here, in the child: the launching process (and its gateway) never imports Ray.
+    from cnmt.serving.ray_cloud import process_main
+
+    process_main(settings, conn)
+
+
+def check_ray_installed() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None or importlib.util.find_spec("ray.serve") is None:
+        raise CnmtRuntimeError(
+            "cloud.engine: ray needs Ray Serve, which is not installed: pip install 'cnmt[ray]' "
+            "(or set cloud.engine: aiohttp)"
+        )
+
+
 class CloudProcess:
-    """The cloud server in a child process (spawned, so it shares no state with this one)."""
+    """The cloud server in a child process (spawned, so it shares no state with this one):
+    our aiohttp server, or a Ray Serve cloud's driver (``engine: ray``)."""
 
     def __init__(self, settings: CloudSettings) -> None:
         self.settings = settings
@@ -148,8 +166,9 @@ class CloudProcess:
     async def start(self, timeout_s: float = 600.0) -> int:
         context = multiprocessing.get_context("spawn")
         parent_end, child_end = context.Pipe(duplex=False)
+        ray = self.settings.engine == "ray"
         self._process = context.Process(
-            target=_cloud_process_main,
+            target=_ray_cloud_process_main if ray else _cloud_process_main,
             args=(self.settings, child_end),
             name="cnmt-cloud",
             daemon=True,
@@ -176,7 +195,10 @@ class CloudProcess:
             self.port,
         )
 
-    async def stop(self, timeout_s: float = 10.0) -> None:
+    async def stop(self, timeout_s: float | None = None) -> None:
+        # A Ray cloud shuts down Serve and its local Ray instance: allow more time.
+        if timeout_s is None:
+            timeout_s = 60.0 if self.settings.engine == "ray" else 10.0
         process, self._process = self._process, None
         if process is None:
             return
@@ -212,6 +234,26 @@ def stop_reaping(process: Any) -> None:
         asyncio.get_running_loop().remove_reader(process.sentinel)
     except (ValueError, OSError):
         pass  # already closed
+
+
+def describe_cloud(settings: CloudSettings) -> str:
+    """What ``cnmt launch`` prints about a cloud it started."""
+    ray = settings.ray
+    if settings.engine != "ray" or ray is None:
+        return f"model {settings.model}, {settings.workers} worker(s), {settings.threads} thread(s)"
+    what = f"model {settings.model}, {settings.threads} thread(s)"
+    replicas = (
+        f"{ray.autoscaling.min_replicas}-{ray.autoscaling.max_replicas} replicas (autoscaled)"
+        if ray.autoscaling
+        else f"{ray.num_replicas} replica(s)"
+    )
+    batching = (
+        f"batches of up to {ray.max_batch_size} within {ray.batch_wait_timeout_s * 1000:g} ms"
+        if ray.max_batch_size > 1
+        else "no batching"
+    )
+    where = "local Ray" if ray.local else f"Ray cluster {ray.address}"
+    return f"Ray Serve on {where}: {what} each, {replicas}, {batching}"
 
 
 def _receive(conn: Connection, process: Any, timeout_s: float) -> tuple[str, Any]:
@@ -252,31 +294,55 @@ def load_profile(path: str, key: str, model: str) -> Any:
         ) from None
 
 
-def create_schedulers(config: Config) -> tuple[Any, Any, Any]:
-    """The length estimator, device policy and RTT estimator a live gateway may use."""
-    parts = []
-    for key in ("length_estimator", "device_policy", "rtt_estimator"):
-        component = config.create(key)
-        if getattr(component, "needs_truth", False):
+SCHEDULER_KEYS = ("length_estimator", "device_policy", "rtt_estimator", "cloud_wait_estimator")
+LATENCY_KEYS = ("edge_latency", "cloud_latency")
+
+
+def scheduler_specs(config: Config) -> dict[str, Any]:
+    """The gateway's scheduler components as selected, by section (a section left out takes
+    the default a replay takes too, :data:`cnmt.schedulers.defaults.DEFAULT_COMPONENTS`);
+    ConfigError for one that only an offline replay can run."""
+    from cnmt.registry import get_components
+    from cnmt.schedulers.defaults import DEFAULT_COMPONENTS
+
+    specs = {}
+    for key in SCHEDULER_KEYS + LATENCY_KEYS:
+        spec = config.get(key) or DEFAULT_COMPONENTS.get(key)
+        if spec is None:
+            raise ConfigError(f"{config.source}: a gateway needs a `{key}` section")
+        if getattr(get_components().get(spec.kind, spec.name).cls, "needs_truth", False):
             raise ConfigError(
-                f"{config.source}: {key}: {config[key].name!r} needs each request's ground truth, "
+                f"{config.source}: {key}: {spec.name!r} needs each request's ground truth, "
                 "which only an offline replay has; a live gateway cannot use it (choose e.g. "
                 "`linear` / `cnmt`)"
             )
-        parts.append(component)
-    return parts[0], parts[1], parts[2]
+        specs[key] = spec
+    return specs
+
+
+def create_schedulers(config: Config, priors: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The scheduler components of a live gateway, by section: length estimator, device
+    policy, RTT and cloud-wait estimators, and with ``priors`` (the profiles' fits, by section)
+    the edge's and the cloud's latency models."""
+    specs = scheduler_specs(config)
+    parts = {key: specs[key].create() for key in SCHEDULER_KEYS}
+    for key, prior in (priors or {}).items():
+        parts[key] = specs[key].create(prior=prior)
+    return parts
 
 
 def build_gateway(
     config: Config, settings: GatewaySettings, cloud_url: str | None, say: Say
 ) -> Any:
-    """A Gateway wired from a config (not started): schedulers and profiles first, so a bad
-    one fails before any model is loaded."""
+    """A Gateway wired from a config (not started): profiles, schedulers and the learnt state
+    first, so a bad one fails before any model is loaded."""
+    from cnmt.schedulers.base import Device
     from cnmt.serving.cloud_client import CloudClient
     from cnmt.serving.edge import EdgeWorker, QuotaSpec
     from cnmt.serving.gateway import Gateway
+    from cnmt.serving.learned_state import learning_parts, restore
 
-    length_estimator, device_policy, rtt_estimator = create_schedulers(config)
+    specs = scheduler_specs(config)  # a bad one fails before anything is read
     edge_profile = load_profile(settings.edge_profile, "gateway.edge_profile", settings.model)
     cloud_profile = load_profile(settings.cloud_profile, "gateway.cloud_profile", settings.model)
     for profile, key in ((edge_profile, "edge_profile"), (cloud_profile, "cloud_profile")):
@@ -288,6 +354,24 @@ def build_gateway(
                 profile.model,
                 settings.model,
             )
+    parts = create_schedulers(
+        config,
+        priors={
+            "edge_latency": edge_profile.fit.latency_model,
+            "cloud_latency": cloud_profile.fit.latency_model,
+        },
+    )
+    state_parts = learning_parts(
+        settings.model,
+        edge_profile.device.name,
+        cloud_profile.device.name,
+        edge_latency=parts["edge_latency"],
+        cloud_latency=parts["cloud_latency"],
+        length_estimator=parts["length_estimator"],
+    )
+    restored: list[str] = []
+    if settings.state_file is not None and state_parts:
+        restored = restore(settings.state_file, state_parts)
     device = edge_profile.device
     if device.threads != settings.threads:
         log.warning(
@@ -313,22 +397,29 @@ def build_gateway(
         if cloud_url
         else None
     )
+    learning = [part.key for part in state_parts]
     say(
         f"gateway: model {settings.model}, edge {edge_profile.label}"
         + (f" (CPU quota {device.cpu_quota:g} core)" if quota else " (unthrottled)")
-        + f"; cloud {cloud_profile.label}; policy {config['device_policy'].name}, length "
-        f"{config['length_estimator'].name}, RTT {config['rtt_estimator'].name}"
+        + f"; cloud {cloud_profile.label}; policy {specs['device_policy'].name}, length "
+        f"{specs['length_estimator'].name}, RTT {specs['rtt_estimator'].name}, latency "
+        f"edge {parts['edge_latency'].name} / cloud {parts['cloud_latency'].name}"
+        + (f"; learning {', '.join(learning)}" if learning else "")
+        + (f" (restored from {settings.state_file}: {', '.join(restored)})" if restored else "")
     )
     return Gateway(
         tokenizer=tokenizer,
         edge=edge,
         cloud=cloud,
-        length_estimator=length_estimator,
-        device_policy=device_policy,
-        rtt_estimator=rtt_estimator,
-        edge_latency=edge_profile.fit.latency_model,
-        cloud_latency=cloud_profile.fit.latency_model,
+        length_estimator=parts["length_estimator"],
+        device_policy=parts["device_policy"],
+        rtt_estimator=parts["rtt_estimator"],
+        cloud_wait_estimator=parts["cloud_wait_estimator"],
+        edge_latency=parts["edge_latency"],
+        cloud_latency=parts["cloud_latency"],
         settings=settings,
+        state_parts=state_parts,
+        devices={Device.EDGE: edge_profile.device.name, Device.CLOUD: cloud_profile.device.name},
     )
 
 
@@ -453,7 +544,9 @@ class System:
         cloud_url = link_url = None
         cloud_address: tuple[str, int] | None = None
         if cloud_cfg is not None:
-            if gateway_cfg is not None or link_cfg is not None:
+            if cloud_cfg.engine == "ray":
+                check_ray_installed()
+            if gateway_cfg is not None or link_cfg is not None or cloud_cfg.engine == "ray":
                 self._cloud_process = CloudProcess(cloud_cfg)
                 port = await self._cloud_process.start()
             else:
@@ -475,10 +568,7 @@ class System:
                 )
             cloud_address = (cloud_cfg.host, port)
             cloud_url = url(cloud_cfg.host, port)
-            self.say(
-                f"cloud:   {cloud_url}  (model {cloud_cfg.model}, {cloud_cfg.workers} "
-                f"worker(s), {cloud_cfg.threads} thread(s))"
-            )
+            self.say(f"cloud:   {cloud_url}  ({describe_cloud(cloud_cfg)})")
         if link_cfg is not None:
             upstream = (
                 split_host_port(link_cfg.upstream, "link.upstream")

@@ -14,6 +14,14 @@ for every answer (each bounded by ``timeout_s``). Every request ends in exactly 
 failed (any other HTTP status) or lost (no answer at all: connection error or timeout), so
 ``sent == ok + rejected + failed + lost``.
 
+Several gateways (``base_url`` a list, `cnmt loadtest --url A --url B`) share the load in turn:
+closed-loop client ``k`` talks to gateway ``k mod G``, open-loop request ``i`` goes to gateway
+``i mod G``; the report covers them all (e.g. many edge gateways in front of one cloud).
+
+Against a gateway, the report also gives, per device, the median relative error of the
+gateway's predicted execution time (``predicted_exec_ms`` vs ``exec_ms`` in its answers): how
+well its latency models describe what the devices really do.
+
 Only loopback addresses are accepted: this is a tool for a system you launched on this machine,
 never for someone else's server.
 """
@@ -78,6 +86,8 @@ class Outcome:
     device: str | None = None
     fallback: str | None = None
     error: str | None = None
+    exec_s: float | None = None  # a gateway's answer: the device's execution time
+    predicted_exec_s: float | None = None  # and what its latency model predicted
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -107,6 +117,9 @@ class LoadReport:
     devices: dict[str, int]
     fallbacks: dict[str, int]
     errors: dict[str, int] = field(default_factory=dict)
+    # per device: median |predicted - measured| / measured execution time, and over how many
+    prediction_error: dict[str, float] = field(default_factory=dict)
+    predictions: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, ensure_ascii=False)
@@ -131,6 +144,14 @@ class LoadReport:
             f"mean {ms('mean')}  max {ms('max')}",
             f"devices     {split or '-'}",
         ]
+        if self.prediction_error:
+            rows.append(
+                "predicted   median |error| of the execution time: "
+                + ", ".join(
+                    f"{d} {e:.0%} (of {self.predictions[d]})"
+                    for d, e in sorted(self.prediction_error.items())
+                )
+            )
         if self.fallbacks:
             rows.append(
                 "fallbacks   " + ", ".join(f"{r} {n}" for r, n in sorted(self.fallbacks.items()))
@@ -146,6 +167,10 @@ def summarize(url: str, mode: str, outcomes: list[Outcome], elapsed_s: float) ->
     ok = [o for o in outcomes if o.status == 200]
     latencies = [o.latency_s * 1000.0 for o in ok]
     errors = collections.Counter(o.error for o in outcomes if o.error)
+    relative: dict[str, list[float]] = collections.defaultdict(list)
+    for o in ok:
+        if o.device and o.exec_s and o.predicted_exec_s is not None:
+            relative[o.device].append(abs(o.predicted_exec_s - o.exec_s) / o.exec_s)
     return LoadReport(
         url=url,
         mode=mode,
@@ -166,10 +191,12 @@ def summarize(url: str, mode: str, outcomes: list[Outcome], elapsed_s: float) ->
         devices=dict(collections.Counter(o.device or "?" for o in ok)),
         fallbacks=dict(collections.Counter(o.fallback for o in ok if o.fallback)),
         errors=dict(errors),
+        prediction_error={d: percentile(v, 50) or 0.0 for d, v in sorted(relative.items())},
+        predictions={d: len(v) for d, v in sorted(relative.items())},
     )
 
 
-async def _send(
+async def send_request(
     session: aiohttp.ClientSession, endpoint: str, text: str, timeout_s: float
 ) -> Outcome:
     started = time.perf_counter()
@@ -193,13 +220,27 @@ async def _send(
     if not isinstance(data, dict):
         data = {}
     if status == 200:
-        return Outcome(status, latency, device=data.get("device"), fallback=data.get("fallback"))
+        return Outcome(
+            status,
+            latency,
+            device=data.get("device"),
+            fallback=data.get("fallback"),
+            exec_s=_seconds(data.get("exec_ms")),
+            predicted_exec_s=_seconds(data.get("predicted_exec_ms")),
+        )
     message = str(data.get("error", body[:80]))
     return Outcome(status, latency, error=f"HTTP {status}: {message[:120]}")
 
 
+def _seconds(ms: object) -> float | None:
+    """A gateway's milliseconds field as seconds; None if absent (a cloud's answer)."""
+    if isinstance(ms, bool) or not isinstance(ms, int | float) or not math.isfinite(ms):
+        return None
+    return float(ms) / 1000.0
+
+
 async def run_load(
-    base_url: str,
+    base_url: str | Sequence[str],
     sentences: Sequence[str],
     *,
     concurrency: int | None = None,
@@ -224,8 +265,12 @@ async def run_load(
         raise ConfigError(f"--duration: {duration_s} must be positive (seconds)")
     if not sentences:
         raise ConfigError("no sentences to send")
-    check_loopback(base_url)
-    endpoint = base_url.rstrip("/") + "/v1/translate"
+    urls = [base_url] if isinstance(base_url, str) else list(base_url)
+    if not urls:
+        raise ConfigError("give at least one --url")
+    for one_url in urls:
+        check_loopback(one_url)
+    endpoints = [u.rstrip("/") + "/v1/translate" for u in urls]
     outcomes: list[Outcome] = []
     issued = 0
     started = time.perf_counter()
@@ -250,26 +295,31 @@ async def run_load(
         if concurrency is not None:
             mode = f"closed loop, concurrency {concurrency}"
 
-            async def client() -> None:
+            async def client(endpoint: str) -> None:
                 while (text := next_text()) is not None:
-                    record(await _send(session, endpoint, text, timeout_s))
+                    record(await send_request(session, endpoint, text, timeout_s))
 
-            await asyncio.gather(*(client() for _ in range(concurrency)))
+            await asyncio.gather(
+                *(client(endpoints[k % len(endpoints)]) for k in range(concurrency))
+            )
         else:
             assert rate is not None
             mode = f"open loop, {rate:g} requests/s"
             tasks: list[asyncio.Task[None]] = []
 
-            async def one(text: str) -> None:
-                record(await _send(session, endpoint, text, timeout_s))
+            async def one(text: str, endpoint: str) -> None:
+                record(await send_request(session, endpoint, text, timeout_s))
 
             interval = 1.0 / rate
             while (text := next_text()) is not None:
-                tasks.append(asyncio.create_task(one(text)))
+                endpoint = endpoints[(issued - 1) % len(endpoints)]
+                tasks.append(asyncio.create_task(one(text, endpoint)))
                 due = started + issued * interval
                 delay = due - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
             await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - started
-    return summarize(base_url, mode, outcomes, elapsed)
+    if len(urls) > 1:
+        mode += f", spread over {len(urls)} gateways"
+    return summarize(" ".join(urls), mode, outcomes, elapsed)

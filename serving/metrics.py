@@ -14,6 +14,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Tokens, signed (estimate minus actual): under- and over-estimates of the output length.
 LENGTH_ERROR_BUCKETS = (-20.0, -10.0, -5.0, -2.0, -1.0, 0.0, 1.0, 2.0, 5.0, 10.0, 20.0)
+# Relative error of a predicted execution time, (predicted - observed) / observed, signed: -0.5
+# predicted half the time it took, 1.0 twice it.
+RELATIVE_ERROR_BUCKETS = (-0.75, -0.5, -0.3, -0.1, 0.0, 0.1, 0.3, 0.5, 1.0, 2.0, 4.0)
 
 
 def response(registry: CollectorRegistry) -> web.Response:

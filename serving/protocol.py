@@ -128,12 +128,17 @@ async def read_body(
         ) from None
 
 
-async def _read_body(request: web.Request, max_body_bytes: int) -> bytes:
-    too_large = RequestError(
+def body_too_large(max_body_bytes: int) -> RequestError:
+    """The 413 both cloud engines and the gateway answer to a body over the limit."""
+    return RequestError(
         413,
         f"request body is larger than {max_body_bytes} bytes; send one sentence per request "
         "(the server's max_body_bytes setting)",
     )
+
+
+async def _read_body(request: web.Request, max_body_bytes: int) -> bytes:
+    too_large = body_too_large(max_body_bytes)
     if request.content_length is not None and request.content_length > max_body_bytes:
         raise too_large
     chunks: list[bytes] = []

@@ -8,9 +8,11 @@ components the gateway uses are the usual component sections (``length_estimator
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 from urllib.parse import urlsplit
 
 from cnmt.datasets.link import DEFAULT_LOSS_TIMEOUT_S, RttSource
+from cnmt.serving.ray_settings import RayCloudSettings
 
 CPU = "CPUExecutionProvider"
 # Connection limits (cnmt.serving.limits): seconds a client may take for a request head after
@@ -56,6 +58,12 @@ class GatewaySettings:
     ``breaker_slow_s`` (default: half of ``cloud_timeout_s``) or longer mark the cloud
     unhealthy, as does a failed exchange or, while nothing is offloaded for
     ``health_interval_s``, a failed health probe; each probe waits at most ``probe_timeout_s``.
+
+    Learning (docs/serving.md, "The closed loop"): with ``learn_from_probes`` the round trip of
+    each idle health probe is an RTT sample too, and a cloud that answers it with no pending
+    request a cloud-wait sample of 0. ``state_file`` keeps what the learning
+    components have learnt across restarts, written every ``state_save_s`` seconds and on
+    shutdown (:mod:`cnmt.serving.learned_state`).
     """
 
     edge_profile: str
@@ -81,10 +89,14 @@ class GatewaySettings:
     breaker_slow_count: int = 3
     health_interval_s: float = 2.0
     probe_timeout_s: float = 1.0
+    learn_from_probes: bool = False
+    state_file: str | None = None
+    state_save_s: float = 60.0
 
     def __post_init__(self) -> None:
         _check_port(self.port)
         _check_positive(
+            state_save_s=self.state_save_s,
             threads=self.threads,
             cloud_timeout_s=self.cloud_timeout_s,
             max_pending=self.max_pending,
@@ -134,6 +146,10 @@ class CloudSettings:
     request head within ``idle_timeout_s`` (at least the gateways' 4 s keep-alive, so that no
     gateway sends on a connection the cloud is closing) and its body within
     ``body_timeout_s``.
+
+    ``engine: ray`` serves the same protocol from a Ray Serve deployment instead (replicas,
+    batching, a cluster), configured by the ``ray`` mapping (:class:`RayCloudSettings`);
+    ``workers`` and ``reuse_port`` are then Ray's business and must stay unset.
     """
 
     host: str = "127.0.0.1"
@@ -148,9 +164,21 @@ class CloudSettings:
     reuse_port: bool = False
     idle_timeout_s: float = 30.0
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    engine: Literal["aiohttp", "ray"] = "aiohttp"
+    ray: RayCloudSettings | None = None
 
     def __post_init__(self) -> None:
         _check_port(self.port)
+        if self.engine == "aiohttp" and self.ray is not None:
+            raise ValueError("ray: only used with engine: ray (set engine: ray or remove it)")
+        if self.engine == "ray":
+            if self.workers != 1 or self.reuse_port:
+                raise ValueError(
+                    "workers and reuse_port are for engine: aiohttp; with engine: ray set "
+                    "ray.num_replicas (or ray.autoscaling) instead"
+                )
+            if self.ray is None:
+                object.__setattr__(self, "ray", RayCloudSettings())
         if not self.idle_timeout_s >= MIN_CLOUD_IDLE_TIMEOUT_S:
             raise ValueError(
                 f"idle_timeout_s must be at least {MIN_CLOUD_IDLE_TIMEOUT_S:g} s (longer than a "

@@ -92,8 +92,10 @@ def test_unknown_characters_are_dropped_like_the_reference_and_logged(
     assert result.source_tokens == 5
     assert "dropped 2 source token(s) not in the vocabulary" in caplog.text
     assert "ｘ ｙ" in caplog.text
-    # Nothing known at all: the reference still decodes from EOS alone, and so do we.
-    assert translator.translate("ｘｙｚ").text == reference.translate("ｘｙｚ")
+    # Nothing known at all: the reference would invent a sentence from EOS alone; we refuse,
+    # naming the unknown characters (the gateway answers 422).
+    with pytest.raises(ConfigError, match="no token model 'cn2en' knows: 'ｘ', 'ｙ', 'ｚ'"):
+        translator.translate("ｘｙｚ")
 
 
 def test_batched_rows_finish_independently(translator: Any, sentences: list[str]) -> None:

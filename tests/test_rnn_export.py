@@ -152,8 +152,12 @@ def test_bad_inputs_get_clear_errors(models: dict[str, Exported], family: str) -
         translator.translate(too_long)
     with pytest.raises(ConfigError, match="N=300 exceeds max_source_tokens=256"):
         translator.forced(300, 5)
-    unknown = translator.translate("qqqzzz xxyyzz")
-    assert unknown.source_tokens >= 2  # unknown words become <unk>, they are not dropped
+    if family == "gru":  # a word vocabulary: a text of unknown words only is refused
+        for call in (translator.count_source_tokens, translator.translate):
+            with pytest.raises(ConfigError, match="no token model .* knows: 'qqqzzz', 'xxyyzz'"):
+                call("qqqzzz xxyyzz")
+    else:  # subword pieces of it are known to the BiLSTM's vocabulary: nothing is dropped
+        assert translator.translate("qqqzzz xxyyzz").source_tokens >= 2
 
 
 def test_provider_fallback_warns_and_still_translates(models: dict[str, Exported]) -> None:

@@ -30,11 +30,13 @@ from cnmt.errors import ConfigError
 from cnmt.registry import get_components
 from cnmt.runtime.base import Translation, Translator
 from cnmt.schedulers.base import LatencyModel
+from cnmt.schedulers.defaults import DEFAULT_COMPONENTS
 from cnmt.serving.cloud import CloudServer
 from cnmt.serving.cloud_client import CloudClient
 from cnmt.serving.edge import EdgeWorker
 from cnmt.serving.gateway import Gateway
 from cnmt.serving.launch import serve_app, url
+from cnmt.serving.learned_state import learning_parts, restore
 from cnmt.serving.settings import CloudSettings, GatewaySettings
 
 # Latency models for the `cnmt` policy in tests: a slow edge, a fast cloud (seconds).
@@ -89,6 +91,22 @@ class ScriptedTranslator(Translator):
         time.sleep(self.delay_s)
 
 
+class TimedTranslator(ScriptedTranslator):
+    """A ScriptedTranslator that takes ``b + a_n*N + a_m*M`` seconds (sleeping), M = N + 1: a
+    device whose true latency model is known."""
+
+    def __init__(self, model: LatencyModel, label: str = "") -> None:
+        super().__init__(0.0, label=label)
+        self.model = model
+
+    def translate(self, text: str) -> Translation:
+        started = time.perf_counter()
+        n = len(text.split())
+        time.sleep(max(0.0, self.model.predict(n, n + 1)))
+        result = super().translate(text)
+        return Translation(result.text, n, n + 1, time.perf_counter() - started)
+
+
 class EchoingTranslator(ScriptedTranslator):
     """A ScriptedTranslator that logs each text it translates at WARNING, raw, as cn2en logs the
     tokens it drops."""
@@ -111,11 +129,15 @@ def run(coro: Any, timeout_s: float = 60.0) -> Any:
 
 
 async def start_cloud(
-    delay_s: float = 0.0, port: int = 0, max_pending: int = 64, label: str = "cloud"
+    delay_s: float = 0.0,
+    port: int = 0,
+    max_pending: int = 64,
+    label: str = "cloud",
+    translator: Translator | None = None,
 ) -> tuple[web.AppRunner, str]:
     """A cloud server with a scripted model in this event loop; returns its runner and URL."""
     settings = CloudSettings(port=port, max_pending=max_pending)
-    server = CloudServer([ScriptedTranslator(delay_s, label=label)], settings)
+    server = CloudServer([translator or ScriptedTranslator(delay_s, label=label)], settings)
     runner, bound = await serve_app(server.app(), "127.0.0.1", port)
     return runner, url("127.0.0.1", bound)
 
@@ -173,6 +195,14 @@ def scheduler(kind: str, name: str, **params: Any) -> Any:
     return components.create(kind, name, entry.cls.Params(**params) if params else None)
 
 
+def latency_model(spec: tuple[str, dict[str, Any]], prior: LatencyModel) -> Any:
+    """A latency model component (``profile``, ``online``) with its prior."""
+    name, params = spec
+    components = get_components()
+    cls = components.get("latency_model", name).cls
+    return components.create("latency_model", name, cls.Params(**params), prior=prior)
+
+
 @dataclass
 class GatewayHandle:
     gateway: Gateway
@@ -203,13 +233,30 @@ async def start_gateway(
     edge_delay_s: float = 0.0,
     length: tuple[str, dict[str, Any]] = ("linear", {"gamma": 1.0, "delta": 1.0}),
     rtt: tuple[str, dict[str, Any]] = ("last", {}),
+    latency: tuple[str, dict[str, Any]] = ("profile", {}),
+    priors: tuple[LatencyModel, LatencyModel] = (EDGE_LATENCY, CLOUD_LATENCY),
     clock: Callable[[], float] = time.monotonic,
     edge_factory: Callable[..., Translator] = ScriptedTranslator,
+    edge_translator: Callable[[], Translator] | None = None,
     **settings: Any,
 ) -> GatewayHandle:
     """A gateway on a free loopback port: scripted model in a real (unthrottled) worker process."""
     config = gateway_settings(**settings)
-    edge = EdgeWorker(functools.partial(edge_factory, edge_delay_s, label="edge"))
+    factory = edge_translator or functools.partial(edge_factory, edge_delay_s, label="edge")
+    edge = EdgeWorker(factory)
+    length_estimator = scheduler("length_estimator", length[0], **length[1])
+    edge_latency = latency_model(latency, priors[0])
+    cloud_latency = latency_model(latency, priors[1])
+    parts = learning_parts(
+        "scripted",
+        "edge",
+        "cloud",
+        edge_latency=edge_latency,
+        cloud_latency=cloud_latency,
+        length_estimator=length_estimator,
+    )
+    if config.state_file is not None:
+        restore(config.state_file, parts)
     gateway = Gateway(
         tokenizer=ScriptedTranslator(),
         edge=edge,
@@ -218,12 +265,14 @@ async def start_gateway(
             if cloud_url
             else None
         ),
-        length_estimator=scheduler("length_estimator", length[0], **length[1]),
+        length_estimator=length_estimator,
         device_policy=scheduler("device_policy", policy),
         rtt_estimator=scheduler("rtt_estimator", rtt[0], **rtt[1]),
-        edge_latency=EDGE_LATENCY,
-        cloud_latency=CLOUD_LATENCY,
+        cloud_wait_estimator=DEFAULT_COMPONENTS["cloud_wait_estimator"].create(),
+        edge_latency=edge_latency,
+        cloud_latency=cloud_latency,
         settings=config,
+        state_parts=parts,
         clock=clock,
     )
     runner, bound = await serve_app(gateway.app(), "127.0.0.1", 0)

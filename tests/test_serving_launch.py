@@ -221,9 +221,17 @@ def test_default_config_launches_the_whole_system_with_cn2en_on_both_sides() -> 
     assert config["link"].rtt_ms is not None
     assert config["gateway"].edge_profile.endswith("profiles/cn2en__edge-cpu-q25.json")
     assert config["gateway"].cloud_profile.endswith("profiles/cn2en__cloud-cpu.json")
-    assert config["device_policy"].name == "cnmt"
-    assert config["length_estimator"].name == "linear"
+    # the closed loop: learning latency and length models, the load-aware rule, probes
+    assert config["device_policy"].name == "cnmt_load"
+    assert config["edge_latency"].name == config["cloud_latency"].name == "online"
+    assert config["length_estimator"].name == "online_linear"
     assert Path(config["length_estimator"].params.model).is_file()
+    assert config["gateway"].learn_from_probes
+    paper = load_config("serving/paper-rule")  # the paper's fixed rule stays selectable
+    assert paper["device_policy"].name == "cnmt"
+    assert paper["edge_latency"].name == paper["cloud_latency"].name == "profile"
+    assert paper["length_estimator"].name == "linear"
+    assert not paper["gateway"].learn_from_probes
 
 
 def test_default_config_points_at_shipped_cn2en_profiles() -> None:

@@ -21,7 +21,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument(
-        "--url", default="http://127.0.0.1:8080", help="the gateway (default: %(default)s)"
+        "--url",
+        action="append",
+        help="the gateway (default: http://127.0.0.1:8080); repeat it to spread the load over "
+        "several gateways in turn",
     )
     parser.add_argument(
         "--corpus",
@@ -64,7 +67,9 @@ def run(args: argparse.Namespace) -> int:
     from cnmt.serving.loadtest import check_loopback, read_sentences, run_load
 
     corpus = expand_data(args.corpus, what="--corpus (or give --corpus FILE, one sentence a line)")
-    check_loopback(args.url)
+    urls = args.url or ["http://127.0.0.1:8080"]
+    for url in urls:
+        check_loopback(url)
     concurrency = args.concurrency if args.concurrency is not None or args.rate is not None else 4
     count = args.count if args.count is not None or args.duration is not None else 200
     sentences = read_sentences(corpus, seed=args.seed)
@@ -72,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = asyncio.run(
             run_load(
-                args.url,
+                urls,
                 sentences,
                 concurrency=concurrency,
                 rate=args.rate,
