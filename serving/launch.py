@@ -382,6 +382,7 @@ def build_gateway(
     quota = None
     if device.cpu_quota is not None:
         quota = QuotaSpec(device.cpu_quota, device.cpu_period_us, source=settings.edge_profile)
+    prepare_model(settings.model)
     tokenizer = load_translators(settings.model, settings.providers, settings.threads, 1)[0]
     from cnmt.runtime import load_translator
 
@@ -529,23 +530,23 @@ class System:
             self.cloud_settings,
             self.link_settings,
         )
+        if cloud_cfg is not None and cloud_cfg.engine == "ray":
+            check_ray_installed()
         timeline = await loop.run_in_executor(None, build_timeline, link_cfg) if link_cfg else None
-        for model in dict.fromkeys(c.model for c in (gateway_cfg, cloud_cfg) if c is not None):
-            await loop.run_in_executor(None, prepare_model, model)
         if gateway_cfg is not None:
-            # Profiles and schedulers are checked before anything slow, and the gateway's model
-            # is loaded (a built-in one exported once into the cache) before the cloud process
-            # opens the same cache.
+            # Profiles and schedulers are checked before anything slow (build_gateway exports a
+            # built-in model only after them), and the gateway's model is in the cache before
+            # the cloud process opens the same cache.
             self.gateway = await loop.run_in_executor(
                 None, build_gateway, self.config, gateway_cfg, None, self.say
             )
             # The edge worker next: a quota that cannot be applied fails before the cloud starts.
             await self.gateway.edge.start()
+        if cloud_cfg is not None and (gateway_cfg is None or cloud_cfg.model != gateway_cfg.model):
+            await loop.run_in_executor(None, prepare_model, cloud_cfg.model)
         cloud_url = link_url = None
         cloud_address: tuple[str, int] | None = None
         if cloud_cfg is not None:
-            if cloud_cfg.engine == "ray":
-                check_ray_installed()
             if gateway_cfg is not None or link_cfg is not None or cloud_cfg.engine == "ray":
                 self._cloud_process = CloudProcess(cloud_cfg)
                 port = await self._cloud_process.start()

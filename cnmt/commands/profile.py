@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cnmt.config import builtin_config_names
 from cnmt.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -58,7 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--device",
         help="a config file with a `device` section, or a built-in device: "
-        "edge-cpu-q25, cloud-cpu, cloud-cuda, cloud-tensorrt (see `cnmt profile devices`)",
+        + ", ".join(Path(name).name for name in builtin_config_names("devices"))
+        + " (see `cnmt profile devices`)",
     )
     parser.add_argument(
         "--n", type=_int_list, default=[8, 16, 32, 64], help="input lengths N (default 8,16,32,64)"
@@ -170,6 +172,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     actions = parser.add_subparsers(title="other actions", metavar="ACTION", dest="action")
     show = actions.add_parser(
         "show",
+        prog="cnmt profile show",
+        usage="cnmt profile show PROFILE.json [PROFILE.json ...] [--plot PNG] [--plot-n N]",
         help="print the fit and timing table of saved profiles; plot them together",
         description=(
             "Print the quality summary, fit, R^2, MSE and mean times of saved profiles; with "
@@ -179,7 +183,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show.add_argument("profiles", nargs="+", metavar="PROFILE", help="profile JSON files")
     _plot_options(show)
     show.set_defaults(func=run_show)
-    devices = actions.add_parser("devices", help="list the built-in device settings")
+    devices = actions.add_parser(
+        "devices", prog="cnmt profile devices", help="list the built-in device settings"
+    )
     devices.set_defaults(func=run_devices)
 
 
@@ -229,6 +235,13 @@ def run_measure(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {args.out}: cannot create its folder: {exc}") from None
     if not os.access(out_dir, os.W_OK):
         raise ConfigError(f"--out {args.out}: the folder {out_dir} is not writable")
+    if device.cpu_quota:
+        # A quota that cannot be applied fails here, not after a long export.
+        from cnmt.profiling.cpu_quota import CgroupUnavailable, available
+
+        reason = available()
+        if reason is not None:
+            raise CgroupUnavailable(f"device {device.name} needs a CPU quota: {reason}")
     ensure_exported(args.model)
     requests = None
     if args.requests:
