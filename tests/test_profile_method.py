@@ -465,7 +465,6 @@ def test_the_shipped_profile_check_catches_a_profile_out_of_order(tmp_path):
     assert len(shipped_problems([path])) == 1 and "out of order" in shipped_problems([path])[0]
 
 
-@pytest.mark.xfail(strict=True, reason="profiles not yet re-measured with the new method")
 def test_every_shipped_profile_has_its_quality_summary_and_no_cell_out_of_order():
     assert SHIPPED
     assert shipped_problems(SHIPPED) == []
