@@ -4,7 +4,9 @@
 
 1. Replays ``--requests`` IWSLT'14 requests over a RIPE Atlas window through the five policies
    (edge, cloud, oracle, naive, cnmt with the windowed-median RTT estimator) and prints the
-   wall time per phase and the requests per second (best of ``--repeats``). Device profiles:
+   wall time per phase and the requests per second (best of ``--repeats``); then again with
+   Poisson arrivals at ``--rate`` per second and both devices as FIFO queues, through six
+   policies (the same and ``cnmt_load``). Device profiles:
    the BiLSTM's measured profiles when `configs/profiles/` has them; otherwise two synthetic
    linear profiles written to a temporary folder (labelled as such: the replay's speed does
    not depend on the latency values).
@@ -80,7 +82,7 @@ def profiles(folder: Path) -> tuple[str, str, str]:
     return paths[0], paths[1], "SYNTHETIC profiles (measured ones not found)"
 
 
-def bench_replay(requests: int, repeats: int) -> None:
+def bench_replay(requests: int, repeats: int, rate: float | None = None) -> None:
     from cnmt.config import load_config
     from cnmt.experiments.replay import replay
 
@@ -124,6 +126,11 @@ def bench_replay(requests: int, repeats: int) -> None:
             "length_estimator": {"name": "linear", "params": {"model": lengths}},
             "rtt_estimator": {"name": "median", "params": {"window": 5, "max_age_s": 30}},
         }
+        if rate is not None:
+            config["replay"]["connections"]["cp1"].update(arrivals="poisson", rate=rate)
+            config["replay"]["queues"] = {"enabled": True}
+            config["replay"]["policies"].append("cnmt_load")
+        policies = len(config["replay"]["policies"])
         path = folder / "bench.yaml"
         path.write_text(yaml.safe_dump(config))
         loaded = load_config(path)
@@ -134,7 +141,8 @@ def bench_replay(requests: int, repeats: int) -> None:
             runs.append((time.perf_counter() - began, outcome.timings))
         cold_wall, cold = runs[0]
         wall, timings = min(runs, key=lambda r: r[0])
-        print(f"replay of {requests:,} requests x 5 policies ({what}):")
+        mode = "no queues" if rate is None else f"Poisson arrivals at {rate:g}/s, FIFO queues"
+        print(f"replay of {requests:,} requests x {policies} policies, {mode} ({what}):")
         print(
             f"  first run (tokenizers loaded, corpus counted): {cold_wall:.3f} s, of which load "
             f"{cold['load_s']:.3f} s"
@@ -150,7 +158,7 @@ def bench_replay(requests: int, repeats: int) -> None:
                 )
         print(
             f"  total {wall:.3f} s = {requests / wall:,.0f} requests/s end to end "
-            f"({5 * requests / wall:,.0f} decisions/s)"
+            f"({policies * requests / wall:,.0f} decisions/s)"
         )
 
 
@@ -227,10 +235,18 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
+        "--rate",
+        type=float,
+        default=6.0,
+        help="arrivals per second of the queued run (default %(default)s: the committed BiLSTM "
+        "edge is busy most of the time)",
+    )
+    parser.add_argument(
         "--translations", type=int, default=20, help="timed translations per sentence"
     )
     args = parser.parse_args()
     bench_replay(args.requests, args.repeats)
+    bench_replay(args.requests, args.repeats, args.rate)
     bench_decision_vs_translation(args.translations)
 
 

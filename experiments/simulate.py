@@ -33,6 +33,7 @@ fixed models get a lean loop of their own.
 from __future__ import annotations
 
 import heapq
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,6 +62,54 @@ from cnmt.schedulers.rtt_estimators import RttEstimator
 # (1 - alpha)^64, under 2e-4 at the default alpha; only `median`'s floor (the lowest RTT it
 # decays toward when stale) is taken over the simulated probes alone.
 MAX_PROBES_BETWEEN = 64
+
+
+class _CloudServers:
+    """The cloud's FIFO servers (a heap of the times each is next free), shared with the
+    background load, whose requests are admitted in arrival order up to a given time."""
+
+    def __init__(self, queues: Queues | None) -> None:
+        self.free = [0.0] * (queues.cloud_workers if queues is not None else 1)
+        self._arrival = queues.background_arrival_s.tolist() if queues is not None else []
+        self._exec = queues.background_exec_s.tolist() if queues is not None else []
+        self._next = 0
+        self.background_wait_s = 0.0
+
+    def admit_background(self, until: float) -> None:
+        """Queue every background request that has arrived by ``until``."""
+        arrival, free = self._arrival, self.free
+        while self._next < len(arrival) and arrival[self._next] <= until:
+            start = max(arrival[self._next], free[0])
+            self.background_wait_s += start - arrival[self._next]
+            heapq.heapreplace(free, start + self._exec[self._next])
+            self._next += 1
+
+
+class _EdgeBacklog:
+    """What a live ``EdgeWorker.backlog_s`` reports, from the replay's side: the predicted
+    times of the local requests not yet done, less what the running ones have already run,
+    per edge worker."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._jobs: deque[tuple[float, float, float]] = deque()  # (start, done, predicted)
+        self._queued = 0.0  # sum of the predictions in _jobs
+
+    def add(self, start: float, done: float, predicted: float) -> None:
+        self._jobs.append((start, done, predicted))
+        self._queued += predicted
+
+    def at(self, now: float) -> float:
+        jobs = self._jobs
+        while jobs and jobs[0][1] <= now:
+            self._queued -= jobs.popleft()[2]
+        backlog = self._queued
+        for k, (start, _, predicted) in enumerate(jobs):
+            if k == self.workers:
+                break
+            if start <= now:
+                backlog -= min(predicted, now - start)
+        return max(0.0, backlog) / self.workers
 
 
 @dataclass(frozen=True)
@@ -343,13 +392,9 @@ def _rules_queued(
     edge_s, cloud_s = batch.edge_s.tolist(), batch.cloud_s.tolist()
     transmission = batch.transmission_s.tolist()
     rtt_true = stream.rtt_s.tolist()
-    bg_arrival = queues.background_arrival_s.tolist()
-    bg_exec = queues.background_exec_s.tolist()
-    bg_count, bg_next, bg_wait = len(bg_arrival), 0, 0.0
-    edge_free, cloud_free = [0.0] * queues.edge_workers, [0.0] * queues.cloud_workers
-    edge_workers = queues.edge_workers
-    edge_jobs: deque[tuple[float, float, float]] = deque()  # (start, done, predicted)
-    queued_guess = 0.0
+    cloud = _CloudServers(queues)
+    edge_free, cloud_free = [0.0] * queues.edge_workers, cloud.free
+    backlog = _EdgeBacklog(queues.edge_workers)
     on_edge = np.zeros(count, dtype=bool)
     waits = np.zeros(count)
     pending: list[tuple[float, float, float]] = []  # (answer time, rtt sample, cloud wait)
@@ -359,11 +404,7 @@ def _rules_queued(
     for i in range(count):
         now = arrival[i]
         cloud_at = now + transmission[i] / 2.0
-        while bg_next < bg_count and bg_arrival[bg_next] <= cloud_at:
-            start = max(bg_arrival[bg_next], cloud_free[0])
-            bg_wait += start - bg_arrival[bg_next]
-            replace(cloud_free, start + bg_exec[bg_next])
-            bg_next += 1
+        cloud.admit_background(cloud_at)
         edge_wait = max(0.0, edge_free[0] - now)
         cloud_wait = max(0.0, cloud_free[0] - cloud_at)
         if threshold is not None:
@@ -374,15 +415,7 @@ def _rules_queued(
                     wait_observe(wait, at)
             link = rtt_estimate(now)
             if load_aware:
-                while edge_jobs and edge_jobs[0][1] <= now:
-                    queued_guess -= edge_jobs.popleft()[2]
-                backlog = queued_guess
-                for k, (start, _, g) in enumerate(edge_jobs):
-                    if k == edge_workers:
-                        break
-                    if start <= now:
-                        backlog -= min(g, now - start)
-                link += wait_estimate(now) - max(0.0, backlog) / edge_workers
+                link += wait_estimate(now) - backlog.at(now)
             edge = link >= threshold[i]
         else:
             edge = edge_wait + edge_t[i] <= transmission[i] + cloud_wait + cloud_t[i]
@@ -392,8 +425,7 @@ def _rules_queued(
             start = now + edge_wait
             replace(edge_free, start + edge_s[i])
             if load_aware:
-                edge_jobs.append((start, start + edge_s[i], guess[i]))
-                queued_guess += guess[i]
+                backlog.add(start, start + edge_s[i], guess[i])
         else:
             waits[i] = cloud_wait
             replace(cloud_free, cloud_at + cloud_wait + cloud_s[i])
@@ -401,11 +433,7 @@ def _rules_queued(
                 done = now + transmission[i] + cloud_wait + cloud_s[i]
                 push(pending, (done, rtt_true[i], cloud_wait))
     latency = np.where(on_edge, batch.edge_s + waits, batch.cloud_s + batch.transmission_s + waits)
-    # background requests after the last of ours still waited and used the cloud
-    for k in range(bg_next, bg_count):
-        start = max(bg_arrival[k], cloud_free[0])
-        bg_wait += start - bg_arrival[k]
-        replace(cloud_free, start + bg_exec[k])
+    cloud.admit_background(math.inf)  # those after our last request waited too
     return Simulation(
         on_edge=on_edge,
         latency_s=latency,
@@ -415,7 +443,7 @@ def _rules_queued(
         decided_by="linear_rule" if rule is not None else "truth_rule",
         busy_s=_busy(on_edge, batch, float(queues.background_exec_s.sum())),
         span_s=_span(stream, latency),
-        background_wait_s=bg_wait,
+        background_wait_s=cloud.background_wait_s,
     )
 
 
@@ -439,7 +467,6 @@ def _general(
     learn_edge = edge_lm.learns
     queued = queues is not None
     uses_load = queued and truth is None and (rule is None or rule.load_aware)
-    edge_workers = queues.edge_workers if queues is not None else 1
     m_used = _estimates(m_estimate, count, rule)
     n_list = batch.n_tokens.tolist()
     m_true = batch.m_true.tolist()
@@ -448,13 +475,9 @@ def _general(
     transmission = batch.transmission_s.tolist()
     rtt_true = stream.rtt_s.tolist()
     arrival = stream.arrival_s.tolist()
-    bg_arrival = queues.background_arrival_s.tolist() if queues is not None else []
-    bg_exec = queues.background_exec_s.tolist() if queues is not None else []
-    bg_next, bg_wait = 0, 0.0
-    edge_free = [0.0] * edge_workers
-    cloud_free = [0.0] * (queues.cloud_workers if queues is not None else 1)
-    edge_jobs: deque[tuple[float, float, float]] = deque()  # (start, done, predicted)
-    queued_guess = 0.0
+    cloud = _CloudServers(queues)
+    edge_free, cloud_free = [0.0] * (queues.edge_workers if queues is not None else 1), cloud.free
+    edge_backlog = _EdgeBacklog(len(edge_free))
     on_edge = np.zeros(count, dtype=bool)
     waits = np.zeros(count)
     predicted = np.full(count, np.nan)
@@ -491,11 +514,7 @@ def _general(
                 learners.rtt.observe(rtt, sent + rtt)
                 if queued:  # the cloud's health answer: nothing pending means no wait
                     at_cloud = sent + rtt / 2.0
-                    while bg_next < len(bg_arrival) and bg_arrival[bg_next] <= at_cloud:
-                        start = max(bg_arrival[bg_next], cloud_free[0])
-                        bg_wait += start - bg_arrival[bg_next]
-                        heapq.heapreplace(cloud_free, start + bg_exec[bg_next])
-                        bg_next += 1
+                    cloud.admit_background(at_cloud)
                     if max(cloud_free) <= at_cloud:
                         learners.cloud_wait.observe(0.0, sent + rtt)
                 last_sample = sent + rtt
@@ -510,23 +529,11 @@ def _general(
         cloud_at = now + transmission[i] / 2.0
         edge_wait = cloud_wait = backlog = 0.0
         if queued:
-            while bg_next < len(bg_arrival) and bg_arrival[bg_next] <= cloud_at:
-                start = max(bg_arrival[bg_next], cloud_free[0])
-                bg_wait += start - bg_arrival[bg_next]
-                heapq.heapreplace(cloud_free, start + bg_exec[bg_next])
-                bg_next += 1
+            cloud.admit_background(cloud_at)
             edge_wait = max(0.0, edge_free[0] - now)
             cloud_wait = max(0.0, cloud_free[0] - cloud_at)
             if uses_load:
-                while edge_jobs and edge_jobs[0][1] <= now:
-                    queued_guess -= edge_jobs.popleft()[2]
-                backlog = queued_guess
-                for k, (start, _, guess) in enumerate(edge_jobs):
-                    if k == edge_workers:
-                        break
-                    if start <= now:
-                        backlog -= min(guess, now - start)
-                backlog = max(0.0, backlog) / edge_workers
+                backlog = edge_backlog.at(now)
         e, c = edge_lm.current(), cloud_lm.current()
         state = SchedulerState(
             e,
@@ -552,8 +559,7 @@ def _general(
             done = start + edge_s[i]
             heapq.heapreplace(edge_free, done)
             if uses_load:
-                edge_jobs.append((start, done, guess if guess == guess else edge_s[i]))
-                queued_guess += edge_jobs[-1][2]
+                edge_backlog.add(start, done, guess if guess == guess else edge_s[i])
             if learn_edge or learn_length:
                 heapq.heappush(events, (done, i, ("edge", n, m_true[i], edge_s[i])))
         else:
@@ -565,10 +571,7 @@ def _general(
             obs = ("cloud", n, m_true[i], cloud_s[i], cloud_wait, rtt_true[i])
             heapq.heappush(events, (done, i, obs))
     latency = np.where(on_edge, batch.edge_s + waits, batch.cloud_s + batch.transmission_s + waits)
-    for k in range(bg_next, len(bg_arrival)):
-        start = max(bg_arrival[k], cloud_free[0])
-        bg_wait += start - bg_arrival[k]
-        heapq.heapreplace(cloud_free, start + bg_exec[k])
+    cloud.admit_background(math.inf)  # those after our last request waited too
     background = queues.background_exec_s if queues is not None else np.zeros(0)
     return Simulation(
         on_edge=on_edge,
@@ -579,5 +582,5 @@ def _general(
         decided_by="choose",
         busy_s=_busy(on_edge, batch, float(background.sum())),
         span_s=_span(stream, latency),
-        background_wait_s=bg_wait,
+        background_wait_s=cloud.background_wait_s,
     )
