@@ -664,7 +664,10 @@ def _policy_result(
                 learned[device] = {"a_n": c.a_n, "a_m": c.a_m, "b": c.b}
         length = learners.length
         if length is not None and length.learns:
-            learned["length"] = {"gamma": length.gamma, "delta": length.delta}  # type: ignore[attr-defined]
+            if hasattr(length, "gamma"):  # a line refitted: its coefficients
+                learned["length"] = {"gamma": length.gamma, "delta": length.delta}
+            else:  # means by input length: how many inputs lengths it has seen
+                learned["length"] = {"bins": len(getattr(length, "bins", {}))}
         out["learned"] = learned
     return out
 

@@ -13,6 +13,7 @@ def cnmt_register_length_estimators(register: Register) -> None:
 
     register(length_estimators.LinearLength)
     register(length_estimators.OnlineLinearLength)
+    register(length_estimators.OnlineMeanByLength)
     register(length_estimators.NaiveLength)
     register(length_estimators.OracleLength)
 

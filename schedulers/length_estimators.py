@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,6 +114,96 @@ class OnlineLinearLength(LinearLength):
     def restore(self, state: dict[str, Any]) -> None:
         self.rls.restore(state)
         self.gamma, self.delta = self.rls.theta
+
+
+class OnlineMeanByLength(LengthEstimator):
+    """M = the running mean of the outputs observed for inputs of about this length; the
+    fitted line where there are few.
+
+    The device policies' times are linear in M, so the expected time of a request with N input
+    tokens needs ``E[M | N]``, the mean output length of inputs that long. A straight line is a
+    good model of it for the paper's models, but not for every model: cn2en's outputs stop
+    growing with long inputs, and a line refitted over a stream that mixes short and long
+    requests (``online_linear``) then overestimates M for the short ones, which is exactly where
+    the edge-or-cloud decisions are close. This estimator makes no assumption about the shape:
+    requests fall into bins of N (one per token up to ``exact_up_to``, then bins ``1 +
+    bin_growth`` times wider than the last), each bin keeps an exponentially forgetting sum and
+    count of the observed M (a pair ``k`` observations of that bin old counts ``forgetting^k``),
+    and the estimate is that bin's mean shrunk toward the fitted line, which weighs as much as
+    ``prior_weight`` observations::
+
+        M(N) = (prior_weight * (gamma * N + delta) + sum_bin) / (prior_weight + count_bin)
+
+    A bin never observed answers with the line; a bin with many observations with its own
+    mean. Each estimate and each update costs one dictionary lookup.
+    """
+
+    name = "online_mean_by_length"
+    learns = True
+
+    @dataclass(frozen=True)
+    class Params(LinearLength.Params):
+        forgetting: float = 0.995
+        prior_weight: float = 5.0
+        exact_up_to: int = 32
+        bin_growth: float = 0.125
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if not 0.5 <= self.forgetting <= 1.0:
+                raise ValueError(f"forgetting must be in [0.5, 1], got {self.forgetting}")
+            if self.prior_weight <= 0:
+                raise ValueError(f"prior_weight must be positive, got {self.prior_weight}")
+            if self.exact_up_to < 1 or self.bin_growth <= 0:
+                raise ValueError("exact_up_to must be >= 1 and bin_growth positive")
+
+    def __init__(self, params: Any) -> None:
+        super().__init__(params)
+        self.line = LinearLength(params)  # the prior: the fitted M = gamma*N + delta
+        self.bins: dict[int, list[float]] = {}  # bin -> [forgetting sum of M, forgetting count]
+        self.observations = 0
+
+    def bin_of(self, n_tokens: float) -> int:
+        """The bin of an input length: N itself up to ``exact_up_to``, then geometric bins."""
+        cap = self.params.exact_up_to
+        if n_tokens <= cap:
+            return int(n_tokens)
+        return cap + 1 + int(math.log(n_tokens / cap) / math.log1p(self.params.bin_growth))
+
+    def estimate(self, request: Request) -> float:
+        n = request.n_tokens
+        line = self.line.gamma * n + self.line.delta
+        total, count = self.bins.get(self.bin_of(n), (0.0, 0.0))
+        weight = self.params.prior_weight
+        return max(self.params.min_tokens, (weight * line + total) / (weight + count))
+
+    def estimate_many(self, n_tokens: np.ndarray, m_true: np.ndarray | None = None) -> np.ndarray:
+        return np.array([self.estimate(Request(n_tokens=int(n))) for n in n_tokens], dtype=float)
+
+    def observe(self, n_tokens: int, m_tokens: int) -> None:
+        if n_tokens < 0 or m_tokens < 0:
+            raise ValueError(f"token counts must be >= 0, got N={n_tokens}, M={m_tokens}")
+        entry = self.bins.setdefault(self.bin_of(n_tokens), [0.0, 0.0])
+        lam = self.params.forgetting
+        entry[0] = lam * entry[0] + float(m_tokens)
+        entry[1] = lam * entry[1] + 1.0
+        self.observations += 1
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "bins": {str(k): list(v) for k, v in sorted(self.bins.items())},
+            "observations": self.observations,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        bins = {}
+        for key, value in dict(state["bins"]).items():
+            total, count = (float(v) for v in value)
+            if not (math.isfinite(total) and math.isfinite(count)) or min(total, count) < 0:
+                raise ValueError(f"bin {key}: sum and count must be finite and >= 0")
+            bins[int(key)] = [total, count]
+        self.bins = bins
+        self.observations = int(state["observations"])
 
 
 @dataclass(frozen=True)
