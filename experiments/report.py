@@ -495,6 +495,25 @@ def markdown_report(
     return "\n".join(lines).rstrip() + "\n"
 
 
+def scenario_json(s: Scenario) -> dict[str, Any]:
+    """A scenario in ``--json``: its replay JSON (or why it was skipped) and, when it has one,
+    its load sweep, one entry per rate with every policy's replay numbers."""
+    if s.result is None:
+        return {"skipped": s.skipped}
+    if not s.sweep:
+        return s.result
+    sweep = [
+        {
+            "edge_only_utilization": p.utilization,
+            "rate": p.rate,
+            "mode": p.mode,
+            "policies": p.policies,
+        }
+        for p in s.sweep
+    ]
+    return {**s.result, "load_sweep": sweep}
+
+
 def reproduce(
     output: Output | None,
     json_path: Path | None,
@@ -515,11 +534,7 @@ def reproduce(
         "seconds": time.perf_counter() - began,
     }
     if json_path:
-        data = {
-            s.name: (s.result if s.result is not None else {"skipped": s.skipped})
-            for s in scenarios
-        }
-        write_json(json_path, data)
+        write_json(json_path, {s.name: scenario_json(s) for s in scenarios})
     if output is not None:
         figures = length_figures(scenarios, output)
         header["seconds"] = time.perf_counter() - began

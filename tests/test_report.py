@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -14,7 +15,7 @@ def test_docs_page_is_written_from_the_run_with_the_papers_table_and_relative_fi
     monkeypatch.chdir(tmp_path)
     page = tmp_path / "docs" / "results.md"
     args = ["reproduce", "--docs", "docs/results.md", "--requests", "3000"]
-    assert main([*args, "--only", "bilstm-de-en/cp*"]) == 0
+    assert main([*args, "--only", "bilstm-de-en/cp*", "--json", "run.json"]) == 0
     text = page.read_text(encoding="utf-8")
     # The paper's numbers (its Table I, DE-EN CP1: Naive +11.74 and C-NMT -13.55 vs the gateway)
     # sit beside ours, on the scenario that stands for that cell.
@@ -25,6 +26,18 @@ def test_docs_page_is_written_from_the_run_with_the_papers_table_and_relative_fi
     sweep = text.split("### Load sweep: bilstm-de-en/cp1")[1].split("![")[0]
     assert len(re.findall(r"^\| \d+% \| [\d.]+ \|", sweep, re.M)) == 6
     assert "(figures/results/bilstm-de-en__cp1__load.png)" in text
+    # --json keeps the sweep too: every rate, every swept policy's numbers.
+    sweep_json = json.loads((tmp_path / "run.json").read_text())["bilstm-de-en/cp1"]["load_sweep"]
+    assert [point["edge_only_utilization"] for point in sweep_json] == [
+        0.1,
+        0.3,
+        0.5,
+        0.7,
+        0.9,
+        1.1,
+    ]
+    assert all(point["policies"]["cnmt-load"]["p99_s"] > 0 for point in sweep_json)
+    assert sweep_json[0]["mode"].startswith("poisson arrivals")
     # The expected-time Oracle beside the clairvoyant one, for the paper's strategies too.
     assert "ours vs E[Oracle]" in text
     # Our full table: only the scenarios that ran, with numbers.

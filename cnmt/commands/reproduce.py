@@ -31,7 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "figures in figures/results/ beside it",
     )
     parser.add_argument(
-        "--json", metavar="FILE", help="write {scenario: replay JSON or {skipped: reason}}"
+        "--json",
+        metavar="FILE",
+        help="write {scenario: replay JSON (with its load_sweep, if any) or {skipped: reason}}",
     )
     parser.add_argument(
         "--requests", type=int, metavar="N", help="requests per scenario (default: each config's)"
