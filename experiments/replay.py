@@ -439,6 +439,12 @@ def replay(
     cloud_profile = _profile(spec.devices.cloud, "cloud", spec.model)
     runs = build_policies(config, spec)
     if labels is not None:
+        unknown = sorted(set(labels) - {run.label for run in runs})
+        if unknown:
+            raise ConfigError(
+                f"{config.source}: no policy labelled {', '.join(map(repr, unknown))}; the "
+                f"config's policies: {', '.join(run.label for run in runs)}"
+            )
         runs = [run for run in runs if run.label in labels]
     _check_length_units(runs, spec.corpus, config.source)
     link = link_timeline(conn, spec.requests, spec.link.loss_timeout_s, spec.seed)

@@ -164,7 +164,7 @@ def run_sweep(
             requests=min(spec.load_sweep_requests, requests or spec.load_sweep_requests),
             seed=seed,
             arrival_rate=rate,
-            labels=SWEEP_POLICIES,
+            labels=[label for label in SWEEP_POLICIES if label in scenario.result["policies"]],
         )
         scenario.sweep.append(
             SweepPoint(utilization, rate, outcome.result["policies"], describe_mode(outcome.result))

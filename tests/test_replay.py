@@ -250,6 +250,19 @@ def test_rtt_trace_option_swaps_the_trace_for_a_file_in_another_format(tmp_path)
     )
 
 
+def test_policies_flag_replays_only_those_labels_and_names_the_valid_ones(
+    tmp_path, capsys, data_dir
+):
+    out = tmp_path / "run.json"
+    args = ["replay", "experiments/bilstm-de-en", "--requests", "500", "--json", str(out)]
+    assert main([*args, "--policies", "oracle, cnmt"]) == 0
+    assert list(json.loads(out.read_text())["policies"]) == ["oracle", "cnmt"]
+    capsys.readouterr()
+    assert main([*args, "--policies", "oracle,cnmtt"]) == 2
+    err = capsys.readouterr().err
+    assert "no policy labelled 'cnmtt'" in err and "cnmt-closed" in err
+
+
 def test_a_missing_profile_is_reported_instead_of_numbers(tmp_path, capsys):
     config = write_config(tmp_path)
     (tmp_path / "edge.json").unlink()

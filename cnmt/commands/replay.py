@@ -72,6 +72,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="number of requests (default: the config's, 100000)",
     )
     parser.add_argument("--seed", type=int, metavar="S", help="random seed (default: the config's)")
+    parser.add_argument(
+        "--policies",
+        metavar="LABEL,...",
+        help="replay only the config's policies with these labels (default: all of them)",
+    )
     parser.add_argument("--json", metavar="FILE", help="write the replay JSON here")
     parser.add_argument("--markdown", metavar="FILE", help="write the markdown table here")
     parser.add_argument(
@@ -122,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
         arrival_rate=args.arrival_rate,
         window_hours=args.window_hours,
         queues=args.queues,
+        labels=[label.strip() for label in args.policies.split(",")] if args.policies else None,
     )
     result = outcome.result
     table = markdown_table(result)
