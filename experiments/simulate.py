@@ -7,13 +7,16 @@ M, the true execution time on each device (and its expectation), the true transm
 1. **Learning, only from the past.** Before deciding at time ``t``, every request that has
    *finished* by ``t`` is observed: an offloaded one gives the RTT estimator its round trip
    minus the cloud's own time (its wait and execution) and the payload time, the cloud-wait
-   estimator its reported wait, and the cloud's latency model its ``(N, M, exec)``; a local one
+   estimator its reported wait less the part the gateway's own earlier offloads predicted
+   (what other clients caused), and the cloud's latency model its ``(N, M, exec)``; a local one
    gives the edge's latency model its ``(N, M, exec)``; both give a learning length estimator
    ``(N, M)``. An observation never exists before its request finished.
 2. **The decision** is the policy's, on the state a live gateway would have: the latency
-   models' current coefficients, the RTT and cloud-wait estimates at ``t``, the edge's backlog
-   (the *predicted* remaining time of its running and queued requests, predicted when each was
-   queued) and, for the Oracles only, the request's truth (with the true waits of the queues).
+   models' current coefficients, the RTT estimate at ``t``, the edge's backlog (the
+   *predicted* remaining time of its running and queued requests, predicted when each was
+   queued), the cloud's expected wait (the gateway's own offloads' predicted backlog,
+   :mod:`cnmt.schedulers.cloud_backlog`, plus the cloud-wait estimate) and, for the Oracles
+   only, the request's truth (with the true waits of the queues).
 3. **The devices.** Without queues (the paper's method) every request finds both devices idle:
    its latency is its execution time, plus the transmission time when offloaded. With queues,
    each device is a FIFO with ``workers`` servers: a request waits for a free server, in the
@@ -52,6 +55,7 @@ from cnmt.schedulers.base import (
     SchedulerState,
     TruthRule,
 )
+from cnmt.schedulers.cloud_backlog import OwnCloudBacklog
 from cnmt.schedulers.latency_models import LatencyEstimator
 from cnmt.schedulers.rtt_estimators import RttEstimator
 
@@ -386,8 +390,9 @@ def _rules_queued(
     expected = truth is not None and truth.expected
     edge_t = (batch.edge_expected_s if expected else batch.edge_s).tolist()
     cloud_t = (batch.cloud_expected_s if expected else batch.cloud_s).tolist()
-    e = learners.edge.current()
+    e, c = learners.edge.current(), learners.cloud.current()
     guess = (e.a_n * batch.n_tokens + e.a_m * m + e.b).tolist()
+    cloud_guess = (c.a_n * batch.n_tokens + c.a_m * m + c.b).tolist()
     arrival = stream.arrival_s.tolist()
     edge_s, cloud_s = batch.edge_s.tolist(), batch.cloud_s.tolist()
     transmission = batch.transmission_s.tolist()
@@ -395,9 +400,11 @@ def _rules_queued(
     cloud = _CloudServers(queues)
     edge_free, cloud_free = [0.0] * queues.edge_workers, cloud.free
     backlog = _EdgeBacklog(queues.edge_workers)
+    own = OwnCloudBacklog(queues.cloud_workers)
     on_edge = np.zeros(count, dtype=bool)
     waits = np.zeros(count)
-    pending: list[tuple[float, float, float]] = []  # (answer time, rtt sample, cloud wait)
+    # (answer time, rtt sample, the cloud's reported wait less the own part predicted at sending)
+    pending: list[tuple[float, float, float]] = []
     rtt_observe, rtt_estimate = learners.rtt.observe, learners.rtt.estimate
     wait_observe, wait_estimate = learners.cloud_wait.observe, learners.cloud_wait.estimate
     replace, push, pop = heapq.heapreplace, heapq.heappush, heapq.heappop
@@ -415,7 +422,7 @@ def _rules_queued(
                     wait_observe(wait, at)
             link = rtt_estimate(now)
             if load_aware:
-                link += wait_estimate(now) - backlog.at(now)
+                link += own.at(now) + wait_estimate(now) - backlog.at(now)
             edge = link >= threshold[i]
         else:
             edge = edge_wait + edge_t[i] <= transmission[i] + cloud_wait + cloud_t[i]
@@ -430,8 +437,9 @@ def _rules_queued(
             waits[i] = cloud_wait
             replace(cloud_free, cloud_at + cloud_wait + cloud_s[i])
             if threshold is not None:
+                own_wait = own.add(now, cloud_guess[i]) if load_aware else 0.0
                 done = now + transmission[i] + cloud_wait + cloud_s[i]
-                push(pending, (done, rtt_true[i], cloud_wait))
+                push(pending, (done, rtt_true[i], max(0.0, cloud_wait - own_wait)))
     latency = np.where(on_edge, batch.edge_s + waits, batch.cloud_s + batch.transmission_s + waits)
     cloud.admit_background(math.inf)  # those after our last request waited too
     return Simulation(
@@ -478,6 +486,7 @@ def _general(
     cloud = _CloudServers(queues)
     edge_free, cloud_free = [0.0] * (queues.edge_workers if queues is not None else 1), cloud.free
     edge_backlog = _EdgeBacklog(len(edge_free))
+    own = OwnCloudBacklog(len(cloud_free))
     on_edge = np.zeros(count, dtype=bool)
     waits = np.zeros(count)
     predicted = np.full(count, np.nan)
@@ -541,7 +550,7 @@ def _general(
             LinkState(learners.rtt.estimate(now), stream.bandwidth_bps),
             now,
             edge_backlog_s=backlog,
-            cloud_wait_s=learners.cloud_wait.estimate(now) if uses_load else 0.0,
+            cloud_wait_s=own.at(now) + learners.cloud_wait.estimate(now) if uses_load else 0.0,
         )
         # 3. the decision
         if policy.needs_truth:
@@ -563,12 +572,17 @@ def _general(
             if learn_edge or learn_length:
                 heapq.heappush(events, (done, i, ("edge", n, m_true[i], edge_s[i])))
         else:
-            predicted[i] = c.a_n * n + c.a_m * m + c.b
+            guess = c.a_n * n + c.a_m * m + c.b
+            predicted[i] = guess
             waits[i] = cloud_wait
+            own_wait = 0.0
             if queued:
                 heapq.heapreplace(cloud_free, cloud_at + cloud_wait + cloud_s[i])
+                if uses_load:
+                    own_wait = own.add(now, guess if guess == guess else cloud_s[i])
             done = now + transmission[i] + cloud_wait + cloud_s[i]
-            obs = ("cloud", n, m_true[i], cloud_s[i], cloud_wait, rtt_true[i])
+            reported = max(0.0, cloud_wait - own_wait)  # the wait others caused, as learnt
+            obs = ("cloud", n, m_true[i], cloud_s[i], reported, rtt_true[i])
             heapq.heappush(events, (done, i, obs))
     latency = np.where(on_edge, batch.edge_s + waits, batch.cloud_s + batch.transmission_s + waits)
     cloud.admit_background(math.inf)  # those after our last request waited too

@@ -9,8 +9,11 @@
    latency model as it is now (``edge_latency`` / ``cloud_latency``: the profile's fit, or an
    ``online`` model learning from this gateway's own requests), the RTT estimate, the edge's
    backlog (what is left of the predicted times of the local translations running or queued,
-   :meth:`cnmt.serving.edge.EdgeWorker.backlog_s`) and the estimate of the cloud's queue wait
-   (``cloud_wait_estimator``, fed by the ``wait_s`` each cloud answer reports);
+   :meth:`cnmt.serving.edge.EdgeWorker.backlog_s`) and the cloud's expected queue wait: this
+   gateway's own offloads still ahead in the cloud at their predicted times
+   (:mod:`cnmt.schedulers.cloud_backlog`, through ``cloud_workers`` servers) plus the
+   ``cloud_wait_estimator``'s estimate of what other clients add, learnt from the ``wait_s``
+   each cloud answer reports less the own part predicted when the request was sent;
 4. translates in the local worker (:mod:`cnmt.serving.edge`) or sends the text to the cloud;
 5. once the translation is back, every learner observes what happened, and nothing before
    (an observation exists only once its request has finished): the device's latency model its
@@ -89,6 +92,7 @@ from cnmt.schedulers.base import (
     Request,
     SchedulerState,
 )
+from cnmt.schedulers.cloud_backlog import OwnCloudBacklog
 from cnmt.schedulers.latency_models import LatencyEstimator
 from cnmt.schedulers.rtt_estimators import RttEstimator
 from cnmt.serving import metrics as m
@@ -152,6 +156,7 @@ class Gateway:
         self.device_policy = device_policy
         self.rtt_estimator = rtt_estimator
         self.cloud_wait_estimator = cloud_wait_estimator
+        self.own_cloud_backlog = OwnCloudBacklog(settings.cloud_workers)
         self.latency = {Device.EDGE: edge_latency, Device.CLOUD: cloud_latency}
         self.settings = settings
         self.state_parts = list(state_parts)
@@ -282,7 +287,9 @@ class Gateway:
         self.m_edge_backlog.set_function(self.edge.backlog_s)
         self.m_cloud_wait = Gauge(
             "cnmt_gateway_cloud_wait_estimate_seconds",
-            "The estimate of how long a request waits in the cloud before it runs.",
+            "The expected wait of a request sent now in the cloud before it runs: this "
+            "gateway's own offloads ahead of it, predicted, plus the estimate of what other "
+            "clients add.",
             registry=r,
         )
         r.register(_LearnedModels(self))
@@ -438,7 +445,7 @@ class Gateway:
                 device, fallback = Device.EDGE, "cloud_unhealthy" if self.cloud else "no_cloud"
             else:
                 try:
-                    outcome = await self._offload(text, n_tokens)
+                    outcome = await self._offload(text, n_tokens, predicted[Device.CLOUD])
                 except CloudFailure as exc:
                     device, fallback = Device.EDGE, exc.reason
         if device is Device.EDGE:
@@ -448,7 +455,7 @@ class Gateway:
                 if isinstance(exc, EdgeFailure) and decided is Device.EDGE and self.cloud_healthy:
                     log.warning("local translation failed (%s); offloading instead", exc)
                     try:
-                        outcome = await self._offload(text, n_tokens)
+                        outcome = await self._offload(text, n_tokens, predicted[Device.CLOUD])
                     except CloudFailure as cloud_exc:
                         raise RequestError(
                             503,
@@ -518,7 +525,7 @@ class Gateway:
             link=link,
             now=now,
             edge_backlog_s=self.edge.backlog_s(),
-            cloud_wait_s=self.cloud_wait_estimator.estimate(now),
+            cloud_wait_s=self.own_cloud_backlog.at(now) + self.cloud_wait_estimator.estimate(now),
         )
 
     async def _translate_locally(self, text: str, n_tokens: int, predicted_s: float) -> _Outcome:
@@ -529,11 +536,12 @@ class Gateway:
         self.latency[Device.EDGE].observe(n_tokens, local.output_tokens, local.seconds)
         return _Outcome(local.text, local.output_tokens, local.seconds, waited, None)
 
-    async def _offload(self, text: str, n_tokens: int) -> _Outcome:
-        """One cloud exchange; on success the cloud's latency model, the cloud-wait and the RTT
-        estimators learn from it, on failure the cloud is marked unhealthy. CloudRejected (the
-        model refused the text) becomes a 422."""
+    async def _offload(self, text: str, n_tokens: int, predicted_s: float) -> _Outcome:
+        """One cloud exchange predicted to run ``predicted_s``; on success the cloud's latency
+        model, the cloud-wait and the RTT estimators learn from it, on failure the cloud is
+        marked unhealthy. CloudRejected (the model refused the text) becomes a 422."""
         assert self.cloud is not None
+        own_wait = self.own_cloud_backlog.add(self.clock(), predicted_s)
         try:
             with self.cloud_health.exchange():  # CloudFailure if busy, unhealthy or failing
                 reply = await self.cloud.translate(text)
@@ -543,8 +551,8 @@ class Gateway:
             ) from None
         at = self.clock()
         self.latency[Device.CLOUD].observe(n_tokens, reply.m_tokens, reply.exec_s)
-        if reply.wait_s is not None:
-            self.cloud_wait_estimator.observe(reply.wait_s, at)
+        if reply.wait_s is not None:  # the part of it the other clients caused
+            self.cloud_wait_estimator.observe(max(0.0, reply.wait_s - own_wait), at)
         sample = reply.rtt_sample(self.settings.bandwidth_bps)
         self._observe_rtt(sample, at)
         return _Outcome(reply.text, reply.m_tokens, reply.exec_s, reply.wait_s, sample)
@@ -609,7 +617,9 @@ class Gateway:
     async def handle_metrics(self, request: web.Request) -> web.Response:
         now = self.clock()
         self.m_rtt_estimate.set(self.rtt_estimator.estimate(now))
-        self.m_cloud_wait.set(self.cloud_wait_estimator.estimate(now))
+        self.m_cloud_wait.set(
+            self.own_cloud_backlog.at(now) + self.cloud_wait_estimator.estimate(now)
+        )
         return m.response(self.metrics)
 
 

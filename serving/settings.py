@@ -61,7 +61,10 @@ class GatewaySettings:
 
     Learning (docs/serving.md, "The closed loop"): with ``learn_from_probes`` the round trip of
     each idle health probe is an RTT sample too, and a cloud that answers it with no pending
-    request a cloud-wait sample of 0. ``state_file`` keeps what the learning
+    request a cloud-wait sample of 0. The load-aware rule's cloud wait is this gateway's own
+    offloads still ahead in the cloud, run at their predicted times through ``cloud_workers``
+    FIFO servers (set it to how many requests the cloud runs at once), plus what the cloud-wait
+    estimator learnt the other clients add. ``state_file`` keeps what the learning
     components have learnt across restarts, written every ``state_save_s`` seconds and on
     shutdown (:mod:`cnmt.serving.learned_state`).
     """
@@ -90,6 +93,7 @@ class GatewaySettings:
     health_interval_s: float = 2.0
     probe_timeout_s: float = 1.0
     learn_from_probes: bool = False
+    cloud_workers: int = 1
     state_file: str | None = None
     state_save_s: float = 60.0
 
@@ -111,6 +115,7 @@ class GatewaySettings:
             breaker_slow_count=self.breaker_slow_count,
             health_interval_s=self.health_interval_s,
             probe_timeout_s=self.probe_timeout_s,
+            cloud_workers=self.cloud_workers,
         )
         if self.probe_max_s < self.probe_initial_s:
             raise ValueError("probe_max_s must be at least probe_initial_s")

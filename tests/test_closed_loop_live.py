@@ -186,6 +186,45 @@ def test_the_edge_backlog_sends_a_burst_to_the_cloud_only_with_cnmt_load() -> No
     assert max(a["latency_ms"] for a in load) < 0.7 * max(a["latency_ms"] for a in paper)
 
 
+def test_the_clouds_wait_counts_the_gateways_own_offloads_at_once() -> None:
+    """Four requests at once to a one-worker cloud: the gateway knows at sending what each one
+    waits behind (its own earlier offloads, at their predicted times), before any answer
+    reports a wait. Those reported waits were its own doing, so once the queue has drained it
+    expects no wait from other clients."""
+    cloud_model = LatencyModel(a_n=0.0, a_m=0.0, b=0.06)  # 60 ms a request
+    slow_edge = LatencyModel(a_n=0.0, a_m=0.0, b=2.0)  # the edge never pays off
+
+    async def body() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        translator = doubles.TimedTranslator(cloud_model, label="cloud")
+        cloud, cloud_url = await doubles.start_cloud(translator=translator)
+        gw = await doubles.start_gateway(
+            cloud_url,
+            policy="cnmt_load",
+            length=LENGTH,
+            rtt=("last", {"initial_s": 0.001}),
+            priors=(slow_edge, cloud_model),
+            edge_translator=functools.partial(doubles.TimedTranslator, slow_edge),
+        )
+        try:
+            async with aiohttp.ClientSession() as s:
+                results = await asyncio.gather(
+                    *(post(s, gw.url, {"text": sentence(3)}) for _ in range(4))
+                )
+                await asyncio.sleep(0.3)
+                models = await get_json(s, gw.url + "/v1/models")
+        finally:
+            await gw.close()
+            await cloud.cleanup()
+        return [answer for _, _, answer in results], models
+
+    answers, models = run(body())
+    assert all(a["device"] == "cloud" for a in answers)
+    expected = sorted(a["cloud_wait_estimate_ms"] for a in answers)
+    assert expected[0] == pytest.approx(0.0, abs=1.0)
+    assert expected[-1] == pytest.approx(180.0, abs=15.0)  # behind three of its own, 60 ms each
+    assert models["cloud_wait_estimate_ms"] < 10.0  # the waits were its own: others add none
+
+
 def test_the_rtt_sample_is_the_round_trip_minus_the_clouds_wait_and_execution() -> None:
     reply = CloudReply(
         text="x",

@@ -18,6 +18,7 @@ from cnmt.schedulers import (
     RequestBatch,
     SchedulerState,
 )
+from cnmt.schedulers.cloud_backlog import OwnCloudBacklog
 from cnmt.schedulers.rtt_estimators import WindowedMedian
 
 EDGE = LatencyModel(a_n=0.004, a_m=0.012, b=0.02)
@@ -227,3 +228,53 @@ def test_online_models_learn_what_the_profile_did_not_know():
     learned = online.cloud.current()
     assert learned.predict(20, 20) == pytest.approx(3.0 * CLOUD.predict(20, 20), rel=0.15)
     assert closed.latency_s.mean() < fixed.latency_s.mean()
+
+
+def test_the_own_cloud_backlog_is_a_fifo_of_predicted_times():
+    one = OwnCloudBacklog(1)
+    assert one.add(0.0, 1.0) == 0.0 and one.at(0.5) == pytest.approx(0.5)
+    assert one.add(0.5, 1.0) == pytest.approx(0.5)  # behind the first
+    assert one.at(0.5) == pytest.approx(1.5) and one.at(3.0) == 0.0
+    two = OwnCloudBacklog(2)
+    assert two.add(0.0, 1.0) == 0.0 and two.add(0.0, 2.0) == 0.0  # one server each
+    assert two.at(0.0) == pytest.approx(1.0) and two.add(0.0, 1.0) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="workers"):
+        OwnCloudBacklog(0)
+
+
+def slow_edge_busy_cloud() -> Stream:
+    """An edge 8x slower than the cloud, and a cloud busy about half of the time: every
+    request belongs on the cloud unless its queue is long, and bursts make it long briefly."""
+    s = stream(size=6000, rate=6.0, seed=5)
+    batch = RequestBatch(
+        **{
+            **s.batch.__dict__,
+            "edge_s": s.batch.cloud_s * 8.0,
+            "edge_expected_s": s.batch.cloud_expected_s * 8.0,
+        }
+    )
+    return Stream(batch, s.arrival_s, s.rtt_s, s.bandwidth_bps)
+
+
+def slow_edge_learners() -> Learners:
+    made = learners()
+    eight = LatencyModel(CLOUD.a_n * 8.0, CLOUD.a_m * 8.0, CLOUD.b * 8.0)
+    made.edge = get_components().create("latency_model", "profile", prior=eight)
+    return made
+
+
+def test_the_load_aware_rule_does_not_flee_a_cloud_queue_that_has_drained(monkeypatch):
+    """The cloud's reported waits lag: they describe the queue when each request arrived and come
+    back after it ran. With its own offloads' backlog, which it knows the moment it sends them,
+    the load-aware rule is no slower than the paper's rule where only the cloud queues; without
+    it (the reports alone) it sends requests to the slow edge after every burst."""
+    s = slow_edge_busy_cloud()
+    m = s.batch.n_tokens * 1.0
+    plain = simulate(policy("cnmt"), s, slow_edge_learners(), Queues(), m)
+    aware = simulate(policy("cnmt_load"), s, slow_edge_learners(), Queues(), m)
+    assert 0.3 < plain.busy_s["cloud"] / plain.span_s < 0.8
+    assert aware.latency_s.mean() <= plain.latency_s.mean()
+    monkeypatch.setattr(OwnCloudBacklog, "at", lambda self, now: 0.0)
+    monkeypatch.setattr(OwnCloudBacklog, "add", lambda self, now, predicted_s: 0.0)
+    reports_only = simulate(policy("cnmt_load"), s, slow_edge_learners(), Queues(), m)
+    assert reports_only.latency_s.mean() > aware.latency_s.mean()
