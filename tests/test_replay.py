@@ -261,6 +261,8 @@ def test_policies_flag_replays_only_those_labels_and_names_the_valid_ones(
     assert main([*args, "--policies", "oracle,cnmtt"]) == 2
     err = capsys.readouterr().err
     assert "no policy labelled 'cnmtt'" in err and "cnmt-closed" in err
+    assert main([*args, "--policies", " , "]) == 2
+    assert "--policies: give at least one label" in capsys.readouterr().err
 
 
 def test_a_missing_profile_is_reported_instead_of_numbers(tmp_path, capsys):

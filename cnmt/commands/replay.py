@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         arrival_rate=args.arrival_rate,
         window_hours=args.window_hours,
         queues=args.queues,
-        labels=[label.strip() for label in args.policies.split(",")] if args.policies else None,
+        labels=_labels(args.policies),
     )
     result = outcome.result
     table = markdown_table(result)
@@ -175,3 +175,15 @@ def run(args: argparse.Namespace) -> int:
             conn, outcome.window, args.plot, title=f"connection {result['connection_name']}"
         )
     return 0
+
+
+def _labels(option: str | None) -> list[str] | None:
+    """The labels of ``--policies`` (None: every policy); ConfigError if it names none."""
+    if option is None:
+        return None
+    from cnmt.errors import ConfigError
+
+    labels = [label.strip() for label in option.split(",") if label.strip()]
+    if not labels:
+        raise ConfigError("--policies: give at least one label, e.g. --policies oracle,cnmt")
+    return labels
