@@ -177,9 +177,6 @@ class OnlineMeanByLength(LengthEstimator):
         weight = self.params.prior_weight
         return max(self.params.min_tokens, (weight * line + total) / (weight + count))
 
-    def estimate_many(self, n_tokens: np.ndarray, m_true: np.ndarray | None = None) -> np.ndarray:
-        return np.array([self.estimate(Request(n_tokens=int(n))) for n in n_tokens], dtype=float)
-
     def observe(self, n_tokens: int, m_tokens: int) -> None:
         if n_tokens < 0 or m_tokens < 0:
             raise ValueError(f"token counts must be >= 0, got N={n_tokens}, M={m_tokens}")

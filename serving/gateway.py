@@ -541,9 +541,10 @@ class Gateway:
         model, the cloud-wait and the RTT estimators learn from it, on failure the cloud is
         marked unhealthy. CloudRejected (the model refused the text) becomes a 422."""
         assert self.cloud is not None
-        own_wait = self.own_cloud_backlog.add(self.clock(), predicted_s)
         try:
             with self.cloud_health.exchange():  # CloudFailure if busy, unhealthy or failing
+                # Only an admitted exchange joins the cloud's queue.
+                own_wait = self.own_cloud_backlog.add(self.clock(), predicted_s)
                 reply = await self.cloud.translate(text)
         except CloudRejected as exc:
             raise RequestError(
