@@ -52,12 +52,11 @@ from cnmt.experiments.config import (
     ConnectionSpec,
     CorpusSpec,
     DriftSpec,
-    PolicySpec,
     ReplayConfig,
 )
 from cnmt.experiments.groundtruth import Sampler, ground_truth
 from cnmt.experiments.outputs import load_output_lengths
-from cnmt.experiments.simulate import Learners, Queues, Simulation, Stream, simulate
+from cnmt.experiments.simulate import Queues, Simulation, Stream, simulate
 from cnmt.experiments.tokens import get_counter
 from cnmt.files import read_lines
 from cnmt.plotting import pyplot
@@ -66,10 +65,9 @@ from cnmt.profiling.profiles import load as load_profile
 from cnmt.registry import ComponentSpec, get_components
 from cnmt.schedulers.base import (
     DevicePolicy,
-    LatencyModel,
     RequestBatch,
 )
-from cnmt.schedulers.defaults import DEFAULT_COMPONENTS
+from cnmt.schedulers.core import DecisionComponents, DecisionSpecs, TargetSetup
 
 FORMAT = "cnmt-replay/1"
 REFERENCES = ("edge", "cloud", "oracle", "oracle_expected")
@@ -235,29 +233,35 @@ class PolicyRun:
 
     label: str
     policy: DevicePolicy
-    length: ComponentSpec | None
-    rtt: ComponentSpec
-    cloud_wait: ComponentSpec
-    edge_latency: ComponentSpec
-    cloud_latency: ComponentSpec
+    specs: DecisionSpecs
     rtt_probe_s: float | None = None
 
-    def learners(self, edge_prior: LatencyModel, cloud_prior: LatencyModel) -> Learners:
-        return Learners(
-            length=self.length.create() if self.length is not None else None,
-            rtt=self.rtt.create(),
-            cloud_wait=self.cloud_wait.create(),
-            edge=self.edge_latency.create(prior=edge_prior),
-            cloud=self.cloud_latency.create(prior=cloud_prior),
-            rtt_probe_s=self.rtt_probe_s,
-        )
+    @property
+    def length(self) -> ComponentSpec | None:
+        return self.specs.length_estimator
+
+    @property
+    def rtt(self) -> ComponentSpec:
+        return self.specs.rtt_estimator
+
+    def components(self, edge: TargetSetup, clouds: list[TargetSetup]) -> DecisionComponents:
+        """Fresh components (the policy instance is kept: it does not learn); a policy that
+        ignores the length estimate decides without one."""
+        made = self.specs.create(edge, clouds, policy=self.policy)
+        if not self.policy.uses_length_estimate:
+            made.length = None
+        return made
 
     @property
     def closed_loop(self) -> bool:
         """Whether anything it decides with learns from what it observes."""
         classes = [
             get_components().get(spec.kind, spec.name).cls
-            for spec in (self.length, self.edge_latency, self.cloud_latency)
+            for spec in (
+                self.specs.length_estimator,
+                self.specs.edge_latency,
+                self.specs.cloud_latency,
+            )
             if spec is not None
         ]
         if self.policy.needs_truth:
@@ -268,21 +272,18 @@ class PolicyRun:
 def build_policies(config: Config, replay: ReplayConfig) -> list[PolicyRun]:
     """Every policy with its components: the policy's own overrides, else the config's
     top-level sections, else the defaults (validated when the config was loaded)."""
-
-    def pick(spec: PolicySpec, key: str) -> ComponentSpec | None:
-        return getattr(spec, key) or config.get(key) or DEFAULT_COMPONENTS.get(key)
-
     runs = []
     for spec in replay.policy_specs():
+        specs = DecisionSpecs.select(
+            lambda key, spec=spec: spec.policy if key == "device_policy" else getattr(spec, key),
+            config.get,
+            source=config.source,
+        )
         runs.append(
             PolicyRun(
                 label=spec.label,
                 policy=spec.policy.create(),
-                length=pick(spec, "length_estimator"),
-                rtt=pick(spec, "rtt_estimator"),  # type: ignore[arg-type]
-                cloud_wait=pick(spec, "cloud_wait_estimator"),  # type: ignore[arg-type]
-                edge_latency=pick(spec, "edge_latency"),  # type: ignore[arg-type]
-                cloud_latency=pick(spec, "cloud_latency"),  # type: ignore[arg-type]
+                specs=specs,
                 rtt_probe_s=spec.rtt_probe_s,
             )
         )
@@ -397,13 +398,15 @@ def replay(
     window_hours: float | None = None,
     queues: bool | None = None,
     labels: Collection[str] | None = None,
+    fast_paths: bool = True,
 ) -> ReplayOutcome:
     """Run one connection profile of ``config`` through every policy.
 
     ``arrival_rate`` replays Poisson arrivals at that rate with queues on; ``window_hours``
     places the requests in that many hours of the trace window; ``queues`` turns the devices'
     queues on or off (default: the config's ``replay.queues.enabled``); ``labels`` replays only
-    the policies of those labels.
+    the policies of those labels; ``fast_paths=False`` drives the decision core for every
+    policy (the fast paths are held to the same decisions by the tests).
     """
     spec: ReplayConfig = config["replay"]
     if requests is not None or seed is not None:
@@ -489,9 +492,16 @@ def replay(
     policies: dict[str, Any] = {}
     estimators: dict[str, Any] = {}
     decisions: dict[str, np.ndarray] = {}
+    targets: dict[str, np.ndarray] = {}
+    edge_target = TargetSetup("edge", edge_lm, queue_model.edge_workers if queue_model else 1)
+    cloud_targets = [
+        TargetSetup(
+            "cloud", cloud_lm, queue_model.cloud_workers if queue_model else 1, bandwidth_bps
+        )
+    ]
     for run in runs:
         began = time.perf_counter()
-        learners = run.learners(edge_lm, cloud_lm)
+        learners = run.components(edge_target, cloud_targets)
         if run.policy.uses_length_estimate and learners.length is None:
             raise ConfigError(
                 f"{config.source}: policy {run.label!r} needs an output-length estimator: "
@@ -502,8 +512,11 @@ def replay(
         if run.policy.uses_length_estimate and learners.length is not None:
             if not learners.length.learns:
                 m_est = np.asarray(learners.length.estimate_many(n, m), dtype=float)
-        sim = simulate(run.policy, stream, learners, queue_model, m_est)
+        sim = simulate(
+            learners, stream, queue_model, m_est, probe_s=run.rtt_probe_s, fast_paths=fast_paths
+        )
         decisions[run.label] = sim.on_edge
+        targets[run.label] = sim.target_index()
         policies[run.label] = _policy_result(run, sim, batch, learners, queue_model)
         described = _describe_length(run)
         if described and described not in estimators and np.isfinite(sim.m_estimate).all():
@@ -576,7 +589,7 @@ def replay(
         "table": table,
     }
     # Timings vary run to run; they are kept out of the JSON so that it is reproducible.
-    return ReplayOutcome(result=result, timings=timings, window=link.window)
+    return ReplayOutcome(result=result, timings=timings, window=link.window, targets=targets)
 
 
 def oracle_decisions(batch: RequestBatch) -> np.ndarray:
@@ -613,7 +626,7 @@ def _policy_result(
     run: PolicyRun,
     sim: Simulation,
     batch: RequestBatch,
-    learners: Learners,
+    learners: DecisionComponents,
     queues: Queues | None = None,
 ) -> dict[str, Any]:
     """One policy's line of the replay JSON. A device's utilization is the share of its
@@ -664,7 +677,8 @@ def _policy_result(
         }
     if run.closed_loop:
         learned = {}
-        for device, model in (("edge", learners.edge), ("cloud", learners.cloud)):
+        for target in learners.targets:
+            device, model = target.name, target.latency
             if model.learns:
                 c = model.current()
                 learned[device] = {"a_n": c.a_n, "a_m": c.a_m, "b": c.b}
@@ -683,6 +697,8 @@ class ReplayOutcome:
     result: dict[str, Any]  # the replay JSON (deterministic for a config and seed)
     timings: dict[str, float]  # wall seconds per phase and policy (not deterministic)
     window: RttTrace  # the replayed RTT window, for plots
+    # per policy label, per request: the index of the target that ran it (0: the edge)
+    targets: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- presentation

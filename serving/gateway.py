@@ -3,31 +3,30 @@
 ``POST /v1/translate`` with ``{"text": "..."}``. For each request the gateway
 
 1. counts N, the input length in the model's tokens (the model's own tokenizer);
-2. estimates M with the configured length estimator;
-3. asks the configured device policy, a pure function of the request, M, a snapshot of the
-   scheduler state and ``now`` from the injected clock. The snapshot holds each device's
-   latency model as it is now (``edge_latency`` / ``cloud_latency``: the profile's fit, or an
-   ``online`` model learning from this gateway's own requests), the RTT estimate, the edge's
-   backlog (what is left of the predicted times of the local translations running or queued,
-   :meth:`cnmt.serving.edge.EdgeWorker.backlog_s`) and the cloud's expected queue wait: this
-   gateway's own offloads still ahead in the cloud at their predicted times
-   (:mod:`cnmt.schedulers.cloud_backlog`, through ``cloud_workers`` servers) plus the
-   ``cloud_wait_estimator``'s estimate of what other clients add, learnt from the ``wait_s``
-   each cloud answer reports less the own part predicted when the request was sent;
-4. translates in the local worker (:mod:`cnmt.serving.edge`) or sends the text to the cloud;
-5. once the translation is back, every learner observes what happened, and nothing before
-   (an observation exists only once its request has finished): the device's latency model its
+2. asks its decision core (:class:`cnmt.schedulers.core.DecisionCore`, the same object a
+   replay drives) for a :class:`~cnmt.schedulers.core.Decision` at ``now`` from the injected
+   clock: the core estimates M, snapshots each target's latency model (``edge_latency`` /
+   ``cloud_latency``: the profile's fit, or an ``online`` model learning from this gateway's
+   own requests), the RTT estimate, the edge's backlog (what is left of the predicted times of
+   the local translations running or queued, kept in the core and fed by the worker,
+   :mod:`cnmt.schedulers.edge_backlog`) and the cloud's expected wait (this gateway's own
+   offloads still ahead at their predicted times, :mod:`cnmt.schedulers.cloud_backlog`, plus
+   the ``cloud_wait_estimator``'s estimate of what other clients add), predicts each target's
+   total and its parts, and applies the device policy;
+3. translates in the local worker (:mod:`cnmt.serving.edge`) or sends the text to the cloud;
+4. once the translation is back, the core observes what happened, and nothing before (an
+   observation exists only once its request has finished): the device's latency model its
    ``(N, M, seconds)`` (the edge the worker's own execution time, the cloud the ``exec_s`` it
    reports), the length estimator ``(N, M)``, and after a cloud exchange the cloud-wait
-   estimator the reported ``wait_s`` and the RTT estimator one sample of the rest of the cloud
-   path: the round trip the gateway measured minus the cloud's wait and execution (what the
-   other two models predict) and minus the bodies' serialisation at ``bandwidth_mbps`` (what
-   :meth:`LinkState.transmission_s` adds back). So the predicted cloud path, wait + T_cloud +
-   RTT + serialisation, sums the same parts the measured one does, nothing counted twice and
-   nothing missing. With ``learn_from_probes`` the idle health probes (every
-   ``health_interval_s`` while nothing is offloaded) are RTT samples too, and a cloud that
-   reports no pending request a cloud-wait sample of 0, so neither estimate stays stuck at
-   what the last offload saw while everything runs on the edge.
+   estimator the reported ``wait_s`` (less the own part) and the RTT estimator one sample of
+   the rest of the cloud path: the round trip the gateway measured minus the cloud's wait and
+   execution and minus the serialisation of the payload the exchange carried, request plus
+   response (:class:`cnmt.schedulers.base.PayloadModel`, the definition the prediction uses
+   too: a response expected as large as its request). So the predicted cloud path, wait +
+   T_cloud + RTT + serialisation, sums the same parts the measured one does. With
+   ``learn_from_probes`` the idle health probes (every ``health_interval_s`` while nothing is
+   offloaded) are RTT samples too, and a cloud that reports no pending request a cloud-wait
+   sample of 0, so neither estimate stays stuck at what the last offload saw.
 
 It answers::
 
@@ -35,7 +34,13 @@ It answers::
      "n_tokens": 5, "m_estimated": 4.9, "m_actual": 3, "latency_ms": 61.2, "exec_ms": 11.0,
      "wait_ms": 0.2, "rtt_estimate_ms": 48.1, "rtt_sample_ms": 49.0,
      "predicted_ms": {"edge": 80.3, "cloud": 62.0}, "predicted_exec_ms": 10.1,
-     "edge_backlog_ms": 0.0, "cloud_wait_estimate_ms": 0.3}
+     "edge_backlog_ms": 0.0, "cloud_wait_estimate_ms": 0.3,
+     "decision": {"decided": "cloud", "n_tokens": 5, "m_estimated": 4.9, "predicted": {
+         "edge": {"total_ms": 80.3, "transmission_ms": 0.0, "wait_ms": 0.0, "exec_ms": 80.3},
+         "cloud": {"total_ms": 62.3, "transmission_ms": 51.9, "wait_ms": 0.3, "exec_ms": 10.1}}}}
+
+``decision`` is the core's :class:`~cnmt.schedulers.core.Decision` as
+:func:`~cnmt.schedulers.core.decision_fields` writes it (what a log line shows too).
 
 ``decided`` is the policy's choice, ``device`` where the text was really translated.
 ``predicted_ms`` are the decision's predicted execution times (the cloud's plus its
@@ -83,16 +88,8 @@ from prometheus_client.registry import Collector
 
 from cnmt.errors import CnmtError
 from cnmt.runtime.base import Translator
-from cnmt.schedulers.base import (
-    Device,
-    DevicePolicy,
-    LatencyModel,
-    LengthEstimator,
-    LinkState,
-    Request,
-    SchedulerState,
-)
-from cnmt.schedulers.cloud_backlog import OwnCloudBacklog
+from cnmt.schedulers.base import Device, DevicePolicy, LatencyModel, LengthEstimator, Request
+from cnmt.schedulers.core import Decision, DecisionCore, Outcome, decision_fields
 from cnmt.schedulers.latency_models import LatencyEstimator
 from cnmt.schedulers.rtt_estimators import RttEstimator
 from cnmt.serving import metrics as m
@@ -137,32 +134,25 @@ class Gateway:
         tokenizer: Translator,
         edge: EdgeWorker,
         cloud: CloudClient | None,
-        length_estimator: LengthEstimator,
-        device_policy: DevicePolicy,
-        rtt_estimator: RttEstimator,
-        cloud_wait_estimator: RttEstimator,
-        edge_latency: LatencyEstimator,
-        cloud_latency: LatencyEstimator,
+        core: DecisionCore,
         settings: GatewaySettings,
         state_parts: Sequence[Part] = (),
         devices: dict[Device, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         timer: Callable[[], float] = time.perf_counter,
     ) -> None:
+        if [c.name for c in core.components.clouds] != [Device.CLOUD.value]:
+            raise ValueError("a gateway's decision core has one cloud, named 'cloud'")
         self.tokenizer = tokenizer
         self.edge = edge
         self.cloud = cloud
-        self.length_estimator = length_estimator
-        self.device_policy = device_policy
-        self.rtt_estimator = rtt_estimator
-        self.cloud_wait_estimator = cloud_wait_estimator
-        self.own_cloud_backlog = OwnCloudBacklog(settings.cloud_workers)
-        self.latency = {Device.EDGE: edge_latency, Device.CLOUD: cloud_latency}
+        self.core = core
         self.settings = settings
         self.state_parts = list(state_parts)
         self.devices = devices or {Device.EDGE: "edge", Device.CLOUD: "cloud"}
         self.clock = clock
         self.timer = timer
+        edge.use_backlog(core.edge_backlog, clock)  # the core's, in the core's time
         self.pending = 0
         self.ready = False
         # |predicted - observed| / observed of the last requests per device, for /v1/models
@@ -173,6 +163,28 @@ class Gateway:
         self._init_metrics()
         self.cloud_health = self._new_cloud_health()
 
+    # The core's components, by what they are for (read-only views).
+    @property
+    def length_estimator(self) -> LengthEstimator:
+        assert self.core.length is not None
+        return self.core.length
+
+    @property
+    def device_policy(self) -> DevicePolicy:
+        return self.core.policy
+
+    @property
+    def rtt_estimator(self) -> RttEstimator:
+        return self.core.clouds[Device.CLOUD.value].rtt  # type: ignore[return-value]
+
+    @property
+    def cloud_wait_estimator(self) -> RttEstimator:
+        return self.core.clouds[Device.CLOUD.value].wait  # type: ignore[return-value]
+
+    @property
+    def latency(self) -> dict[Device, LatencyEstimator]:
+        return {Device(name): model for name, model in self.core.latency.items()}
+
     def _new_cloud_health(self) -> CloudHealth:
         settings = self.settings
 
@@ -182,11 +194,11 @@ class Gateway:
             started = self.timer()
             health = await self.cloud.health()
             if health is not None and settings.learn_from_probes:
-                # A health answer costs the cloud next to nothing: its round trip is the link's.
-                at = self.clock()
-                self._observe_rtt(self.timer() - started, at)
-                if health.get("pending") == 0:  # an empty cloud: a request sent now waits 0
-                    self.cloud_wait_estimator.observe(0.0, at)
+                # A health answer costs the cloud next to nothing: its round trip is the link's;
+                # an empty cloud: a request sent now waits 0.
+                at, sample = self.clock(), self.timer() - started
+                self.core.observe_probe(Device.CLOUD.value, sample, at, health.get("pending") == 0)
+                self._rtt_observed(sample, at)
             return health is not None
 
         def on_change(healthy: bool, cause: str) -> None:
@@ -317,7 +329,7 @@ class Gateway:
         )
         self.m_cloud_in_flight.set_function(lambda: len(self.cloud_health.in_flight))
         r.register(_EdgeRestarts(self.edge))
-        self.m_rtt_estimate.set(self.rtt_estimator.estimate(self.clock()))
+        self.m_rtt_estimate.set(self.core.link(Device.CLOUD.value, self.clock()).rtt_s)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -422,40 +434,85 @@ class Gateway:
         except CnmtError as exc:
             raise RequestError(422, f"the model cannot tokenize this text: {exc}") from None
         check_length(n_tokens, self.tokenizer.max_source_tokens)
-        request = Request(
-            n_tokens=n_tokens, payload_bytes=len(dumps({"text": text}).encode("utf-8"))
-        )
-        state = self.snapshot()
+        request_bytes = len(dumps({"text": text}).encode("utf-8"))  # what CloudClient sends
+        request = Request(n_tokens, payload_bytes=self.core.payload.expected_bytes(request_bytes))
         try:
-            m_estimated = float(self.length_estimator.estimate(request))
-            decided = Device(self.device_policy.choose(request, m_estimated, state))
+            decision = self.core.decide(request, self.clock())
+            decided = Device(decision.target)
         except (CnmtError, ValueError) as exc:
             log.error("scheduler failed: %s", exc)
             raise RequestError(500, f"the gateway's scheduler failed: {exc}") from None
         self.m_decisions.labels(device=decided.value).inc()
-        predicted = {
-            Device.EDGE: state.edge.predict(n_tokens, m_estimated),
-            Device.CLOUD: state.cloud.predict(n_tokens, m_estimated),
+        try:
+            device, fallback, outcome = await self._run(text, decision, decided)
+        except RequestError:
+            self.core.forget(decision)
+            raise
+        self.core.observe(decision, outcome.outcome)  # learn once it has finished
+        if outcome.rtt_sample_s is not None:
+            self._rtt_observed(outcome.rtt_sample_s, outcome.at)
+
+        latency = self.timer() - started
+        m_actual = outcome.m_tokens
+        m_estimated = decision.m_estimate
+        predicted = decision.predicted
+        exec_predicted = predicted[device.value].exec_s
+        if outcome.exec_s > 0:
+            error = (exec_predicted - outcome.exec_s) / outcome.exec_s
+            self.m_prediction_error.labels(device=device.value).observe(error)
+            self.recent_errors[device].append(abs(error))
+        if fallback is not None:
+            self.m_fallbacks.labels(reason=fallback).inc()
+        self.m_requests.labels(device=device.value).inc()
+        self.m_latency.labels(device=device.value).observe(latency)
+        self.m_length_error.observe(m_estimated - m_actual)
+        self.m_length_abs_error.inc(abs(m_estimated - m_actual))
+        cloud = predicted[Device.CLOUD.value]
+        return {
+            "translation": outcome.text,
+            "device": device.value,
+            "decided": decided.value,
+            "fallback": fallback,
+            "n_tokens": n_tokens,
+            "m_estimated": round(m_estimated, 3),
+            "m_actual": m_actual,
+            "latency_ms": _ms(latency),
+            "exec_ms": _ms(outcome.exec_s),
+            "wait_ms": _ms(outcome.wait_s),
+            "rtt_estimate_ms": _ms(cloud.rtt_s),
+            "rtt_sample_ms": _ms(outcome.rtt_sample_s),
+            "predicted_ms": {
+                "edge": _ms(predicted[Device.EDGE.value].exec_s),
+                "cloud": _ms(cloud.exec_s + cloud.transmission_s),
+            },
+            "predicted_exec_ms": _ms(exec_predicted),
+            "edge_backlog_ms": _ms(predicted[Device.EDGE.value].wait_s),
+            "cloud_wait_estimate_ms": _ms(cloud.wait_s),
+            "decision": decision_fields(decision),
         }
 
+    async def _run(
+        self, text: str, decision: Decision, decided: Device
+    ) -> tuple[Device, str | None, _Finished]:
+        """Run the decision where it can run: (device, fallback reason or None, outcome)."""
         device, fallback = decided, None
-        outcome: _Outcome | None = None
+        outcome: _Finished | None = None
         if decided is Device.CLOUD:
             if not self.cloud_healthy:
                 device, fallback = Device.EDGE, "cloud_unhealthy" if self.cloud else "no_cloud"
             else:
                 try:
-                    outcome = await self._offload(text, n_tokens, predicted[Device.CLOUD])
+                    outcome = await self._offload(text, decision)
                 except CloudFailure as exc:
                     device, fallback = Device.EDGE, exc.reason
         if device is Device.EDGE:
             try:
-                outcome = await self._translate_locally(text, n_tokens, predicted[Device.EDGE])
+                outcome = await self._translate_locally(text, decision)
             except CnmtError as exc:
                 if isinstance(exc, EdgeFailure) and decided is Device.EDGE and self.cloud_healthy:
                     log.warning("local translation failed (%s); offloading instead", exc)
                     try:
-                        outcome = await self._offload(text, n_tokens, predicted[Device.CLOUD])
+                        outcome = await self._offload(text, decision)
                     except CloudFailure as cloud_exc:
                         raise RequestError(
                             503,
@@ -474,94 +531,41 @@ class Gateway:
                         422, f"the model cannot translate this text: {exc}"
                     ) from None
         assert outcome is not None
+        return device, fallback, outcome
 
-        latency = self.timer() - started
-        m_actual = outcome.m_tokens
-        self.length_estimator.observe(n_tokens, m_actual)
-        if outcome.exec_s > 0:
-            error = (predicted[device] - outcome.exec_s) / outcome.exec_s
-            self.m_prediction_error.labels(device=device.value).observe(error)
-            self.recent_errors[device].append(abs(error))
-        if fallback is not None:
-            self.m_fallbacks.labels(reason=fallback).inc()
-        self.m_requests.labels(device=device.value).inc()
-        self.m_latency.labels(device=device.value).observe(latency)
-        self.m_length_error.observe(m_estimated - m_actual)
-        self.m_length_abs_error.inc(abs(m_estimated - m_actual))
-        return {
-            "translation": outcome.text,
-            "device": device.value,
-            "decided": decided.value,
-            "fallback": fallback,
-            "n_tokens": n_tokens,
-            "m_estimated": round(m_estimated, 3),
-            "m_actual": m_actual,
-            "latency_ms": _ms(latency),
-            "exec_ms": _ms(outcome.exec_s),
-            "wait_ms": _ms(outcome.wait_s),
-            "rtt_estimate_ms": _ms(state.link.rtt_s),
-            "rtt_sample_ms": _ms(outcome.rtt_sample_s),
-            "predicted_ms": {
-                "edge": _ms(predicted[Device.EDGE]),
-                "cloud": _ms(
-                    predicted[Device.CLOUD] + state.link.transmission_s(request.payload_bytes)
-                ),
-            },
-            "predicted_exec_ms": _ms(predicted[device]),
-            "edge_backlog_ms": _ms(state.edge_backlog_s),
-            "cloud_wait_estimate_ms": _ms(state.cloud_wait_s),
-        }
-
-    def snapshot(self) -> SchedulerState:
-        """What a decision sees now: each device's current latency model, the link, the edge's
-        backlog and the cloud's expected wait."""
-        now = self.clock()
-        link = LinkState(
-            rtt_s=self.rtt_estimator.estimate(now), bandwidth_bps=self.settings.bandwidth_bps
-        )
-        return SchedulerState(
-            edge=self.latency[Device.EDGE].current(),
-            cloud=self.latency[Device.CLOUD].current(),
-            link=link,
-            now=now,
-            edge_backlog_s=self.edge.backlog_s(),
-            cloud_wait_s=self.own_cloud_backlog.at(now) + self.cloud_wait_estimator.estimate(now),
-        )
-
-    async def _translate_locally(self, text: str, n_tokens: int, predicted_s: float) -> _Outcome:
-        """One local translation; the edge's latency model learns from the worker's own time."""
+    async def _translate_locally(self, text: str, decision: Decision) -> _Finished:
+        """One local translation, queued in the worker at the decision's predicted time."""
         queued = self.timer()
-        local = await self.edge.translate(text, predicted_s)
+        local = await self.edge.translate(text, decision.predicted[Device.EDGE.value].exec_s)
         waited = max(0.0, self.timer() - queued - local.seconds)
-        self.latency[Device.EDGE].observe(n_tokens, local.output_tokens, local.seconds)
-        return _Outcome(local.text, local.output_tokens, local.seconds, waited, None)
+        return _Finished(
+            local.text,
+            Outcome(Device.EDGE.value, self.clock(), local.output_tokens, local.seconds, waited),
+        )
 
-    async def _offload(self, text: str, n_tokens: int, predicted_s: float) -> _Outcome:
-        """One cloud exchange predicted to run ``predicted_s``; on success the cloud's latency
-        model, the cloud-wait and the RTT estimators learn from it, on failure the cloud is
-        marked unhealthy. CloudRejected (the model refused the text) becomes a 422."""
+    async def _offload(self, text: str, decision: Decision) -> _Finished:
+        """One cloud exchange; a failure marks the cloud unhealthy (CloudFailure), and
+        CloudRejected (the model refused the text) becomes a 422. The RTT sample subtracts the
+        payload the exchange really carried (:class:`~cnmt.schedulers.base.PayloadModel`)."""
         assert self.cloud is not None
         try:
             with self.cloud_health.exchange():  # CloudFailure if busy, unhealthy or failing
                 # Only an admitted exchange joins the cloud's queue.
-                own_wait = self.own_cloud_backlog.add(self.clock(), predicted_s)
+                self.core.offloaded(decision, Device.CLOUD.value, self.clock())
                 reply = await self.cloud.translate(text)
         except CloudRejected as exc:
             raise RequestError(
                 422, f"the model cannot translate this text: {exc.message}"
             ) from None
-        at = self.clock()
-        self.latency[Device.CLOUD].observe(n_tokens, reply.m_tokens, reply.exec_s)
-        if reply.wait_s is not None:  # the part of it the other clients caused
-            self.cloud_wait_estimator.observe(max(0.0, reply.wait_s - own_wait), at)
         sample = reply.rtt_sample(self.settings.bandwidth_bps)
-        self._observe_rtt(sample, at)
-        return _Outcome(reply.text, reply.m_tokens, reply.exec_s, reply.wait_s, sample)
+        outcome = Outcome(
+            Device.CLOUD.value, self.clock(), reply.m_tokens, reply.exec_s, reply.wait_s, sample
+        )
+        return _Finished(reply.text, outcome)
 
-    def _observe_rtt(self, sample: float, at: float) -> None:
-        self.rtt_estimator.observe(sample, at)
+    def _rtt_observed(self, sample: float, at: float) -> None:
         self.m_rtt_sample.observe(sample)
-        self.m_rtt_estimate.set(self.rtt_estimator.estimate(at))
+        self.m_rtt_estimate.set(self.core.link(Device.CLOUD.value, at).rtt_s)
 
     async def handle_health(self, request: web.Request) -> web.Response:
         healthy = self.cloud_health.healthy  # a half-open breaker is not healthy yet
@@ -579,7 +583,7 @@ class Gateway:
 
     def models(self) -> dict[str, Any]:
         """What the gateway decides with now and how well it has predicted (``/v1/models``)."""
-        state = self.snapshot()
+        state = self.core.state(self.clock())
         latency = {}
         for device, estimator in self.latency.items():
             errors = self.recent_errors[device]
@@ -617,10 +621,8 @@ class Gateway:
 
     async def handle_metrics(self, request: web.Request) -> web.Response:
         now = self.clock()
-        self.m_rtt_estimate.set(self.rtt_estimator.estimate(now))
-        self.m_cloud_wait.set(
-            self.own_cloud_backlog.at(now) + self.cloud_wait_estimator.estimate(now)
-        )
+        self.m_rtt_estimate.set(self.core.link(Device.CLOUD.value, now).rtt_s)
+        self.m_cloud_wait.set(self.core.cloud_wait_s(Device.CLOUD.value, now))
         return m.response(self.metrics)
 
 
@@ -630,16 +632,31 @@ def _coefficients(model: LatencyModel) -> dict[str, float]:
 
 
 @dataclass(frozen=True)
-class _Outcome:
-    """A finished translation, wherever it ran: its text and M, the device's execution time,
-    the wait before it ran (None if the cloud does not report it) and, for an offload, the RTT
-    sample taken from it."""
+class _Finished:
+    """A finished translation, wherever it ran: its text and what the core learns from."""
 
     text: str
-    m_tokens: int
-    exec_s: float
-    wait_s: float | None
-    rtt_sample_s: float | None
+    outcome: Outcome
+
+    @property
+    def m_tokens(self) -> int:
+        return self.outcome.m_tokens
+
+    @property
+    def exec_s(self) -> float:
+        return self.outcome.exec_s
+
+    @property
+    def wait_s(self) -> float | None:
+        return self.outcome.wait_s
+
+    @property
+    def rtt_sample_s(self) -> float | None:
+        return self.outcome.rtt_sample_s
+
+    @property
+    def at(self) -> float:
+        return self.outcome.at
 
 
 class _LearnedModels(Collector):

@@ -30,6 +30,7 @@ from cnmt.errors import ConfigError
 from cnmt.registry import get_components
 from cnmt.runtime.base import Translation, Translator
 from cnmt.schedulers.base import LatencyModel
+from cnmt.schedulers.core import DecisionComponents, DecisionCore, TargetComponents
 from cnmt.schedulers.defaults import DEFAULT_COMPONENTS
 from cnmt.serving.cloud import CloudServer
 from cnmt.serving.cloud_client import CloudClient
@@ -257,6 +258,23 @@ async def start_gateway(
     )
     if config.state_file is not None:
         restore(config.state_file, parts)
+    core = DecisionCore(
+        DecisionComponents(
+            policy=scheduler("device_policy", policy),
+            length=length_estimator,
+            edge=TargetComponents("edge", edge_latency),
+            clouds=(
+                TargetComponents(
+                    "cloud",
+                    cloud_latency,
+                    rtt=scheduler("rtt_estimator", rtt[0], **rtt[1]),
+                    wait=DEFAULT_COMPONENTS["cloud_wait_estimator"].create(),
+                    workers=config.cloud_workers,
+                    bandwidth_bps=config.bandwidth_bps,
+                ),
+            ),
+        )
+    )
     gateway = Gateway(
         tokenizer=ScriptedTranslator(),
         edge=edge,
@@ -265,12 +283,7 @@ async def start_gateway(
             if cloud_url
             else None
         ),
-        length_estimator=length_estimator,
-        device_policy=scheduler("device_policy", policy),
-        rtt_estimator=scheduler("rtt_estimator", rtt[0], **rtt[1]),
-        cloud_wait_estimator=DEFAULT_COMPONENTS["cloud_wait_estimator"].create(),
-        edge_latency=edge_latency,
-        cloud_latency=cloud_latency,
+        core=core,
         settings=config,
         state_parts=parts,
         clock=clock,
