@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 
 from cnmt.datasets.link import serialisation_s
+from cnmt.schedulers.base import PayloadModel
 from cnmt.serving.cloud import SERVICE
 from cnmt.serving.protocol import JSON_CONTENT_TYPE, dumps
 from cnmt.serving.settings import CLOUD_KEEPALIVE_S
@@ -53,7 +54,7 @@ class CloudReply:
     received_at: float
     sent_at: float
     round_trip_s: float
-    wire_bytes: int = 0  # request plus response bodies
+    wire_bytes: int = 0  # the payload: request plus response bodies (PayloadModel)
     # Queueing in the cloud, when it reports it (optional fields of the protocol).
     wait_s: float | None = None
     pending: int | None = None
@@ -127,7 +128,7 @@ def parse_reply(body: bytes, round_trip_s: float, request_bytes: int = 0) -> Clo
         received_at=_number(data, "received_at"),
         sent_at=_number(data, "sent_at"),
         round_trip_s=round_trip_s,
-        wire_bytes=request_bytes + len(body),
+        wire_bytes=PayloadModel.measured_bytes(request_bytes, len(body)),
         wait_s=_optional_seconds(data, "wait_s"),
         pending=_optional_count(data, "pending", 0),
         batch_size=_optional_count(data, "batch_size", 1),
