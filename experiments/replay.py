@@ -49,6 +49,7 @@ from cnmt.datasets.link import RttTimeline, serialisation_s
 from cnmt.datasets.traces import RttTrace
 from cnmt.errors import ConfigError
 from cnmt.experiments.config import (
+    CloudSpec,
     ConnectionSpec,
     CorpusSpec,
     DriftSpec,
@@ -56,7 +57,7 @@ from cnmt.experiments.config import (
 )
 from cnmt.experiments.groundtruth import Sampler, ground_truth
 from cnmt.experiments.outputs import load_output_lengths
-from cnmt.experiments.simulate import Queues, Simulation, Stream, simulate
+from cnmt.experiments.simulate import CloudPath, Queues, Simulation, Stream, simulate
 from cnmt.experiments.tokens import get_counter
 from cnmt.files import read_lines
 from cnmt.plotting import pyplot
@@ -65,6 +66,7 @@ from cnmt.profiling.profiles import load as load_profile
 from cnmt.registry import ComponentSpec, get_components
 from cnmt.schedulers.base import (
     DevicePolicy,
+    LatencyModel,
     RequestBatch,
 )
 from cnmt.schedulers.core import DecisionComponents, DecisionSpecs, TargetSetup
@@ -439,7 +441,8 @@ def replay(
     started = time.perf_counter()
 
     edge_profile = _profile(spec.devices.edge, "edge", spec.model)
-    cloud_profile = _profile(spec.devices.cloud, "cloud", spec.model)
+    first = spec.clouds[0] if spec.clouds else CloudSpec("cloud", str(spec.devices.cloud))
+    cloud_profile = _profile(first.profile, "cloud", spec.model)
     runs = build_policies(config, spec)
     if labels is not None:
         unknown = sorted(set(labels) - {run.label for run in runs})
@@ -459,11 +462,14 @@ def replay(
     n, m = lines.n[pick], lines.m[pick]
     edge_sampler, cloud_sampler = ground_truth(edge_profile), ground_truth(cloud_profile)
     arrival = link.arrival_s
+    factor = first.time_factor
     edge_s = _apply_drift(spec.drift, "edge", edge_sampler.sample(n, m, rng), arrival, arrival)
-    cloud_s = _apply_drift(spec.drift, "cloud", cloud_sampler.sample(n, m, rng), arrival, arrival)
+    cloud_s = _apply_drift(
+        spec.drift, "cloud", cloud_sampler.sample(n, m, rng) * factor, arrival, arrival
+    )
     edge_expected = _apply_drift(spec.drift, "edge", edge_sampler.mean_time(n, m), arrival, arrival)
     cloud_expected = _apply_drift(
-        spec.drift, "cloud", cloud_sampler.mean_time(n, m), arrival, arrival
+        spec.drift, "cloud", cloud_sampler.mean_time(n, m) * factor, arrival, arrival
     )
     bandwidth_bps = spec.link.bandwidth_mbps * 1e6
     true_bytes = lines.src_bytes[pick] + lines.tgt_bytes[pick] + spec.link.overhead_bytes
@@ -484,9 +490,15 @@ def replay(
         edge_expected_s=edge_expected,
         cloud_expected_s=cloud_expected,
     )
-    stream = Stream(batch, arrival, link.rtt_s, bandwidth_bps, link.timeline.rtt_at)
-    queue_model, queue_info = _queues(spec, lines, cloud_sampler, arrival)
-    edge_lm, cloud_lm = edge_profile.fit.latency_model, cloud_profile.fit.latency_model
+    more_clouds, more_setups, more_info = _more_clouds(
+        spec, n, m, arrival, true_bytes, bandwidth_bps, queued=spec.queues.enabled
+    )
+    stream = Stream(
+        batch, arrival, link.rtt_s, bandwidth_bps, link.timeline.rtt_at, tuple(more_clouds)
+    )
+    queue_model, queue_info = _queues(spec, lines, cloud_sampler, arrival, factor)
+    edge_lm = edge_profile.fit.latency_model
+    cloud_lm = _scaled(cloud_profile.fit.latency_model, factor)
     timings["prepare_s"] = time.perf_counter() - started - timings["load_s"]
 
     policies: dict[str, Any] = {}
@@ -496,8 +508,9 @@ def replay(
     edge_target = TargetSetup("edge", edge_lm, queue_model.edge_workers if queue_model else 1)
     cloud_targets = [
         TargetSetup(
-            "cloud", cloud_lm, queue_model.cloud_workers if queue_model else 1, bandwidth_bps
-        )
+            first.name, cloud_lm, queue_model.cloud_workers if queue_model else 1, bandwidth_bps
+        ),
+        *more_setups,
     ]
     for run in runs:
         began = time.perf_counter()
@@ -531,8 +544,12 @@ def replay(
     # How often each policy chose as the clairvoyant Oracle did (replayed, or without queues
     # computed from the truth).
     oracle = next((label for label, r in policies.items() if r["policy"] == "oracle"), None)
-    if oracle is not None or queue_model is None:
-        reference = decisions[oracle] if oracle is not None else oracle_decisions(batch)
+    if oracle is not None:
+        for label, ran_on in targets.items():
+            same = float((ran_on == targets[oracle]).mean())
+            policies[label]["same_device_as_oracle"] = same
+    elif queue_model is None and not more_clouds:
+        reference = oracle_decisions(batch)
         for label, on_edge in decisions.items():
             policies[label]["same_device_as_oracle"] = float((on_edge == reference).mean())
 
@@ -545,12 +562,17 @@ def replay(
                 row[f"vs_{ref}_pct"] = _pct(result["total_s"], policies[ref_label]["total_s"])
         table[label] = row
 
-    def device_info(path: str, profile: DeviceProfile, sampler: Sampler) -> dict[str, Any]:
+    def device_info(
+        path: str, profile: DeviceProfile, sampler: Sampler, factor: float = 1.0
+    ) -> dict[str, Any]:
         fit = profile.fit
+        a_n, a_m, b = fit.a_n * factor, fit.a_m * factor, fit.b * factor
+        extra = {"time_factor": factor} if factor != 1.0 else {}
         return {
             "profile": display_path(path),
             "device": profile.device.name,
-            "fit": {"a_n": fit.a_n, "a_m": fit.a_m, "b": fit.b, "r2": fit.r2, "mse": fit.mse},
+            **extra,
+            "fit": {"a_n": a_n, "a_m": a_m, "b": b, "r2": fit.r2, "mse": fit.mse},
             "ground_truth": sampler.method,
             "extrapolated_share": float(sampler.extrapolated(n, m).mean()),
             "mean_true_s": float((edge_s if sampler is edge_sampler else cloud_s).mean()),
@@ -576,7 +598,8 @@ def replay(
         },
         "devices": {
             "edge": device_info(spec.devices.edge, edge_profile, edge_sampler),
-            "cloud": device_info(spec.devices.cloud, cloud_profile, cloud_sampler),
+            first.name: device_info(first.profile, cloud_profile, cloud_sampler, factor),
+            **more_info,
         },
         "link": {
             "bandwidth_mbps": spec.link.bandwidth_mbps,
@@ -597,8 +620,66 @@ def oracle_decisions(batch: RequestBatch) -> np.ndarray:
     return batch.edge_s <= batch.cloud_s + batch.transmission_s
 
 
+def _scaled(model: LatencyModel, factor: float) -> LatencyModel:
+    if factor == 1.0:
+        return model
+    return LatencyModel(model.a_n * factor, model.a_m * factor, model.b * factor)
+
+
+def _more_clouds(
+    spec: ReplayConfig,
+    n: np.ndarray,
+    m: np.ndarray,
+    arrival: np.ndarray,
+    true_bytes: np.ndarray,
+    bandwidth_bps: float,
+    queued: bool,
+) -> tuple[list[CloudPath], list[TargetSetup], dict[str, Any]]:
+    """The clouds after the first: per request each one's true time (its own random stream,
+    so the other draws stay as with one cloud), its link's RTT at the request's arrival, the
+    transmission time; what its gateway knows of it; what the report says of it."""
+    paths, setups, info = [], [], {}
+    for k, cloud in enumerate(spec.clouds[1:]):
+        profile = _profile(cloud.profile, "cloud", spec.model)
+        sampler = ground_truth(profile)
+        rng = np.random.default_rng([spec.seed, 3 + k])
+        exec_s = sampler.sample(n, m, rng) * cloud.time_factor
+        assert cloud.link is not None  # checked when the config was loaded
+        timeline = cloud.link.timeline(spec.link.loss_timeout_s)
+        rtt = timeline.rtt_s[timeline.index_at(arrival)]
+        paths.append(
+            CloudPath(
+                cloud.name,
+                exec_s,
+                sampler.mean_time(n, m) * cloud.time_factor,
+                rtt,
+                rtt + serialisation_s(true_bytes, bandwidth_bps),
+                timeline.rtt_at,
+                cloud.workers,
+            )
+        )
+        fit = _scaled(profile.fit.latency_model, cloud.time_factor)
+        setups.append(TargetSetup(cloud.name, fit, cloud.workers if queued else 1, bandwidth_bps))
+        info[cloud.name] = {
+            "profile": display_path(cloud.profile),
+            "device": profile.device.name,
+            "time_factor": cloud.time_factor,
+            "fit": {"a_n": fit.a_n, "a_m": fit.a_m, "b": fit.b, "r2": profile.fit.r2},
+            "ground_truth": sampler.method,
+            "extrapolated_share": float(sampler.extrapolated(n, m).mean()),
+            "mean_true_s": float(exec_s.mean()),
+            "mean_true_rtt_s": float(rtt.mean()),
+            "trace": display_path(str(cloud.link.trace)) if cloud.link.trace else None,
+        }
+    return paths, setups, info
+
+
 def _queues(
-    spec: ReplayConfig, lines: CorpusLines, cloud: Sampler, arrival: np.ndarray
+    spec: ReplayConfig,
+    lines: CorpusLines,
+    cloud: Sampler,
+    arrival: np.ndarray,
+    factor: float = 1.0,
 ) -> tuple[Queues | None, dict[str, Any]]:
     """The devices' queues (None without) and what the report says of them. The background
     load is drawn with its own random stream: other draws stay as without it."""
@@ -611,7 +692,7 @@ def _queues(
     count = rng.poisson(q.background_rate * span) if q.background_rate > 0 else 0
     at = np.sort(rng.uniform(float(arrival[0]), float(arrival[0]) + span, count))
     pick = draw_requests(lines, spec.corpus, count, rng) if count else np.zeros(0, np.int64)
-    exec_s = cloud.sample(lines.n[pick], lines.m[pick], rng) if count else np.zeros(0)
+    exec_s = cloud.sample(lines.n[pick], lines.m[pick], rng) * factor if count else np.zeros(0)
     exec_s = _apply_drift(spec.drift, "cloud", exec_s, at, arrival)
     info.update(
         edge_workers=q.edge_workers,
@@ -629,12 +710,17 @@ def _policy_result(
     learners: DecisionComponents,
     queues: Queues | None = None,
 ) -> dict[str, Any]:
+    clouds = [c.name for c in learners.clouds]
     """One policy's line of the replay JSON. A device's utilization is the share of its
     workers' time spent translating (1.0: every worker busy all the time)."""
     edge_workers = queues.edge_workers if queues is not None else 1
     cloud_workers = queues.cloud_workers if queues is not None else 1
     latency, on_edge = sim.latency_s, sim.on_edge
-    true_exec = np.where(on_edge, batch.edge_s, batch.cloud_s)
+    chosen = sim.target_index()
+    targets = sim.targets if sim.target is not None else ("edge", clouds[0])
+    true_exec = (
+        sim.exec_s if sim.exec_s is not None else np.where(on_edge, batch.edge_s, batch.cloud_s)
+    )
     relative = (sim.predicted_s - true_exec) / true_exec
     edge_waits = sim.wait_s[on_edge]
     cloud_waits = sim.wait_s[~on_edge]
@@ -646,7 +732,8 @@ def _policy_result(
         "p95_s": float(np.percentile(latency, 95)),
         "p99_s": float(np.percentile(latency, 99)),
         "share_edge": float(on_edge.mean()),
-        "share_cloud": float(1.0 - on_edge.mean()),
+        "share_cloud": float(1.0 - on_edge.mean()),  # all clouds together
+        "shares": {name: float((chosen == k).mean()) for k, name in enumerate(targets)},
         "requests_edge": int(on_edge.sum()),
         "requests_cloud": int((~on_edge).sum()),
         "length_estimator": _describe_length(run) or None,
@@ -669,6 +756,15 @@ def _policy_result(
             },
         },
     }
+    if len(targets) > 2:  # several clouds: each one's own line beside "cloud", all of them
+        for k, cloud in enumerate(learners.clouds, start=1):
+            waits = sim.wait_s[chosen == k]
+            workers = cloud.workers
+            out["devices"][cloud.name] = {
+                "utilization": sim.busy_s[cloud.name] / sim.span_s / workers,
+                "mean_queue_length": float(waits.sum()) / sim.span_s,
+                "mean_wait_s": float(waits.mean()) if waits.size else 0.0,
+            }
     if np.isfinite(relative).any():
         out["median_relative_error"] = {
             device: float(np.median(np.abs(relative[mask & np.isfinite(relative)])))

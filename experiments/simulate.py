@@ -159,6 +159,7 @@ class Simulation:
     target: np.ndarray | None = None
     targets: tuple[str, ...] = (EDGE, "cloud")
     decisions: list[Decision] | None = None  # the core's, when asked to keep them
+    exec_s: np.ndarray | None = None  # the true execution time where each ran (the core's)
 
     def target_index(self) -> np.ndarray:
         return self.target if self.target is not None else (~self.on_edge).astype(np.int64)
@@ -622,4 +623,5 @@ def drive_core(
         target=target,
         targets=names,
         decisions=kept,
+        exec_s=exec_ran,
     )

@@ -145,3 +145,43 @@ def test_the_edge_backlog_counts_what_is_left_of_the_predictions() -> None:
     replayed.add(1.0, start=0.0, done=1.0)
     replayed.add(1.0, start=0.0, done=1.0)
     assert replayed.at(0.5) == pytest.approx(0.5) and replayed.at(1.0) == 0.0
+
+
+@pytest.mark.slow
+def test_the_two_clouds_replay_uses_every_target_and_the_closed_loop_beats_each_one(
+    data_dir,
+) -> None:
+    config = load_config("experiments/bilstm-de-en-two-clouds")
+    labels = ["cloud-far", "cloud-near", "edge", "oracle", "cnmt", "cnmt-closed"]
+    result = replay(config, requests=20000, labels=labels).result
+    policies = result["policies"]
+    assert set(result["devices"]) == {"edge", "far", "near"}
+    oracle = policies["oracle"]["shares"]
+    assert set(oracle) == {"edge", "far", "near"} and min(oracle.values()) > 0.005
+    assert sum(oracle.values()) == pytest.approx(1.0)
+    assert policies["cloud-near"]["shares"]["near"] == 1.0
+    assert policies["cloud-far"]["shares"]["far"] == 1.0
+    best_single = min(policies[x]["total_s"] for x in ("edge", "cloud-far", "cloud-near"))
+    for label in ("cnmt", "cnmt-closed"):
+        total = policies[label]["total_s"]
+        assert total < 0.99 * best_single, label
+        assert total < 1.025 * policies["oracle"]["total_s"], label
+        assert policies[label]["share_edge"] == pytest.approx(policies[label]["shares"]["edge"])
+
+
+def test_a_replay_config_lists_its_clouds_or_gives_one(tmp_path) -> None:
+    from cnmt.experiments.config import CloudSpec, DevicesSpec, ReplayConfig
+
+    base = dict(model="m", corpus=None, connections={"c": None})
+    with pytest.raises(ValueError, match="not both"):
+        ReplayConfig(
+            devices=DevicesSpec("e.json", "c.json"), clouds=[CloudSpec("a", "a.json")], **base
+        )
+    with pytest.raises(ValueError, match="devices.cloud"):
+        ReplayConfig(devices=DevicesSpec("e.json"), **base)
+    with pytest.raises(ValueError, match="needs its own `link`"):
+        ReplayConfig(
+            devices=DevicesSpec("e.json"),
+            clouds=[CloudSpec("a", "a.json"), CloudSpec("b", "b.json")],
+            **base,
+        )
