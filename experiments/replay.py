@@ -512,7 +512,7 @@ def replay(
         ),
         *more_setups,
     ]
-    for run in runs:
+    for index, run in enumerate(runs):
         began = time.perf_counter()
         learners = run.components(edge_target, cloud_targets)
         if run.policy.uses_length_estimate and learners.length is None:
@@ -525,8 +525,16 @@ def replay(
         if run.policy.uses_length_estimate and learners.length is not None:
             if not learners.length.learns:
                 m_est = np.asarray(learners.length.estimate_many(n, m), dtype=float)
+        # A policy that draws gets its own seeded stream (the other draws stay as without it).
+        policy_rng = np.random.default_rng([spec.seed, 4, index]) if run.policy.uses_rng else None
         sim = simulate(
-            learners, stream, queue_model, m_est, probe_s=run.rtt_probe_s, fast_paths=fast_paths
+            learners,
+            stream,
+            queue_model,
+            m_est,
+            probe_s=run.rtt_probe_s,
+            fast_paths=fast_paths,
+            rng=policy_rng,
         )
         decisions[run.label] = sim.on_edge
         targets[run.label] = sim.target_index()

@@ -331,7 +331,14 @@ def create_schedulers(
         TargetSetup("edge", edge_prior or unit),
         [TargetSetup("cloud", cloud_prior or unit, workers, bandwidth)],
     )
-    return DecisionCore(components)
+    # A policy that draws gets a generator of its own (seeded by the OS: a live gateway is not
+    # replayed); the others none.
+    rng = None
+    if components.policy.uses_rng:
+        import numpy as np
+
+        rng = np.random.default_rng()
+    return DecisionCore(components, rng=rng)
 
 
 def build_gateway(

@@ -185,3 +185,33 @@ def test_a_replay_config_lists_its_clouds_or_gives_one(tmp_path) -> None:
             clouds=[CloudSpec("a", "a.json"), CloudSpec("b", "b.json")],
             **base,
         )
+
+
+def test_a_policy_that_draws_gets_the_cores_seeded_generator_and_nothing_global() -> None:
+    from cnmt.schedulers.base import DevicePolicy
+
+    class Coin(DevicePolicy):
+        """Offloads with probability one half (a stand-in for an exploring policy)."""
+
+        name = "coin"
+        uses_rng = True
+
+        def choose(self, request, m_estimate, state):
+            raise AssertionError("a policy among targets is asked for choose_target")
+
+        def choose_target(self, request, m_estimate, state):
+            names = [t.name for t in state.targets]
+            return names[int(state.rng.integers(0, len(names)))]
+
+    def decisions(seed: int) -> list[str]:
+        parts = core_for("cnmt", {"near": NEAR, "far": FAR}).components
+        parts.policy = Coin(None)
+        core = DecisionCore(parts, rng=np.random.default_rng(seed))
+        return [core.decide(Request(5, 100), float(t)).target for t in range(60)]
+
+    assert decisions(1) == decisions(1) != decisions(2)
+    assert set(decisions(1)) == {"edge", "near", "far"}
+    parts = core_for("cnmt", {"cloud": FAR}).components
+    parts.policy = Coin(None)
+    with pytest.raises(ConfigError, match="seeded generator"):
+        DecisionCore(parts)
