@@ -203,7 +203,7 @@ class PolicySpec:
 
     ``label`` names it in the results (default: its name); ``rtt_probe_s`` makes its gateway
     probe the link when no round trip was measured for that long (see
-    :class:`cnmt.experiments.simulate.Learners`); the other keys (``OVERRIDES``) override the
+    :func:`cnmt.experiments.simulate.drive_core`); the other keys (``OVERRIDES``) override the
     config's top-level sections of the same name for this policy only.
     """
 

@@ -1,4 +1,4 @@
-"""One device policy over a stream of requests: decisions, queues, and what the gateway learns.
+"""One device policy over a stream of requests: the world a gateway's decision core faces.
 
 The replay (:mod:`cnmt.experiments.replay`) prepares the requests: arrival times, N, the true
 M, the true execution time on each device (and its expectation), the true transmission time.
@@ -25,8 +25,12 @@ M, the true execution time on each device (and its expectation), the true transm
    same servers, and its answer takes the other half back. Latency = wait + execution (+ the
    transmission).
 
-The general loop (:func:`_general`) does all of this for any policy. Faster paths, which tests
-hold to the same decisions, cover the built-ins: decisions taken at once (``choose_many``:
+Steps 1 and 2 are the decision core's (:class:`cnmt.schedulers.core.DecisionCore`, the object
+a live gateway drives too); this module simulates the world around it: the arrivals, the
+devices' servers, the links of the edge's one or several clouds. The general loop
+(:func:`drive_core`) does all of this for any policy and any number of clouds. Faster paths,
+which ``tests/test_decision_core.py`` holds to the core's decisions on every shipped scenario,
+cover the built-ins with one cloud: decisions taken at once (``choose_many``:
 edge-only, cloud-only, the Oracles without queues) need no loop without queues and a
 vectorized FIFO recursion with them; the paper's method (the C-NMT rule, fixed models, no
 queues) needs only the RTT estimator in its loop; the C-NMT and Oracle rules with queues and
