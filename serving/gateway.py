@@ -77,7 +77,7 @@ import logging
 import statistics
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,7 +88,14 @@ from prometheus_client.registry import Collector
 
 from cnmt.errors import CnmtError
 from cnmt.runtime.base import Translator
-from cnmt.schedulers.base import Device, DevicePolicy, LatencyModel, LengthEstimator, Request
+from cnmt.schedulers.base import (
+    EDGE,
+    Device,
+    DevicePolicy,
+    LatencyModel,
+    LengthEstimator,
+    Request,
+)
 from cnmt.schedulers.core import Decision, DecisionCore, Outcome, decision_fields
 from cnmt.schedulers.latency_models import LatencyEstimator
 from cnmt.schedulers.rtt_estimators import RttEstimator
@@ -133,7 +140,7 @@ class Gateway:
         *,
         tokenizer: Translator,
         edge: EdgeWorker,
-        cloud: CloudClient | None,
+        cloud: CloudClient | Mapping[str, CloudClient | None] | None,
         core: DecisionCore,
         settings: GatewaySettings,
         state_parts: Sequence[Part] = (),
@@ -141,27 +148,45 @@ class Gateway:
         clock: Callable[[], float] = time.monotonic,
         timer: Callable[[], float] = time.perf_counter,
     ) -> None:
-        if [c.name for c in core.components.clouds] != [Device.CLOUD.value]:
-            raise ValueError("a gateway's decision core has one cloud, named 'cloud'")
+        names = [c.name for c in core.components.clouds]
+        clients = dict(cloud) if isinstance(cloud, Mapping) else {names[0]: cloud}
+        if set(clients) - set(names):
+            raise ValueError(f"clouds {sorted(set(clients) - set(names))} are not the core's")
         self.tokenizer = tokenizer
         self.edge = edge
-        self.cloud = cloud
+        # Every cloud of the core, in its order: its client (None: not attached) and its health.
+        self.clouds: dict[str, CloudClient | None] = {n: clients.get(n) for n in names}
         self.core = core
         self.settings = settings
         self.state_parts = list(state_parts)
-        self.devices = devices or {Device.EDGE: "edge", Device.CLOUD: "cloud"}
+        self.devices = {EDGE: "edge", **{n: n for n in names}}
+        self.devices.update({str(k): v for k, v in (devices or {}).items()})
         self.clock = clock
         self.timer = timer
         edge.use_backlog(core.edge_backlog, clock)  # the core's, in the core's time
         self.pending = 0
         self.ready = False
         # |predicted - observed| / observed of the last requests per device, for /v1/models
-        self.recent_errors: dict[Device, deque[float]] = {
-            device: deque(maxlen=RECENT_ERRORS) for device in Device
+        self.recent_errors: dict[str, deque[float]] = {
+            target: deque(maxlen=RECENT_ERRORS) for target in (EDGE, *names)
         }
         self._saver: asyncio.Task[None] | None = None
+        self._healthy: dict[str, bool] = {}  # what each cloud's breaker last reported
         self._init_metrics()
-        self.cloud_health = self._new_cloud_health()
+        self.healths = {name: self._new_cloud_health(name) for name in names}
+
+    @property
+    def first_cloud(self) -> str:
+        return next(iter(self.clouds))
+
+    @property
+    def cloud(self) -> CloudClient | None:
+        """The first cloud's client (the only one of a gateway with one cloud)."""
+        return self.clouds[self.first_cloud]
+
+    @property
+    def cloud_health(self) -> CloudHealth:
+        return self.healths[self.first_cloud]
 
     # The core's components, by what they are for (read-only views).
     @property
@@ -175,39 +200,40 @@ class Gateway:
 
     @property
     def rtt_estimator(self) -> RttEstimator:
-        return self.core.clouds[Device.CLOUD.value].rtt  # type: ignore[return-value]
+        return self.core.clouds[self.first_cloud].rtt  # type: ignore[return-value]
 
     @property
     def cloud_wait_estimator(self) -> RttEstimator:
-        return self.core.clouds[Device.CLOUD.value].wait  # type: ignore[return-value]
+        return self.core.clouds[self.first_cloud].wait  # type: ignore[return-value]
 
     @property
-    def latency(self) -> dict[Device, LatencyEstimator]:
-        return {Device(name): model for name, model in self.core.latency.items()}
+    def latency(self) -> dict[str, LatencyEstimator]:
+        return dict(self.core.latency)
 
-    def _new_cloud_health(self) -> CloudHealth:
+    def _new_cloud_health(self, name: str) -> CloudHealth:
         settings = self.settings
 
         async def probe() -> bool:
-            if self.cloud is None:
+            client = self.clouds[name]
+            if client is None:
                 return False
             started = self.timer()
-            health = await self.cloud.health()
+            health = await client.health()
             if health is not None and settings.learn_from_probes:
                 # A health answer costs the cloud next to nothing: its round trip is the link's;
                 # an empty cloud: a request sent now waits 0.
                 at, sample = self.clock(), self.timer() - started
-                self.core.observe_probe(Device.CLOUD.value, sample, at, health.get("pending") == 0)
-                self._rtt_observed(sample, at)
+                self.core.observe_probe(name, sample, at, health.get("pending") == 0)
+                self._rtt_observed(name, sample, at)
             return health is not None
 
         def on_change(healthy: bool, cause: str) -> None:
-            self.m_cloud_healthy.set(1.0 if healthy else 0.0)
+            self._healthy[name] = healthy
+            self._health_changed()
             if not healthy:
                 self.m_cloud_unhealthy.labels(cause=cause).inc()
 
-        self.m_cloud_healthy.set(1.0 if self.cloud is not None else 0.0)
-        return CloudHealth(
+        health = CloudHealth(
             probe=probe,
             max_exchanges=settings.max_cloud_exchanges,
             slow_s=settings.slow_exchange_s,
@@ -218,11 +244,22 @@ class Gateway:
             clock=self.clock,
             on_change=on_change,
         )
+        return health
+
+    def _health_changed(self) -> None:
+        """``cnmt_gateway_cloud_healthy``: 1 while every attached cloud is healthy."""
+        attached = [n for n, c in self.clouds.items() if c is not None]
+        healthy = bool(attached) and all(self._healthy.get(n, True) for n in attached)
+        self.m_cloud_healthy.set(1.0 if healthy else 0.0)
+
+    def available(self, name: str) -> bool:
+        """Cloud ``name`` is attached and may be tried: its breaker is closed or half-open."""
+        return self.clouds[name] is not None and self.healths[name].available
 
     @property
     def cloud_healthy(self) -> bool:
-        """A cloud is attached and may be tried: its breaker is closed or half-open."""
-        return self.cloud is not None and self.cloud_health.available
+        """The first cloud is attached and may be tried."""
+        return self.available(self.first_cloud)
 
     # --- metrics -------------------------------------------------------------------------------
 
@@ -327,9 +364,12 @@ class Gateway:
             "Cloud exchanges waiting for an answer (at most max_cloud_exchanges).",
             registry=r,
         )
-        self.m_cloud_in_flight.set_function(lambda: len(self.cloud_health.in_flight))
+        self.m_cloud_in_flight.set_function(
+            lambda: sum(len(h.in_flight) for h in getattr(self, "healths", {}).values())
+        )
         r.register(_EdgeRestarts(self.edge))
-        self.m_rtt_estimate.set(self.core.link(Device.CLOUD.value, self.clock()).rtt_s)
+        self.m_rtt_estimate.set(self.core.link(self.first_cloud, self.clock()).rtt_s)
+        self.m_cloud_healthy.set(1.0 if any(c is not None for c in self.clouds.values()) else 0.0)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -349,13 +389,15 @@ class Gateway:
         """Start the local worker and the cloud client; probe the cloud once."""
         if not self.edge.started:
             await self.edge.start()
-        if self.cloud is not None:
-            await self.cloud.start()
-            if not await self.cloud.probe():
-                self.cloud_health.mark_unhealthy(
-                    "the cloud did not answer its health probe at startup", cause="probe"
+        for name, client in self.clouds.items():
+            if client is None:
+                continue
+            await client.start()
+            if not await client.probe():
+                self.healths[name].mark_unhealthy(
+                    f"the cloud {name} did not answer its health probe at startup", cause="probe"
                 )
-            self.cloud_health.start()
+            self.healths[name].start()
         if self.settings.state_file is not None and self.state_parts:
             self._saver = asyncio.get_running_loop().create_task(self._save_periodically())
         self.ready = True
@@ -368,9 +410,10 @@ class Gateway:
                 await self._saver
             self._saver = None
         self.save_state()
-        await self.cloud_health.close()
-        if self.cloud is not None:
-            await self.cloud.close()
+        for name, client in self.clouds.items():
+            await self.healths[name].close()
+            if client is not None:
+                await client.close()
         await self.edge.close()
 
     def save_state(self) -> None:
@@ -393,8 +436,19 @@ class Gateway:
         """Set the cloud once its address is known (before :meth:`start`)."""
         if self.ready:
             raise RuntimeError("attach_cloud() must come before start()")
-        self.cloud = cloud
-        self.cloud_health = self._new_cloud_health()
+        self.attach_clouds({self.first_cloud: cloud})
+
+    def attach_clouds(self, clouds: Mapping[str, CloudClient]) -> None:
+        """Set the clouds, by name, once their addresses are known (before :meth:`start`)."""
+        if self.ready:
+            raise RuntimeError("attach_clouds() must come before start()")
+        for name, client in clouds.items():
+            if name not in self.clouds:
+                raise ValueError(f"no cloud {name!r}; the clouds: {', '.join(self.clouds)}")
+            self.clouds[name] = client
+            self.healths[name] = self._new_cloud_health(name)
+            self._healthy.pop(name, None)
+        self._health_changed()
 
     # --- requests ------------------------------------------------------------------------------
 
@@ -438,40 +492,44 @@ class Gateway:
         request = Request(n_tokens, payload_bytes=self.core.payload.expected_bytes(request_bytes))
         try:
             decision = self.core.decide(request, self.clock())
-            decided = Device(decision.target)
         except (CnmtError, ValueError) as exc:
             log.error("scheduler failed: %s", exc)
             raise RequestError(500, f"the gateway's scheduler failed: {exc}") from None
-        self.m_decisions.labels(device=decided.value).inc()
+        decided = decision.target
+        self.m_decisions.labels(device=decided).inc()
         try:
-            device, fallback, outcome = await self._run(text, decision, decided)
+            device, fallback, outcome = await self._run(text, decision)
         except RequestError:
             self.core.forget(decision)
             raise
         self.core.observe(decision, outcome.outcome)  # learn once it has finished
         if outcome.rtt_sample_s is not None:
-            self._rtt_observed(outcome.rtt_sample_s, outcome.at)
+            self._rtt_observed(device, outcome.rtt_sample_s, outcome.at)
 
         latency = self.timer() - started
         m_actual = outcome.m_tokens
         m_estimated = decision.m_estimate
         predicted = decision.predicted
-        exec_predicted = predicted[device.value].exec_s
+        exec_predicted = predicted[device].exec_s
         if outcome.exec_s > 0:
             error = (exec_predicted - outcome.exec_s) / outcome.exec_s
-            self.m_prediction_error.labels(device=device.value).observe(error)
+            self.m_prediction_error.labels(device=device).observe(error)
             self.recent_errors[device].append(abs(error))
         if fallback is not None:
             self.m_fallbacks.labels(reason=fallback).inc()
-        self.m_requests.labels(device=device.value).inc()
-        self.m_latency.labels(device=device.value).observe(latency)
+        self.m_requests.labels(device=device).inc()
+        self.m_latency.labels(device=device).observe(latency)
         self.m_length_error.observe(m_estimated - m_actual)
         self.m_length_abs_error.inc(abs(m_estimated - m_actual))
-        cloud = predicted[Device.CLOUD.value]
+        # The cloud the fields of one cloud describe: the one that ran it, else the decided
+        # one, else the first.
+        cloud_name = next((t for t in (device, decided) if t in self.clouds), self.first_cloud)
+        cloud = predicted[cloud_name]
+        edge = predicted[EDGE]
         return {
             "translation": outcome.text,
-            "device": device.value,
-            "decided": decided.value,
+            "device": device,
+            "decided": decided,
             "fallback": fallback,
             "n_tokens": n_tokens,
             "m_estimated": round(m_estimated, 3),
@@ -482,44 +540,51 @@ class Gateway:
             "rtt_estimate_ms": _ms(cloud.rtt_s),
             "rtt_sample_ms": _ms(outcome.rtt_sample_s),
             "predicted_ms": {
-                "edge": _ms(predicted[Device.EDGE.value].exec_s),
-                "cloud": _ms(cloud.exec_s + cloud.transmission_s),
+                target: _ms(p.exec_s + p.transmission_s) for target, p in predicted.items()
             },
             "predicted_exec_ms": _ms(exec_predicted),
-            "edge_backlog_ms": _ms(predicted[Device.EDGE.value].wait_s),
+            "edge_backlog_ms": _ms(edge.wait_s),
             "cloud_wait_estimate_ms": _ms(cloud.wait_s),
             "decision": decision_fields(decision),
         }
 
-    async def _run(
-        self, text: str, decision: Decision, decided: Device
-    ) -> tuple[Device, str | None, _Finished]:
-        """Run the decision where it can run: (device, fallback reason or None, outcome)."""
+    def _healthy_clouds(self, decision: Decision) -> list[str]:
+        """The clouds that may be tried now, the least predicted total first."""
+        names = [n for n in self.clouds if self.available(n)]
+        return sorted(names, key=lambda n: decision.predicted[n].total_s)
+
+    async def _run(self, text: str, decision: Decision) -> tuple[str, str | None, _Finished]:
+        """Run the decision where it can run: (target, fallback reason or None, outcome). An
+        offload that cannot be tried or fails runs locally; a local translation whose worker
+        died goes to the healthy cloud with the least predicted total."""
+        decided = decision.target
         device, fallback = decided, None
         outcome: _Finished | None = None
-        if decided is Device.CLOUD:
-            if not self.cloud_healthy:
-                device, fallback = Device.EDGE, "cloud_unhealthy" if self.cloud else "no_cloud"
+        if decided != EDGE:
+            if not self.available(decided):
+                device = EDGE
+                fallback = "cloud_unhealthy" if self.clouds[decided] else "no_cloud"
             else:
                 try:
-                    outcome = await self._offload(text, decision)
+                    outcome = await self._offload(text, decision, decided)
                 except CloudFailure as exc:
-                    device, fallback = Device.EDGE, exc.reason
-        if device is Device.EDGE:
+                    device, fallback = EDGE, exc.reason
+        if device == EDGE:
             try:
                 outcome = await self._translate_locally(text, decision)
             except CnmtError as exc:
-                if isinstance(exc, EdgeFailure) and decided is Device.EDGE and self.cloud_healthy:
+                healthy = self._healthy_clouds(decision)
+                if isinstance(exc, EdgeFailure) and decided == EDGE and healthy:
                     log.warning("local translation failed (%s); offloading instead", exc)
                     try:
-                        outcome = await self._offload(text, decision)
+                        outcome = await self._offload(text, decision, healthy[0])
                     except CloudFailure as cloud_exc:
                         raise RequestError(
                             503,
                             f"both devices failed: local worker ({exc}); cloud ({cloud_exc})",
                             headers={"Retry-After": str(self.settings.retry_after_s)},
                         ) from None
-                    device, fallback = Device.CLOUD, "edge_failure"
+                    device, fallback = healthy[0], "edge_failure"
                 elif isinstance(exc, EdgeFailure):
                     raise RequestError(
                         503,
@@ -536,43 +601,53 @@ class Gateway:
     async def _translate_locally(self, text: str, decision: Decision) -> _Finished:
         """One local translation, queued in the worker at the decision's predicted time."""
         queued = self.timer()
-        local = await self.edge.translate(text, decision.predicted[Device.EDGE.value].exec_s)
+        local = await self.edge.translate(text, decision.predicted[EDGE].exec_s)
         waited = max(0.0, self.timer() - queued - local.seconds)
         return _Finished(
-            local.text,
-            Outcome(Device.EDGE.value, self.clock(), local.output_tokens, local.seconds, waited),
+            local.text, Outcome(EDGE, self.clock(), local.output_tokens, local.seconds, waited)
         )
 
-    async def _offload(self, text: str, decision: Decision) -> _Finished:
-        """One cloud exchange; a failure marks the cloud unhealthy (CloudFailure), and
-        CloudRejected (the model refused the text) becomes a 422. The RTT sample subtracts the
-        payload the exchange really carried (:class:`~cnmt.schedulers.base.PayloadModel`)."""
-        assert self.cloud is not None
+    async def _offload(self, text: str, decision: Decision, target: str) -> _Finished:
+        """One exchange with cloud ``target``; a failure marks that cloud unhealthy
+        (CloudFailure), and CloudRejected (the model refused the text) becomes a 422. The RTT
+        sample subtracts the payload the exchange really carried
+        (:class:`~cnmt.schedulers.base.PayloadModel`)."""
+        client = self.clouds[target]
+        assert client is not None
         try:
-            with self.cloud_health.exchange():  # CloudFailure if busy, unhealthy or failing
+            with self.healths[target].exchange():  # CloudFailure if busy, unhealthy or failing
                 # Only an admitted exchange joins the cloud's queue.
-                self.core.offloaded(decision, Device.CLOUD.value, self.clock())
-                reply = await self.cloud.translate(text)
+                self.core.offloaded(decision, target, self.clock())
+                reply = await client.translate(text)
         except CloudRejected as exc:
             raise RequestError(
                 422, f"the model cannot translate this text: {exc.message}"
             ) from None
         sample = reply.rtt_sample(self.settings.bandwidth_bps)
-        outcome = Outcome(
-            Device.CLOUD.value, self.clock(), reply.m_tokens, reply.exec_s, reply.wait_s, sample
-        )
+        outcome = Outcome(target, self.clock(), reply.m_tokens, reply.exec_s, reply.wait_s, sample)
         return _Finished(reply.text, outcome)
 
-    def _rtt_observed(self, sample: float, at: float) -> None:
+    def _rtt_observed(self, target: str, sample: float, at: float) -> None:
         self.m_rtt_sample.observe(sample)
-        self.m_rtt_estimate.set(self.core.link(Device.CLOUD.value, at).rtt_s)
+        if target == self.first_cloud:
+            self.m_rtt_estimate.set(self.core.link(target, at).rtt_s)
 
     async def handle_health(self, request: web.Request) -> web.Response:
-        healthy = self.cloud_health.healthy  # a half-open breaker is not healthy yet
-        cloud = "none" if self.cloud is None else ("healthy" if healthy else "unhealthy")
-        return json_response(
-            {"status": "ok", "service": SERVICE, "cloud": cloud, "pending": self.pending}
-        )
+        def state(name: str) -> str:
+            if self.clouds[name] is None:
+                return "none"
+            # a half-open breaker is not healthy yet
+            return "healthy" if self.healths[name].healthy else "unhealthy"
+
+        answer = {
+            "status": "ok",
+            "service": SERVICE,
+            "cloud": state(self.first_cloud),
+            "pending": self.pending,
+        }
+        if len(self.clouds) > 1:
+            answer["clouds"] = {name: state(name) for name in self.clouds}
+        return json_response(answer)
 
     async def handle_ready(self, request: web.Request) -> web.Response:
         if not self.ready:
@@ -587,7 +662,7 @@ class Gateway:
         latency = {}
         for device, estimator in self.latency.items():
             errors = self.recent_errors[device]
-            latency[device.value] = {
+            latency[device] = {
                 "device": self.devices[device],
                 "component": estimator.name,
                 "learns": estimator.learns,
@@ -621,8 +696,8 @@ class Gateway:
 
     async def handle_metrics(self, request: web.Request) -> web.Response:
         now = self.clock()
-        self.m_rtt_estimate.set(self.core.link(Device.CLOUD.value, now).rtt_s)
-        self.m_cloud_wait.set(self.core.cloud_wait_s(Device.CLOUD.value, now))
+        self.m_rtt_estimate.set(self.core.link(self.first_cloud, now).rtt_s)
+        self.m_cloud_wait.set(self.core.cloud_wait_s(self.first_cloud, now))
         return m.response(self.metrics)
 
 
@@ -680,8 +755,8 @@ class _LearnedModels(Collector):
         for device, estimator in self.gateway.latency.items():
             model = estimator.current()
             for name, value in (("a_n", model.a_n), ("a_m", model.a_m), ("b", model.b)):
-                coefficients.add_metric([device.value, name], value)
-            observations.add_metric([device.value], estimator.observations)
+                coefficients.add_metric([device, name], value)
+            observations.add_metric([device], estimator.observations)
         yield coefficients
         yield observations
 

@@ -239,9 +239,12 @@ async def start_gateway(
     clock: Callable[[], float] = time.monotonic,
     edge_factory: Callable[..., Translator] = ScriptedTranslator,
     edge_translator: Callable[[], Translator] | None = None,
+    more_clouds: dict[str, tuple[str, LatencyModel]] | None = None,
     **settings: Any,
 ) -> GatewayHandle:
-    """A gateway on a free loopback port: scripted model in a real (unthrottled) worker process."""
+    """A gateway on a free loopback port: scripted model in a real (unthrottled) worker process.
+    ``more_clouds``: further clouds by name, each (URL, latency model), after ``cloud_url``'s
+    (named ``cloud``)."""
     config = gateway_settings(**settings)
     factory = edge_translator or functools.partial(edge_factory, edge_delay_s, label="edge")
     edge = EdgeWorker(factory)
@@ -272,17 +275,36 @@ async def start_gateway(
                     workers=config.cloud_workers,
                     bandwidth_bps=config.bandwidth_bps,
                 ),
+                *(
+                    TargetComponents(
+                        name,
+                        latency_model(latency, prior),
+                        rtt=scheduler("rtt_estimator", rtt[0], **rtt[1]),
+                        wait=DEFAULT_COMPONENTS["cloud_wait_estimator"].create(),
+                        bandwidth_bps=config.bandwidth_bps,
+                    )
+                    for name, (_, prior) in (more_clouds or {}).items()
+                ),
             ),
         )
     )
+    clients = {
+        "cloud": CloudClient(
+            cloud_url, config.cloud_timeout_s, probe_timeout_s=config.probe_timeout_s
+        )
+        if cloud_url
+        else None,
+        **{
+            name: CloudClient(
+                address, config.cloud_timeout_s, probe_timeout_s=config.probe_timeout_s
+            )
+            for name, (address, _) in (more_clouds or {}).items()
+        },
+    }
     gateway = Gateway(
         tokenizer=ScriptedTranslator(),
         edge=edge,
-        cloud=(
-            CloudClient(cloud_url, config.cloud_timeout_s, probe_timeout_s=config.probe_timeout_s)
-            if cloud_url
-            else None
-        ),
+        cloud=clients,
         core=core,
         settings=config,
         state_parts=parts,
