@@ -294,7 +294,24 @@ def test_reproduce_skips_scenarios_without_profiles_and_reports_why(tmp_path, mo
     assert "## Table I: the paper's and ours" in report and "not included" not in report
     assert "## Our Table I, every scenario" in report and "## Skipped scenarios" in report
     assert list((out / "figures").glob("*__rtt.png"))
-    assert main(["reproduce", "--json", str(js), "--strict"]) == 1
+    assert main(["reproduce", "--out", str(out), "--json", str(js), "--strict"]) == 1
+
+
+def test_reproduce_without_matplotlib_writes_the_report_says_why_and_makes_no_figures_folder(
+    tmp_path, monkeypatch, capsys
+):
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    good = write_config(ready, requests=500, name="ready")
+    monkeypatch.setattr("cnmt.experiments.report.experiment_configs", lambda: [str(good)])
+    monkeypatch.setattr("cnmt.experiments.report.plotting_available", lambda: False)
+    out = tmp_path / "report"
+    assert main(["reproduce", "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert "This report has no figures: matplotlib is not installed" in report
+    assert "pip install 'cnmt[plots]'" in report and "![" not in report
+    assert not (out / "figures").exists()
+    assert "without figures" in capsys.readouterr().err
 
 
 def test_unknown_policy_name_is_a_config_error_listing_the_valid_ones(tmp_path, capsys):
