@@ -31,13 +31,17 @@
 
 It answers::
 
-    {"translation": "let's go .", "device": "cloud", "decided": "cloud", "fallback": null,
+    {"request_id": "tour-1", "translation": "let's go .", "device": "cloud", "decided": "cloud",
+     "fallback": null,
      "n_tokens": 5, "m_estimated": 4.9, "m_actual": 3, "latency_ms": 61.2, "exec_ms": 11.0,
      "wait_ms": 0.2, "rtt_estimate_ms": 48.1, "rtt_sample_ms": 49.0,
      "predicted_ms": {"edge": 80.3, "cloud": 62.0}, "predicted_exec_ms": 10.1,
      "edge_backlog_ms": 0.0, "cloud_wait_estimate_ms": 0.3}
 
-``decided`` is the policy's choice, ``device`` where the text was really translated.
+``request_id`` is the client's ``X-Request-Id`` when it is a plain token, else a new one (it is
+also the answer's ``X-Request-Id`` header and starts the request's decision line,
+:mod:`cnmt.serving.decision_log`). ``decided`` is the policy's choice, ``device`` where the text
+was really translated.
 ``predicted_ms`` are the decision's predicted execution times (the cloud's plus its
 transmission), ``predicted_exec_ms`` the prediction for the device that ran it (to compare
 with ``exec_ms``), ``wait_ms`` the measured wait before the translation ran (the cloud's
