@@ -185,6 +185,27 @@ def run_sweep(
         scenario.sweep_figure = output.link(path)
 
 
+def sweep_lines(scenario: Scenario) -> list[tuple[str, str, dict[str, Any]]]:
+    """(policy label, legend text, matplotlib line style) of each swept policy. Policies that
+    decide alike draw the same line: each has its own marker and dash, drawn smaller and hollow
+    on top, and its legend says which policy it lies on (``cnmt-load (= cnmt)``)."""
+    labels = [label for label in SWEEP_POLICIES if label in scenario.sweep[0].policies]
+    drawn: dict[str, list[float]] = {}
+    lines = []
+    for index, label in enumerate(labels):
+        means = [p.policies[label]["mean_s"] for p in scenario.sweep]
+        same = [o for o, theirs in drawn.items() if np.allclose(means, theirs, rtol=0.005)]
+        drawn[label] = means
+        style = {
+            "marker": SWEEP_MARKERS[index % len(SWEEP_MARKERS)],
+            "linestyle": SWEEP_DASHES[index % len(SWEEP_DASHES)],
+            "ms": 6 - index * 0.6,
+            "fillstyle": "none" if same else "full",
+        }
+        lines.append((label, f"{label} (= {same[0]})" if same else label, style))
+    return lines
+
+
 def plot_sweep(scenario: Scenario, path: Path) -> None:
     """Mean and p99 latency of each policy against the arrival rate."""
     from cnmt.plotting import pyplot
@@ -193,21 +214,7 @@ def plot_sweep(scenario: Scenario, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     rates = [p.rate for p in scenario.sweep]
     per_rate = scenario.sweep[0].utilization / rates[0]  # edge-only utilization per req/s
-    labels = [label for label in SWEEP_POLICIES if label in scenario.sweep[0].policies]
-    drawn: dict[str, list[float]] = {}
-    for index, label in enumerate(labels):
-        means = [p.policies[label]["mean_s"] for p in scenario.sweep]
-        # Policies that decide alike draw the same line: the legend says which one it hides
-        # under, and each policy has its own marker and dash so that all stay visible.
-        same = [o for o, theirs in drawn.items() if np.allclose(means, theirs, rtol=0.005)]
-        drawn[label] = means
-        shown = f"{label} (= {same[0]})" if same else label
-        style = {
-            "marker": SWEEP_MARKERS[index % len(SWEEP_MARKERS)],
-            "linestyle": SWEEP_DASHES[index % len(SWEEP_DASHES)],
-            "ms": 6 - index * 0.6,
-            "fillstyle": "none" if same else "full",
-        }
+    for label, shown, style in sweep_lines(scenario):
         for ax, key in zip(axes, ("mean_s", "p99_s"), strict=True):
             values = [p.policies[label][key] * 1e3 for p in scenario.sweep]
             ax.plot(rates, values, label=shown, **style)

@@ -479,3 +479,26 @@ def test_extrapolating_a_falling_profile_never_gives_free_or_negative_work(tmp_p
     drawn = sampler.sample(np.array([200, 400]), np.array([1, 1]), np.random.default_rng(0))
     assert (drawn > 0).all()
     assert drawn.tolist() == pytest.approx([sampler.floor_s] * 2)
+
+
+def test_load_sweep_lines_that_coincide_stay_apart_and_say_which_they_lie_on() -> None:
+    from cnmt.experiments.report import Scenario, SweepPoint, sweep_lines
+
+    def point(rate: float, **means: float) -> SweepPoint:
+        return SweepPoint(rate / 10, rate, {k: {"mean_s": v, "p99_s": v} for k, v in means.items()})
+
+    scenario = Scenario("x/cp", "x.yaml", "cp")
+    scenario.sweep = [
+        point(1.0, edge=0.10, cloud=0.20, cnmt=0.08, **{"cnmt-load": 0.08}),
+        point(5.0, edge=0.40, cloud=0.21, cnmt=0.15, **{"cnmt-load": 0.1502}),
+    ]
+    lines = sweep_lines(scenario)
+    assert [(label, shown) for label, shown, _ in lines] == [
+        ("edge", "edge"),
+        ("cloud", "cloud"),
+        ("cnmt", "cnmt"),
+        ("cnmt-load", "cnmt-load (= cnmt)"),
+    ]
+    styles = [(style["marker"], style["linestyle"]) for _, _, style in lines]
+    assert len(set(styles)) == len(styles)  # every policy has a marker and dash of its own
+    assert lines[3][2]["fillstyle"] == "none" and lines[2][2]["fillstyle"] == "full"
