@@ -502,3 +502,11 @@ def test_load_sweep_lines_that_coincide_stay_apart_and_say_which_they_lie_on() -
     styles = [(style["marker"], style["linestyle"]) for _, _, style in lines]
     assert len(set(styles)) == len(styles)  # every policy has a marker and dash of its own
     assert lines[3][2]["fillstyle"] == "none" and lines[2][2]["fillstyle"] == "full"
+
+
+def test_replay_reports_progress_once_per_policy_and_at_the_end(tmp_path):
+    calls = []
+    result = replay(load_config(write_config(tmp_path)), progress=lambda *a: calls.append(a)).result
+    labels = list(result["policies"])
+    total = len(labels)
+    assert calls == [(label, i, total) for i, label in enumerate(labels)] + [("", total, total)]

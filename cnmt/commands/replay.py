@@ -203,9 +203,8 @@ class PolicyProgress:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, unit="policy", file=sys.stderr, delay=1.0, desc="replay")
-        self.bar.n = done
         self.bar.set_postfix_str(label, refresh=False)
-        self.bar.refresh()
+        self.bar.update(done - self.bar.n)  # update, not refresh: it keeps tqdm's delay
 
     def close(self) -> None:
         if self.bar is not None:
