@@ -233,6 +233,9 @@ class BergamotTranslator(Translator):
     def count_source_tokens(self, text: str) -> int:
         return len(self.source_ids(text))
 
+    def count_target_tokens(self, text: str) -> int | None:
+        return len(self.spm.encode(text))
+
     def detokenize(self, ids: Sequence[int]) -> str:
         return str(self.spm.decode([int(i) for i in ids]))
 

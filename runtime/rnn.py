@@ -226,6 +226,9 @@ class RnnTranslator(Translator):
     def count_source_tokens(self, text: str) -> int:
         return len(self.encode_text(text, log_dropped=False))  # translate() logs them
 
+    def count_target_tokens(self, text: str) -> int | None:
+        return len(self.target.tokens(text))
+
     def translate(self, text: str) -> Translation:
         return self.translate_batch([text])[0]
 
