@@ -49,9 +49,7 @@ def main() -> int:
     result = evaluate(ours, sources, references, tqdm_progress(f"ours {model}"))
     kept = [(s, r) for s, r in zip(sources, references, strict=True) if s.strip()]
     raw = [engine.translate(s) for s, _ in tqdm(kept, desc="engine", file=sys.stderr)]
-    api = [
-        package.translate(s, args.direction) for s, _ in tqdm(kept, desc="API", file=sys.stderr)
-    ]
+    api = [package.translate(s, args.direction) for s, _ in tqdm(kept, desc="API", file=sys.stderr)]
     refs = [r for _, r in kept]
     target = args.direction.split("-")[1]
     rows = {
