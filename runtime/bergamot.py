@@ -290,12 +290,14 @@ class BergamotTranslator(Translator):
         states = state_names(self.layers)
         for name in states:
             feeds[name] = np.zeros((batch, self.state_dim), dtype=np.float32)
+        banned = [self.unk] + ([self.eos] if forced_steps is not None else [])
         if self.shortlist is not None:
+            # A banned word is left out of the candidates: nothing to mask at each step.
             ids = self.shortlist.candidates(rows, self.vocab_size)
+            ids = ids[~np.isin(ids, banned)]
             feeds["candidates"] = ids
         else:
             ids = np.arange(self.vocab_size, dtype=np.int64)
-        banned = [self.unk] + ([self.eos] if forced_steps is not None else [])
         banned_columns = np.flatnonzero(np.isin(ids, banned))
         eos_column = np.flatnonzero(ids == self.eos)
         limits = np.array(
@@ -315,7 +317,8 @@ class BergamotTranslator(Translator):
             s0 = clock()
             logits, *next_states = run(outputs, feeds)
             decoder_seconds += clock() - s0
-            logits[:, banned_columns] = -np.inf
+            if banned_columns.size:
+                logits[:, banned_columns] = -np.inf
             best = logits.argmax(axis=1)
             tokens = ids[best]
             if forced_steps is None and eos_column.size:
