@@ -198,3 +198,22 @@ def test_cli_translates_with_the_builtin_model(
     )
     assert main(["translate", "--model", "bergamot-en-pt", ""]) == 2
     assert "text 1 is empty" in capsys.readouterr().err
+
+
+def test_a_folder_that_is_no_bergamot_model_is_refused(tmp_path: Path) -> None:
+    from cnmt.exporters.bergamot import locate
+
+    with pytest.raises(ConfigError, match="give a direction .*en-pt, pt-en.* or a Bergamot"):
+        locate(tmp_path)
+
+
+def test_an_architecture_the_rebuild_lacks_is_refused_by_name(tmp_path: Path) -> None:
+    from cnmt.exporters.bergamot import check_architecture
+
+    options = {
+        "type": "transformer",
+        "transformer-decoder-autoreg": "self-attention",
+        "dec-cell": "ssru",
+    }
+    with pytest.raises(ConfigError, match="transformer-decoder-autoreg is 'self-attention'"):
+        check_architecture(options, tmp_path / "model.bin")
