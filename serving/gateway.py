@@ -517,7 +517,11 @@ class Gateway:
             raise RequestError(422, f"the model cannot tokenize this text: {exc}") from None
         check_length(n_tokens, self.tokenizer.max_source_tokens)
         request_bytes = len(dumps({"text": text}).encode("utf-8"))  # what CloudClient sends
-        request = Request(n_tokens, payload_bytes=self.core.payload.expected_bytes(request_bytes))
+        request = Request(
+            n_tokens,
+            payload_bytes=self.core.payload.expected_bytes(request_bytes),
+            text=text,  # for length estimators that read the source (`features`)
+        )
         try:
             decision = self.core.decide(request, self.clock())
         except (CnmtError, ValueError) as exc:
