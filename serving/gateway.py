@@ -69,6 +69,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import statistics
 import time
 from collections import deque
@@ -123,7 +124,10 @@ RECENT_ERRORS = 200
 
 
 def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000.0, 3)
+    """Milliseconds for an answer; None for no value (and for a non-finite one: strict JSON)."""
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    return round(seconds * 1000.0, 3)
 
 
 class Gateway:
@@ -588,6 +592,7 @@ class Gateway:
                 "component": estimator.name,
                 "learns": estimator.learns,
                 "observations": estimator.observations,
+                "dropped": estimator.dropped,
                 "current": _coefficients(estimator.current()),
                 "prior": _coefficients(estimator.prior),
                 "recent_requests": len(errors),
@@ -660,13 +665,21 @@ class _LearnedModels(Collector):
             "Requests each device's latency model has learnt from (0 for a fixed profile).",
             labels=["device"],
         )
+        dropped = CounterMetricFamily(
+            "cnmt_gateway_latency_model_dropped",
+            "Observations each device's latency model refused: outside the physical range, or "
+            "a step that would have made the model unphysical.",
+            labels=["device"],
+        )
         for device, estimator in self.gateway.latency.items():
             model = estimator.current()
             for name, value in (("a_n", model.a_n), ("a_m", model.a_m), ("b", model.b)):
                 coefficients.add_metric([device.value, name], value)
             observations.add_metric([device.value], estimator.observations)
+            dropped.add_metric([device.value], estimator.dropped)
         yield coefficients
         yield observations
+        yield dropped
 
 
 class _EdgeRestarts(Collector):

@@ -393,11 +393,7 @@ def build_gateway(
         threads=settings.threads,
     )
     edge = EdgeWorker(factory, quota, allow_unthrottled=settings.allow_unthrottled)
-    cloud = (
-        CloudClient(cloud_url, settings.cloud_timeout_s, probe_timeout_s=settings.probe_timeout_s)
-        if cloud_url
-        else None
-    )
+    cloud = CloudClient.for_gateway(cloud_url, settings, tokenizer) if cloud_url else None
     learning = [part.key for part in state_parts]
     say(
         f"gateway: model {settings.model}, edge {edge_profile.label}"
@@ -592,9 +588,7 @@ class System:
             target = gateway_cfg.cloud_url or link_url or cloud_url
             assert target is not None
             self.gateway.attach_cloud(
-                CloudClient(
-                    target, gateway_cfg.cloud_timeout_s, probe_timeout_s=gateway_cfg.probe_timeout_s
-                )
+                CloudClient.for_gateway(target, gateway_cfg, self.gateway.tokenizer)
             )
             self._gateway_runner, port = await serve_app(
                 self.gateway.app(), gateway_cfg.host, gateway_cfg.port

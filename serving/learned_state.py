@@ -83,7 +83,7 @@ def save(path: str | Path, parts: list[Part]) -> None:
     """Write every part's state (atomically: a crash mid-write leaves the previous file)."""
     saved = {part.key: {**part.owner(), "state": part.learner.state()} for part in parts}
     now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    write_json(path, {"format": FORMAT, "saved_at": now, "parts": saved})
+    write_json(path, {"format": FORMAT, "saved_at": now, "parts": saved}, strict=True)
 
 
 def restore(path: str | Path, parts: list[Part]) -> list[str]:
@@ -121,7 +121,7 @@ def restore(path: str | Path, parts: list[Part]) -> list[str]:
             continue
         try:
             part.learner.restore(entry["state"])
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise ConfigError(
                 f"{path}: parts.{part.key}.state does not fit {part.learner.name!r}: {exc}; "
                 "delete the file to start from the priors"

@@ -23,6 +23,9 @@ DEFAULT_BODY_TIMEOUT_S = 10.0
 # idle connection open longer, or a request may go out on a connection it is closing.
 CLOUD_KEEPALIVE_S = 4.0
 MIN_CLOUD_IDLE_TIMEOUT_S = 5.0
+# The largest cloud answer a gateway reads: a translation of at most 4,096 tokens is a few
+# tens of KB; anything near this is not a real answer (cnmt.serving.cloud_client).
+DEFAULT_MAX_REPLY_BYTES = 1024 * 1024
 
 
 def _check_port(port: int) -> None:
@@ -96,10 +99,12 @@ class GatewaySettings:
     cloud_workers: int = 1
     state_file: str | None = None
     state_save_s: float = 60.0
+    max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES
 
     def __post_init__(self) -> None:
         _check_port(self.port)
         _check_positive(
+            max_reply_bytes=self.max_reply_bytes,
             state_save_s=self.state_save_s,
             threads=self.threads,
             cloud_timeout_s=self.cloud_timeout_s,

@@ -260,11 +260,7 @@ async def start_gateway(
     gateway = Gateway(
         tokenizer=ScriptedTranslator(),
         edge=edge,
-        cloud=(
-            CloudClient(cloud_url, config.cloud_timeout_s, probe_timeout_s=config.probe_timeout_s)
-            if cloud_url
-            else None
-        ),
+        cloud=CloudClient.for_gateway(cloud_url, config) if cloud_url else None,
         length_estimator=length_estimator,
         device_policy=scheduler("device_policy", policy),
         rtt_estimator=scheduler("rtt_estimator", rtt[0], **rtt[1]),
