@@ -26,7 +26,7 @@ from cnmt.schedulers.learning import (
     physical_seconds,
     physical_tokens,
 )
-from cnmt.schema import NoParams
+from cnmt.schema import NoParams, ranged
 
 
 class LatencyEstimator(abc.ABC):
@@ -101,11 +101,11 @@ class OnlineLatency(LatencyEstimator):
 
     @dataclass(frozen=True)
     class Params:
-        forgetting: float = 0.99
-        prior_weight: float = 2.0
-        floor_weight: float = 1.0
-        clip: float = 3.0
-        initial_scale: float = 0.25
+        forgetting: float = ranged(0.99, low=0.5, high=1)
+        prior_weight: float = ranged(2.0, low=0, high=1000000, above=True)
+        floor_weight: float = ranged(1.0, low=0, high=1000000, above=True)
+        clip: float = ranged(3.0, low=0, high=1000, above=True)
+        initial_scale: float = ranged(0.25, low=0, high=100, above=True)
         prior_tokens: tuple[float, ...] = (4.0, 16.0, 48.0)
 
         def __post_init__(self) -> None:

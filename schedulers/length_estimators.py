@@ -18,6 +18,7 @@ from cnmt.schedulers.learning import (
     physical_tokens,
 )
 from cnmt.schedulers.length_models import LengthModel, load_length_model
+from cnmt.schema import ranged
 
 
 class LinearLength(LengthEstimator):
@@ -86,11 +87,11 @@ class OnlineLinearLength(LinearLength):
 
     @dataclass(frozen=True)
     class Params(LinearLength.Params):
-        forgetting: float = 0.995
-        prior_weight: float = 10.0
-        floor_weight: float = 1.0
-        clip: float = 3.0
-        initial_scale: float = 2.0
+        forgetting: float = ranged(0.995, low=0.5, high=1)
+        prior_weight: float = ranged(10.0, low=0, high=1000000, above=True)
+        floor_weight: float = ranged(1.0, low=0, high=1000000, above=True)
+        clip: float = ranged(3.0, low=0, high=1000, above=True)
+        initial_scale: float = ranged(2.0, low=0, high=4096, above=True)
         prior_tokens: tuple[float, ...] = (4.0, 16.0, 48.0)
 
         def __post_init__(self) -> None:
@@ -173,10 +174,10 @@ class OnlineMeanByLength(LengthEstimator):
 
     @dataclass(frozen=True)
     class Params(LinearLength.Params):
-        forgetting: float = 0.995
-        prior_weight: float = 5.0
-        exact_up_to: int = 32
-        bin_growth: float = 0.125
+        forgetting: float = ranged(0.995, low=0.5, high=1)
+        prior_weight: float = ranged(5.0, low=0, high=1000000, above=True)
+        exact_up_to: int = ranged(32, low=1, high=4096)
+        bin_growth: float = ranged(0.125, low=0, high=10, above=True)
 
         def __post_init__(self) -> None:
             super().__post_init__()

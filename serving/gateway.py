@@ -100,7 +100,7 @@ from cnmt.serving import metrics as m
 from cnmt.serving.cloud_client import CloudClient, CloudFailure, CloudRejected
 from cnmt.serving.cloud_health import CloudHealth
 from cnmt.serving.edge import EdgeFailure, EdgeWorker
-from cnmt.serving.learned_state import Part, save
+from cnmt.serving.learned_state import Part, StateLock, save
 from cnmt.serving.limits import IDLE_TIMEOUT_KEY
 from cnmt.serving.logs import escape_controls
 from cnmt.serving.protocol import (
@@ -149,6 +149,7 @@ class Gateway:
         cloud_latency: LatencyEstimator,
         settings: GatewaySettings,
         state_parts: Sequence[Part] = (),
+        state_lock: StateLock | None = None,
         devices: dict[Device, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         timer: Callable[[], float] = time.perf_counter,
@@ -164,6 +165,7 @@ class Gateway:
         self.latency = {Device.EDGE: edge_latency, Device.CLOUD: cloud_latency}
         self.settings = settings
         self.state_parts = list(state_parts)
+        self.state_lock = state_lock  # held until close(): one gateway per state file
         self.devices = devices or {Device.EDGE: "edge", Device.CLOUD: "cloud"}
         self.clock = clock
         self.timer = timer
@@ -360,6 +362,8 @@ class Gateway:
                 await self._saver
             self._saver = None
         self.save_state()
+        if self.state_lock is not None:
+            self.state_lock.release()
         await self.cloud_health.close()
         if self.cloud is not None:
             await self.cloud.close()

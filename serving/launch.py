@@ -340,7 +340,7 @@ def build_gateway(
     from cnmt.serving.cloud_client import CloudClient
     from cnmt.serving.edge import EdgeWorker, QuotaSpec
     from cnmt.serving.gateway import Gateway
-    from cnmt.serving.learned_state import learning_parts, restore
+    from cnmt.serving.learned_state import learning_parts, lock, restore
 
     specs = scheduler_specs(config)  # a bad one fails before anything is read
     edge_profile = load_profile(settings.edge_profile, "gateway.edge_profile", settings.model)
@@ -370,7 +370,9 @@ def build_gateway(
         length_estimator=parts["length_estimator"],
     )
     restored: list[str] = []
+    state_lock = None
     if settings.state_file is not None and state_parts:
+        state_lock = lock(settings.state_file)  # one gateway per state file
         restored = restore(settings.state_file, state_parts)
     device = edge_profile.device
     if device.threads != settings.threads:
@@ -416,6 +418,7 @@ def build_gateway(
         cloud_latency=parts["cloud_latency"],
         settings=settings,
         state_parts=state_parts,
+        state_lock=state_lock,
         devices={Device.EDGE: edge_profile.device.name, Device.CLOUD: cloud_profile.device.name},
     )
 

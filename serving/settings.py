@@ -8,10 +8,12 @@ components the gateway uses are the usual component sections (``length_estimator
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
 from cnmt.datasets.link import DEFAULT_LOSS_TIMEOUT_S, RttSource
+from cnmt.schema import ranged
 from cnmt.serving.ray_settings import RayCloudSettings
 
 CPU = "CPUExecutionProvider"
@@ -78,28 +80,30 @@ class GatewaySettings:
     port: int = 8080
     model: str = "cn2en"
     providers: tuple[str, ...] = (CPU,)
-    threads: int = 1
+    threads: int = ranged(1, low=1, high=64)
     cloud_url: str | None = None
-    cloud_timeout_s: float = 2.0
-    max_pending: int = 32
-    retry_after_s: int = 1
-    max_body_bytes: int = 16384
+    cloud_timeout_s: float = ranged(2.0, low=0, high=600, above=True)
+    max_pending: int = ranged(32, low=1, high=100000)
+    retry_after_s: int = ranged(1, low=1, high=3600)
+    max_body_bytes: int = ranged(16384, low=1, high=16777216)
     allow_unthrottled: bool = False
-    probe_initial_s: float = 0.25
-    probe_max_s: float = 5.0
-    bandwidth_mbps: float = 100.0
-    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
-    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
-    max_cloud_exchanges: int = 16
-    breaker_slow_s: float | None = None  # None: half of cloud_timeout_s
-    breaker_slow_count: int = 3
-    health_interval_s: float = 2.0
-    probe_timeout_s: float = 1.0
+    probe_initial_s: float = ranged(0.25, low=0.001, high=600)
+    probe_max_s: float = ranged(5.0, low=0.001, high=3600)
+    bandwidth_mbps: float = ranged(100.0, low=0, high=1000000, above=True)
+    idle_timeout_s: float = ranged(DEFAULT_IDLE_TIMEOUT_S, low=0.1, high=3600)
+    body_timeout_s: float = ranged(DEFAULT_BODY_TIMEOUT_S, low=0.1, high=3600)
+    max_cloud_exchanges: int = ranged(16, low=1, high=10000)
+    breaker_slow_s: float | None = ranged(
+        None, low=0, high=600, above=True
+    )  # None: half of cloud_timeout_s
+    breaker_slow_count: int = ranged(3, low=1, high=1000)
+    health_interval_s: float = ranged(2.0, low=0.01, high=3600)
+    probe_timeout_s: float = ranged(1.0, low=0.01, high=600)
     learn_from_probes: bool = False
-    cloud_workers: int = 1
+    cloud_workers: int = ranged(1, low=1, high=4096)
     state_file: str | None = None
-    state_save_s: float = 60.0
-    max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES
+    state_save_s: float = ranged(60.0, low=1, high=86400)
+    max_reply_bytes: int = ranged(DEFAULT_MAX_REPLY_BYTES, low=1024, high=67108864)
 
     def __post_init__(self) -> None:
         _check_port(self.port)
@@ -132,6 +136,8 @@ class GatewaySettings:
             )
         if self.cloud_url is not None:
             check_http_url(self.cloud_url, "cloud_url")
+        if self.state_file is not None:
+            check_state_path(self.state_file)
 
     @property
     def slow_exchange_s(self) -> float:
@@ -166,14 +172,14 @@ class CloudSettings:
     port: int = 8081
     model: str = "cn2en"
     providers: tuple[str, ...] = (CPU,)
-    threads: int = 1
-    workers: int = 1
-    max_pending: int = 64
-    retry_after_s: int = 1
-    max_body_bytes: int = 16384
+    threads: int = ranged(1, low=1, high=64)
+    workers: int = ranged(1, low=1, high=256)
+    max_pending: int = ranged(64, low=1, high=100000)
+    retry_after_s: int = ranged(1, low=1, high=3600)
+    max_body_bytes: int = ranged(16384, low=1, high=16777216)
     reuse_port: bool = False
-    idle_timeout_s: float = 30.0
-    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    idle_timeout_s: float = ranged(30.0, low=5, high=3600)
+    body_timeout_s: float = ranged(DEFAULT_BODY_TIMEOUT_S, low=0.1, high=3600)
     engine: Literal["aiohttp", "ray"] = "aiohttp"
     ray: RayCloudSettings | None = None
 
@@ -220,8 +226,8 @@ class LinkSettings(RttSource):
     host: str = "127.0.0.1"
     port: int = 8082
     upstream: str | None = None
-    bandwidth_mbps: float | None = None
-    loss_timeout_s: float = DEFAULT_LOSS_TIMEOUT_S
+    bandwidth_mbps: float | None = ranged(None, low=0, high=1000000, above=True)
+    loss_timeout_s: float = ranged(DEFAULT_LOSS_TIMEOUT_S, low=0, high=600)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -232,6 +238,22 @@ class LinkSettings(RttSource):
             raise ValueError(f"loss_timeout_s must be >= 0, got {self.loss_timeout_s}")
         if self.upstream is not None:
             split_host_port(self.upstream, "upstream")
+
+
+def check_state_path(value: str) -> None:
+    """A state file the gateway can write: not a folder, and the nearest existing folder above
+    it a folder (a regular file there would make every save fail)."""
+    path = Path(value)
+    if path.is_dir():
+        raise ValueError(f"state_file: {value} is a folder; give a file path inside it")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(
+                    f"state_file: {value}: {parent} is a file, not a folder; point "
+                    "state_file into a folder"
+                )
+            return
 
 
 def split_host_port(value: str, key: str) -> tuple[str, int]:
