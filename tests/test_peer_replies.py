@@ -12,13 +12,14 @@ from typing import Any
 
 import pytest
 
+from cnmt.cli import main
 from cnmt.errors import ConfigError
 from cnmt.registry import get_components
 from cnmt.schedulers import LatencyModel
 from cnmt.schema import build
 from cnmt.serving import strict_json
 from cnmt.serving.cloud_client import CloudFailure, parse_reply
-from cnmt.serving.learned_state import Part, restore, save
+from cnmt.serving.learned_state import Part, lock, restore, save
 
 HONEST = {
     "translation": "hi .",
@@ -213,3 +214,34 @@ def test_a_state_is_never_written_with_nan(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not written"):
         save(tmp_path / "state.json", [Part("cloud_latency", model, "m", "cloud")])
     assert not (tmp_path / "state.json").exists()
+
+
+def test_a_second_gateway_on_a_state_file_in_use_gets_a_clear_lock_error(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    held = lock(path)
+    try:
+        with pytest.raises(ConfigError, match="in use by another gateway"):
+            lock(path)
+    finally:
+        held.release()
+    lock(path).release()  # released: the next gateway may take it
+
+
+def test_a_state_file_under_a_regular_file_fails_validation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "plain").write_text("not a folder")
+    config = tmp_path / "bad.yaml"
+    config.write_text(
+        f"extends: serving/default\ngateway:\n  state_file: {tmp_path}/plain/state.json\n"
+    )
+    assert main(["config", "validate", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "is a file, not a folder" in err and "Traceback" not in err
+
+
+def test_a_failed_periodic_save_is_logged_not_fatal(tmp_path: Path) -> None:
+    (tmp_path / "plain").write_text("not a folder")
+    model = online_latency()
+    with pytest.raises(ConfigError, match="cannot write it"):
+        save(tmp_path / "plain" / "state.json", [Part("cloud_latency", model, "m", "cloud")])
