@@ -583,6 +583,11 @@ class Gateway:
             return json_response(
                 {"ready": False, "error": "the local worker is starting"}, status=503
             )
+        if not self.edge.up:
+            return json_response(
+                {"ready": False, "error": f"the local worker is down: {self.edge.down_reason}"},
+                status=503,
+            )
         return json_response({"ready": True})
 
     def models(self) -> dict[str, Any]:
@@ -697,4 +702,15 @@ class _EdgeRestarts(Collector):
             "cnmt_gateway_edge_restarts",
             "Times the local translation worker died and was started again.",
             value=self.edge.restarts,
+        )
+        yield CounterMetricFamily(
+            "cnmt_gateway_edge_load_failures",
+            "Restarts of the local worker that could not load its model (an edge fault: its "
+            "requests go to the cloud while it is down).",
+            value=self.edge.load_failures,
+        )
+        yield GaugeMetricFamily(
+            "cnmt_gateway_edge_up",
+            "1 while the local worker can translate, 0 while its model fails to load.",
+            value=1.0 if self.edge.up else 0.0,
         )

@@ -275,6 +275,14 @@ async def start_gateway(
     return GatewayHandle(gateway, runner, url("127.0.0.1", bound))
 
 
+def model_unless(marker: str) -> Translator:
+    """A translator factory that fails, as a corrupted model cache does, while ``marker``
+    exists (so a restarted worker cannot load what the first one did)."""
+    if os.path.exists(marker):
+        raise ConfigError(f"{marker}/encoder.onnx: onnxruntime cannot load this graph")
+    return ScriptedTranslator(label="edge")
+
+
 def broken_model() -> Translator:
     """A translator factory whose model cannot be opened, as with a missing model directory."""
     raise ConfigError("/models/zh-en: no such model directory")
