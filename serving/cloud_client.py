@@ -29,6 +29,7 @@ reach no model. Error texts (a 422's, a 5xx's) are cut to :data:`MAX_ERROR_CHARS
 from __future__ import annotations
 
 import math
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ import aiohttp
 from cnmt.datasets.link import serialisation_s
 from cnmt.runtime.manifest import MAX_TOKENS_LIMIT
 from cnmt.serving import strict_json
+from cnmt.serving.auth import client_ssl_context, read_secret
 from cnmt.serving.cloud import SERVICE
 from cnmt.serving.protocol import JSON_CONTENT_TYPE, dumps
 from cnmt.serving.settings import (
@@ -220,12 +222,17 @@ class CloudClient:
         *,
         max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
         max_output_tokens: int = MAX_TOKENS_LIMIT,
+        token: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         self.probe_timeout_s = probe_timeout_s
         self.max_reply_bytes = max_reply_bytes
         self.max_output_tokens = max_output_tokens
+        self.ssl_context = ssl_context
+        # The token goes in every request's headers and nowhere else (no log, no repr).
+        self._headers = {} if token is None else {"Authorization": f"Bearer {token}"}
         self.timer = timer
         self._session: aiohttp.ClientSession | None = None
 
@@ -239,12 +246,23 @@ class CloudClient:
         limit = getattr(model, "max_output_tokens", None) or getattr(
             manifest, "max_output_tokens", None
         )
+        context = None
+        if base_url.startswith("https://"):
+            context = client_ssl_context(
+                settings.cloud_ca_file,
+                settings.cloud_client_cert_file,
+                settings.cloud_client_key_file,
+            )
         return cls(
             base_url,
             settings.cloud_timeout_s,
             probe_timeout_s=settings.probe_timeout_s,
             max_reply_bytes=settings.max_reply_bytes,
             max_output_tokens=limit if isinstance(limit, int) else MAX_TOKENS_LIMIT,
+            token=read_secret(
+                settings.cloud_token_file, settings.cloud_token_env, "gateway.cloud_token"
+            ),
+            ssl_context=context,
         )
 
     async def start(self) -> None:
@@ -252,7 +270,10 @@ class CloudClient:
         # connection is closed well before the cloud's idle timeout closes it (CLOUD_KEEPALIVE_S
         # < the cloud's idle_timeout_s), so no request goes out on a connection being closed.
         connector = aiohttp.TCPConnector(
-            limit=0, force_close=False, keepalive_timeout=CLOUD_KEEPALIVE_S
+            limit=0,
+            force_close=False,
+            keepalive_timeout=CLOUD_KEEPALIVE_S,
+            ssl=self.ssl_context if self.ssl_context is not None else True,
         )
         self._session = aiohttp.ClientSession(connector=connector)
 
@@ -275,7 +296,7 @@ class CloudClient:
             async with self.session.post(
                 f"{self.base_url}/v1/translate",
                 data=payload,
-                headers={"Content-Type": JSON_CONTENT_TYPE},
+                headers={"Content-Type": JSON_CONTENT_TYPE, **self._headers},
                 timeout=timeout,
                 allow_redirects=False,
             ) as response:
@@ -307,7 +328,10 @@ class CloudClient:
         timeout = aiohttp.ClientTimeout(total=self.probe_timeout_s)
         try:
             async with self.session.get(
-                f"{self.base_url}/health", timeout=timeout, allow_redirects=False
+                f"{self.base_url}/health",
+                headers=self._headers,
+                timeout=timeout,
+                allow_redirects=False,
             ) as response:
                 if response.status != 200:
                     return None

@@ -42,6 +42,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
 from cnmt.errors import CnmtError, CnmtRuntimeError
 from cnmt.runtime.base import Translation, Translator
 from cnmt.serving.logs import configure_logging
@@ -417,3 +420,28 @@ def _stop_process(process: Any, conn: Any, timeout_s: float = 5.0) -> None:
         process.join(timeout_s)
     if conn is not None:
         conn.close()
+
+
+class EdgeWorkerMetrics(Collector):
+    """The worker's restarts, failed restarts and whether it is up, read when scraped."""
+
+    def __init__(self, edge: EdgeWorker) -> None:
+        self.edge = edge
+
+    def collect(self) -> Any:
+        yield CounterMetricFamily(
+            "cnmt_gateway_edge_restarts",
+            "Times the local translation worker died and was started again.",
+            value=self.edge.restarts,
+        )
+        yield CounterMetricFamily(
+            "cnmt_gateway_edge_load_failures",
+            "Restarts of the local worker that could not load its model (an edge fault: its "
+            "requests go to the cloud while it is down).",
+            value=self.edge.load_failures,
+        )
+        yield GaugeMetricFamily(
+            "cnmt_gateway_edge_up",
+            "1 while the local worker can translate, 0 while its model fails to load.",
+            value=1.0 if self.edge.up else 0.0,
+        )

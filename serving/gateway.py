@@ -99,7 +99,7 @@ from cnmt.schedulers.rtt_estimators import RttEstimator
 from cnmt.serving import metrics as m
 from cnmt.serving.cloud_client import CloudClient, CloudFailure, CloudRejected
 from cnmt.serving.cloud_health import CloudHealth
-from cnmt.serving.edge import EdgeFailure, EdgeWorker
+from cnmt.serving.edge import EdgeFailure, EdgeWorker, EdgeWorkerMetrics
 from cnmt.serving.learned_state import Part, StateLock, save
 from cnmt.serving.limits import IDLE_TIMEOUT_KEY
 from cnmt.serving.logs import escape_controls
@@ -322,7 +322,7 @@ class Gateway:
             registry=r,
         )
         self.m_cloud_in_flight.set_function(lambda: len(self.cloud_health.in_flight))
-        r.register(_EdgeRestarts(self.edge))
+        r.register(EdgeWorkerMetrics(self.edge))
         self.m_rtt_estimate.set(self.rtt_estimator.estimate(self.clock()))
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -689,28 +689,3 @@ class _LearnedModels(Collector):
         yield coefficients
         yield observations
         yield dropped
-
-
-class _EdgeRestarts(Collector):
-    """``cnmt_gateway_edge_restarts_total``, read from the worker's own count when scraped."""
-
-    def __init__(self, edge: EdgeWorker) -> None:
-        self.edge = edge
-
-    def collect(self) -> Any:
-        yield CounterMetricFamily(
-            "cnmt_gateway_edge_restarts",
-            "Times the local translation worker died and was started again.",
-            value=self.edge.restarts,
-        )
-        yield CounterMetricFamily(
-            "cnmt_gateway_edge_load_failures",
-            "Restarts of the local worker that could not load its model (an edge fault: its "
-            "requests go to the cloud while it is down).",
-            value=self.edge.load_failures,
-        )
-        yield GaugeMetricFamily(
-            "cnmt_gateway_edge_up",
-            "1 while the local worker can translate, 0 while its model fails to load.",
-            value=1.0 if self.edge.up else 0.0,
-        )

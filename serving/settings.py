@@ -7,6 +7,7 @@ components the gateway uses are the usual component sections (``length_estimator
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -33,6 +34,16 @@ DEFAULT_MAX_REPLY_BYTES = 1024 * 1024
 def _check_port(port: int) -> None:
     if not 0 <= port <= 65535:
         raise ValueError(f"port {port} out of range 0..65535 (0 = any free port)")
+
+
+def _check_pair(key_a: str, a: str | None, key_b: str, b: str | None) -> None:
+    if (a is None) != (b is None):
+        raise ValueError(f"{key_a} and {key_b} go together: give both or neither")
+
+
+def _check_one_of(key_a: str, a: str | None, key_b: str, b: str | None) -> None:
+    if a is not None and b is not None:
+        raise ValueError(f"give {key_a} or {key_b}, not both")
 
 
 def _check_positive(**values: float) -> None:
@@ -104,6 +115,14 @@ class GatewaySettings:
     state_file: str | None = None
     state_save_s: float = ranged(60.0, low=1, high=86400)
     max_reply_bytes: int = ranged(DEFAULT_MAX_REPLY_BYTES, low=1024, high=67108864)
+    cloud_ca_file: str | None = None
+    cloud_client_cert_file: str | None = None
+    cloud_client_key_file: str | None = None
+    cloud_token_file: str | None = None
+    cloud_token_env: str | None = None
+    api_keys_file: str | None = None
+    api_keys_env: str | None = None
+    allow_unauthenticated: bool = False
 
     def __post_init__(self) -> None:
         _check_port(self.port)
@@ -138,6 +157,18 @@ class GatewaySettings:
             check_http_url(self.cloud_url, "cloud_url")
         if self.state_file is not None:
             check_state_path(self.state_file)
+        _check_pair(
+            "cloud_client_cert_file",
+            self.cloud_client_cert_file,
+            "cloud_client_key_file",
+            self.cloud_client_key_file,
+        )
+        _check_one_of(
+            "cloud_token_file", self.cloud_token_file, "cloud_token_env", self.cloud_token_env
+        )
+        _check_one_of("api_keys_file", self.api_keys_file, "api_keys_env", self.api_keys_env)
+        guarded = self.api_keys_file is not None or self.api_keys_env is not None
+        check_exposure("host", self.host, guarded, self.allow_unauthenticated)
 
     @property
     def slow_exchange_s(self) -> float:
@@ -182,9 +213,30 @@ class CloudSettings:
     body_timeout_s: float = ranged(DEFAULT_BODY_TIMEOUT_S, low=0.1, high=3600)
     engine: Literal["aiohttp", "ray"] = "aiohttp"
     ray: RayCloudSettings | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_client_ca_file: str | None = None
+    token_file: str | None = None
+    token_env: str | None = None
+    allow_unauthenticated: bool = False
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert_file is not None else "http"
 
     def __post_init__(self) -> None:
         _check_port(self.port)
+        _check_pair("tls_cert_file", self.tls_cert_file, "tls_key_file", self.tls_key_file)
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file needs tls_cert_file and tls_key_file (TLS)")
+        if self.engine == "ray" and self.tls_cert_file is not None:
+            raise ValueError(
+                "tls_cert_file: TLS is served by engine: aiohttp only; put a TLS-terminating "
+                "proxy in front of a Ray cloud, and protect it with token_file"
+            )
+        _check_one_of("token_file", self.token_file, "token_env", self.token_env)
+        guarded = self.token_file is not None or self.token_env is not None
+        check_exposure("host", self.host, guarded, self.allow_unauthenticated)
         if self.engine == "aiohttp" and self.ray is not None:
             raise ValueError("ray: only used with engine: ray (set engine: ray or remove it)")
         if self.engine == "ray":
@@ -254,6 +306,28 @@ def check_state_path(value: str) -> None:
                     "state_file into a folder"
                 )
             return
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach (127.0.0.0/8, ::1, ``localhost``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def check_exposure(key: str, host: str, authenticated: bool, allow_unauthenticated: bool) -> None:
+    """ValueError (a config error) for a server on a non-loopback address that nobody guards."""
+    if authenticated or allow_unauthenticated or is_loopback(host):
+        return
+    raise ValueError(
+        f"{key}: listening on {host} without authentication lets anyone who can reach it use it; "
+        "set a token (cloud: token_file or token_env; gateway: api_keys_file or api_keys_env), "
+        "or set allow_unauthenticated: true if a firewall or a private network keeps strangers "
+        "out"
+    )
 
 
 def split_host_port(value: str, key: str) -> tuple[str, int]:
