@@ -60,10 +60,14 @@ def _bound(value: float) -> str:
 
 
 def ranged(
-    default: Any, *, low: float | None = None, high: float | None = None, above: bool = False
+    default: Any = dataclasses.MISSING,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    above: bool = False,
 ) -> Any:
-    """A dataclass field with a default and a range (see :class:`Range`); a None value of an
-    optional field is not checked."""
+    """A dataclass field with a range (see :class:`Range`) and a default (none: required); a
+    None value of an optional field is not checked."""
     return dataclasses.field(
         default=default, metadata={RANGE_KEY: Range(low=low, high=high, above=above)}
     )
@@ -84,7 +88,8 @@ def range_rows(cls: Any, prefix: str = "") -> list[tuple[str, str, Any, bool]]:
         found = field_range(f)
         if found is not None:
             integer = int in (hints[f.name], *get_args(hints[f.name]))
-            rows.append((key, found.describe(), to_plain(f.default), integer))
+            default = None if f.default is dataclasses.MISSING else to_plain(f.default)
+            rows.append((key, found.describe(), default, integer))
         for option in (hints[f.name], *get_args(hints[f.name])):
             if dataclasses.is_dataclass(option):
                 rows.extend(range_rows(option, f"{key}."))
@@ -244,21 +249,28 @@ def _build_dataclass(cls: Any, value: Any, path: str, where: str) -> Any:
         sub = _join(path, name)
         if name in value:
             kwargs[name] = _convert(hints[name], value[name], sub, where)
-            limits = field_range(field)
-            converted = kwargs[name]
-            if (
-                limits is not None
-                and isinstance(converted, int | float)
-                and not isinstance(converted, bool)
-                and not limits.contains(converted)
-            ):
-                fail(where, sub, f"{_describe(converted)} is out of range: {limits.describe()}")
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             fail(where, sub, f"missing required key ({type_name(hints[name])})")
+    # The declared ranges first: one message for every key, naming its value and its range.
+    for name, field in fields.items():
+        limits = field_range(field)
+        converted = kwargs.get(name)
+        if (
+            limits is not None
+            and isinstance(converted, int | float)
+            and not isinstance(converted, bool)
+            and not limits.contains(converted)
+        ):
+            fail(
+                where,
+                _join(path, name),
+                f"{_describe(converted)} is out of range: {limits.describe()}",
+            )
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as exc:
-        # __post_init__ checks of a component (ranges, consistency) become config errors too.
+        # __post_init__ checks of a component (consistency, further rules) become config
+        # errors too.
         fail(where, path, str(exc))
 
 

@@ -34,9 +34,9 @@ class LinearLength(LengthEstimator):
     @dataclass(frozen=True)
     class Params:
         model: str | None = None
-        gamma: float | None = None
-        delta: float | None = None
-        min_tokens: float = 1.0
+        gamma: float | None = ranged(None, low=0, high=100)
+        delta: float | None = ranged(None, low=-4096, high=4096)
+        min_tokens: float = ranged(1.0, low=0, high=4096)
 
         def __post_init__(self) -> None:
             direct = (self.gamma is not None, self.delta is not None)
@@ -249,7 +249,7 @@ class OnlineMeanByLength(LengthEstimator):
 class MeanParams:
     """``mean_tokens`` directly, or ``model: PATH`` to take the fitted file's corpus mean of M."""
 
-    mean_tokens: float | None = None
+    mean_tokens: float | None = ranged(None, low=0, high=4096, above=True)
     model: str | None = None
 
     def __post_init__(self) -> None:

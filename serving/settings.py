@@ -88,7 +88,7 @@ class GatewaySettings:
     edge_profile: str
     cloud_profile: str
     host: str = "127.0.0.1"
-    port: int = 8080
+    port: int = ranged(8080, low=0, high=65535)
     model: str = "cn2en"
     providers: tuple[str, ...] = (CPU,)
     threads: int = ranged(1, low=1, high=64)
@@ -200,7 +200,7 @@ class CloudSettings:
     """
 
     host: str = "127.0.0.1"
-    port: int = 8081
+    port: int = ranged(8081, low=0, high=65535)
     model: str = "cn2en"
     providers: tuple[str, ...] = (CPU,)
     threads: int = ranged(1, low=1, high=64)
@@ -276,7 +276,7 @@ class LinkSettings(RttSource):
     """
 
     host: str = "127.0.0.1"
-    port: int = 8082
+    port: int = ranged(8082, low=0, high=65535)
     upstream: str | None = None
     bandwidth_mbps: float | None = ranged(None, low=0, high=1000000, above=True)
     loss_timeout_s: float = ranged(DEFAULT_LOSS_TIMEOUT_S, low=0, high=600)

@@ -17,13 +17,23 @@ from cnmt.schema import Range, range_rows, ranged
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs" / "configuration.md"
 BEGIN, END = "<!-- ranges:begin -->", "<!-- ranges:end -->"
-# The section of serving/default that selects each kind of component (latency models: the
-# edge's; replays are configured in experiments' configs, not validated here).
+# The built-in config each ranged key is tried on, by section, and the section that selects
+# each kind of component (latency models: the edge's).
+BASE = {
+    "gateway": "serving/default",
+    "cloud": "serving/default",
+    "link": "serving/default",
+    "device": "devices/edge-cpu-q25",
+    "replay": "experiments/cn2en-zh-en",
+}
 SECTION_OF_KIND = {
     "latency_model": "edge_latency",
     "length_estimator": "length_estimator",
     "rtt_estimator": "rtt_estimator",
+    "device_policy": "device_policy",
 }
+# Keys inside a mapping of named entries or a list: tried by their own component's tests.
+NOT_DIRECT = ("connections.", "corpus.parts.", "drift.", "policies.")
 
 
 def test_the_docs_list_every_ranged_key_as_the_schemas_declare_it() -> None:
@@ -64,7 +74,7 @@ def cases() -> list[Any]:
         limits = parse_range(limits_text)
         if where.startswith("`"):
             section = where.strip("`:")
-            if section not in ("gateway", "cloud", "link"):
+            if section not in BASE or key.startswith(NOT_DIRECT):
                 continue
             for value in out_of_range(limits, integer):
                 found.append(pytest.param(section, None, key, value, id=f"{section}.{key}={value}"))
@@ -80,6 +90,12 @@ def cases() -> list[Any]:
     return found
 
 
+def nested(key: str, value: str) -> str:
+    """``a.b: v`` as a YAML flow mapping ``{a: {b: v}}``."""
+    head, _, rest = key.partition(".")
+    return f"{{{head}: {nested(rest, value) if rest else value}}}"
+
+
 def yaml_value(value: Any) -> str:
     return value if isinstance(value, str) else repr(value)
 
@@ -93,20 +109,28 @@ def test_a_value_out_of_range_fails_validation_naming_key_value_and_range(
     key: str,
     value: Any,
 ) -> None:
+    base = "serving/default"
     if component is None:
-        body = f"{section}:\n  {key.split('.')[-1]}: {yaml_value(value)}\n"
+        base = "serving/cloud-ray" if key.startswith("ray.") else BASE[section]
+        body = f"{section}: {nested(key, yaml_value(value))}\n"
     else:
         params = f"{key.removeprefix('params.')}: {yaml_value(value)}"
-        if section == "length_estimator":
+        if section == "length_estimator" and (
+            key == "params.mean_tokens" or component == "online_linear"
+        ):
+            pass  # naive: no line; online_linear: serving/default's, its fitted line merged in
+        elif section == "length_estimator" and key not in ("params.gamma", "params.delta"):
             params += ", gamma: 1.0, delta: 1.0"
+        elif section == "length_estimator":
+            params += ", delta: 1.0" if key == "params.gamma" else ", gamma: 1.0"
         body = f"{section}:\n  name: {component}\n  params: {{{params}}}\n"
     path = tmp_path / "bad.yaml"
-    path.write_text("extends: serving/default\n" + body, encoding="utf-8")
+    path.write_text(f"extends: {base}\n" + body, encoding="utf-8")
     code = main(["config", "validate", str(path)])
     err = capsys.readouterr().err
     assert code == 2, err
-    assert f"{section}." in err and key.split(".")[-1] in err
-    assert ("out of range" in err) or ("finite" in err)
+    assert key.split(".")[-1] in err
+    assert ("out of range" in err) or ("finite" in err), err
     assert "Traceback" not in err
 
 
