@@ -25,6 +25,8 @@ BASE = {
     "link": "serving/default",
     "device": "devices/edge-cpu-q25",
     "replay": "experiments/cn2en-zh-en",
+    "model": "models/bilstm-de-en",
+    "marian": "models/marian-en-zh-small",
 }
 SECTION_OF_KIND = {
     "latency_model": "edge_latency",
