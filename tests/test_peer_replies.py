@@ -245,3 +245,13 @@ def test_a_failed_periodic_save_is_logged_not_fatal(tmp_path: Path) -> None:
     model = online_latency()
     with pytest.raises(ConfigError, match="cannot write it"):
         save(tmp_path / "plain" / "state.json", [Part("cloud_latency", model, "m", "cloud")])
+
+
+def test_a_json_file_with_a_5000_digit_integer_is_a_config_error(tmp_path: Path) -> None:
+    """manifest.json, profiles, the state file: every reader of the project's JSON files."""
+    from cnmt.files import read_json
+
+    path = tmp_path / "manifest.json"
+    path.write_text('{"format": "x", "max_source_tokens": ' + "9" * 5000 + "}")
+    with pytest.raises(ConfigError, match="not a model manifest"):
+        read_json(path, what="model manifest", fix="export the model again")
