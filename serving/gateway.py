@@ -73,6 +73,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import re
 import statistics
 import time
@@ -106,8 +107,8 @@ from cnmt.serving import metrics as m
 from cnmt.serving.cloud_client import CloudClient, CloudFailure, CloudRejected
 from cnmt.serving.cloud_health import CloudHealth
 from cnmt.serving.decision_log import log_decision
-from cnmt.serving.edge import EdgeFailure, EdgeWorker
-from cnmt.serving.learned_state import Part, save
+from cnmt.serving.edge import EdgeFailure, EdgeWorker, EdgeWorkerMetrics
+from cnmt.serving.learned_state import Part, StateLock, save
 from cnmt.serving.limits import IDLE_TIMEOUT_KEY
 from cnmt.serving.logs import escape_controls
 from cnmt.serving.protocol import (
@@ -143,7 +144,10 @@ def request_id(header: str | None) -> str:
 
 
 def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000.0, 3)
+    """Milliseconds for an answer; None for no value (and for a non-finite one: strict JSON)."""
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    return round(seconds * 1000.0, 3)
 
 
 class Gateway:
@@ -165,6 +169,7 @@ class Gateway:
         cloud_latency: LatencyEstimator,
         settings: GatewaySettings,
         state_parts: Sequence[Part] = (),
+        state_lock: StateLock | None = None,
         devices: dict[Device, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         timer: Callable[[], float] = time.perf_counter,
@@ -180,6 +185,7 @@ class Gateway:
         self.latency = {Device.EDGE: edge_latency, Device.CLOUD: cloud_latency}
         self.settings = settings
         self.state_parts = list(state_parts)
+        self.state_lock = state_lock  # held until close(): one gateway per state file
         self.devices = devices or {Device.EDGE: "edge", Device.CLOUD: "cloud"}
         self.clock = clock
         self.timer = timer
@@ -336,7 +342,7 @@ class Gateway:
             registry=r,
         )
         self.m_cloud_in_flight.set_function(lambda: len(self.cloud_health.in_flight))
-        r.register(_EdgeRestarts(self.edge))
+        r.register(EdgeWorkerMetrics(self.edge))
         r.register(_ModelWarnings())
         self.m_rtt_estimate.set(self.rtt_estimator.estimate(self.clock()))
 
@@ -377,6 +383,8 @@ class Gateway:
                 await self._saver
             self._saver = None
         self.save_state()
+        if self.state_lock is not None:
+            self.state_lock.release()
         await self.cloud_health.close()
         if self.cloud is not None:
             await self.cloud.close()
@@ -606,6 +614,11 @@ class Gateway:
             return json_response(
                 {"ready": False, "error": "the local worker is starting"}, status=503
             )
+        if not self.edge.up:
+            return json_response(
+                {"ready": False, "error": f"the local worker is down: {self.edge.down_reason}"},
+                status=503,
+            )
         return json_response({"ready": True})
 
     def models(self) -> dict[str, Any]:
@@ -623,6 +636,7 @@ class Gateway:
                 "component": estimator.name,
                 "learns": estimator.learns,
                 "observations": estimator.observations,
+                "dropped": estimator.dropped,
                 "current": _coefficients(estimator.current()),
                 "prior": _coefficients(estimator.prior),
                 "recent_requests": len(errors),
@@ -721,13 +735,21 @@ class _LearnedModels(Collector):
             "Requests each device's latency model has learnt from (0 for a fixed profile).",
             labels=["device"],
         )
+        dropped = CounterMetricFamily(
+            "cnmt_gateway_latency_model_dropped",
+            "Observations each device's latency model refused: outside the physical range, or "
+            "a step that would have made the model unphysical.",
+            labels=["device"],
+        )
         for device, estimator in self.gateway.latency.items():
             model = estimator.current()
             for name, value in (("a_n", model.a_n), ("a_m", model.a_m), ("b", model.b)):
                 coefficients.add_metric([device.value, name], value)
             observations.add_metric([device.value], estimator.observations)
+            dropped.add_metric([device.value], estimator.dropped)
         yield coefficients
         yield observations
+        yield dropped
 
 
 class _ModelWarnings(Collector):
@@ -744,17 +766,3 @@ class _ModelWarnings(Collector):
         for (model, kind), count in sorted(MODEL_WARNINGS.totals().items()):
             family.add_metric([model, kind], count)
         yield family
-
-
-class _EdgeRestarts(Collector):
-    """``cnmt_gateway_edge_restarts_total``, read from the worker's own count when scraped."""
-
-    def __init__(self, edge: EdgeWorker) -> None:
-        self.edge = edge
-
-    def collect(self) -> Any:
-        yield CounterMetricFamily(
-            "cnmt_gateway_edge_restarts",
-            "Times the local translation worker died and was started again.",
-            value=self.edge.restarts,
-        )
