@@ -99,6 +99,7 @@ from cnmt.serving import metrics as m
 from cnmt.serving.cloud_client import CloudClient, CloudFailure, CloudRejected
 from cnmt.serving.cloud_health import CloudHealth
 from cnmt.serving.edge import EdgeFailure, EdgeWorker
+from cnmt.serving.exploration_metrics import ExplorationMetrics
 from cnmt.serving.learned_state import Part, save
 from cnmt.serving.limits import IDLE_TIMEOUT_KEY
 from cnmt.serving.logs import escape_controls
@@ -293,6 +294,7 @@ class Gateway:
             registry=r,
         )
         r.register(_LearnedModels(self))
+        r.register(ExplorationMetrics(self))
         self.m_cloud_healthy = Gauge(
             "cnmt_gateway_cloud_healthy",
             "1 while the cloud is considered healthy, else 0.",
@@ -425,6 +427,9 @@ class Gateway:
         request = Request(
             n_tokens=n_tokens, payload_bytes=len(dumps({"text": text}).encode("utf-8"))
         )
+        now = self.clock()
+        for estimator in self.latency.values():  # a posterior widens while unobserved
+            getattr(estimator, "elapse", lambda _: None)(now)
         state = self.snapshot()
         try:
             m_estimated = float(self.length_estimator.estimate(request))
@@ -594,6 +599,11 @@ class Gateway:
                 "median_abs_relative_error": (
                     round(statistics.median(errors), 4) if errors else None
                 ),
+                # a posterior's: observations refused as impossible, and its speed's spread
+                "dropped_observations": getattr(estimator, "dropped", 0),
+                "speed_sd": (
+                    round(estimator.scale_sd(), 4) if hasattr(estimator, "scale_sd") else None
+                ),
             }
         length: dict[str, Any] = {
             "component": self.length_estimator.name,
@@ -603,9 +613,11 @@ class Gateway:
             value = getattr(self.length_estimator, key, None)
             if isinstance(value, int | float):
                 length[key] = round(float(value), 6)
+        exploration = getattr(self.device_policy, "exploration", None)
         return {
             "latency": latency,
             "length": length,
+            "exploration": exploration.as_dict() if exploration is not None else None,
             "rtt_estimate_ms": _ms(state.link.rtt_s),
             "cloud_wait_estimate_ms": _ms(state.cloud_wait_s),
             "edge_backlog_ms": _ms(state.edge_backlog_s),
