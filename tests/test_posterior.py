@@ -250,3 +250,34 @@ def test_a_try_that_would_cost_more_than_max_added_is_not_taken():
         policy.choose(request, 14.0, state(edge.current(), cloud.current())) for _ in range(400)
     ]
     assert chosen.count(Device.EDGE) == 0 and policy.exploration.skipped_costly > 0
+
+
+# ----------------------------------------------------------------------------- idle calibration
+
+
+def test_idle_calibration_is_due_once_per_idle_spell_for_a_stale_device():
+    from cnmt.schedulers.calibration import IdleCalibration
+
+    calibration = IdleCalibration(idle_s=5.0, stale_s=30.0)
+    assert not calibration.due(Device.EDGE, 100.0)  # no request yet: nothing to calibrate for
+    calibration.request(0.0)
+    calibration.observed(Device.CLOUD, 1.0)  # everything ran on the cloud
+    assert not calibration.due(Device.EDGE, 3.0)  # not idle yet
+    assert calibration.due(Device.EDGE, 6.0)  # idle, the edge never observed
+    assert not calibration.due(Device.CLOUD, 6.0)  # observed 5 s ago: fresh
+    calibration.started(Device.EDGE, 6.0)
+    calibration.observed(Device.EDGE, 6.1)
+    assert not calibration.due(Device.EDGE, 50.0)  # once per idle spell
+    assert calibration.due(Device.CLOUD, 50.0)  # stale by now
+    calibration.request(60.0)
+    assert not calibration.due(Device.EDGE, 62.0)
+    assert calibration.due(Device.EDGE, 100.0)  # a new idle spell, the edge stale again
+    assert calibration.runs[Device.EDGE] == 1
+
+
+def test_one_short_calibration_run_corrects_a_stale_speed():
+    """What a calibration is for: one run of a short request teaches the posterior the speed."""
+    model = posterior()
+    truth = scaled(PRIOR, 0.25)
+    model.observe(8, 6, truth.predict(8, 6))
+    assert relative_error(model, truth, points=((20, 14), (40, 28))) < 0.3
