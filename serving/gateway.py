@@ -103,6 +103,7 @@ from cnmt.schedulers.cloud_backlog import OwnCloudBacklog
 from cnmt.schedulers.latency_models import LatencyEstimator
 from cnmt.schedulers.rtt_estimators import RttEstimator
 from cnmt.serving import metrics as m
+from cnmt.serving.calibration import EdgeCalibration
 from cnmt.serving.cloud_client import CloudClient, CloudFailure, CloudRejected
 from cnmt.serving.cloud_health import CloudHealth
 from cnmt.serving.decision_log import log_decision
@@ -191,6 +192,7 @@ class Gateway:
             device: deque(maxlen=RECENT_ERRORS) for device in Device
         }
         self._saver: asyncio.Task[None] | None = None
+        self.calibration: EdgeCalibration | None = None
         self._init_metrics()
         self.cloud_health = self._new_cloud_health()
 
@@ -369,10 +371,13 @@ class Gateway:
             self.cloud_health.start()
         if self.settings.state_file is not None and self.state_parts:
             self._saver = asyncio.get_running_loop().create_task(self._save_periodically())
+        self.calibration = EdgeCalibration.start_for(self)  # None unless calibrate_idle_s
         self.ready = True
 
     async def close(self) -> None:
         self.ready = False
+        if self.calibration is not None:
+            await self.calibration.close()
         if self._saver is not None:
             self._saver.cancel()
             with contextlib.suppress(asyncio.CancelledError):

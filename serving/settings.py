@@ -66,7 +66,9 @@ class GatewaySettings:
     FIFO servers (set it to how many requests the cloud runs at once), plus what the cloud-wait
     estimator learnt the other clients add. ``state_file`` keeps what the learning
     components have learnt across restarts, written every ``state_save_s`` seconds and on
-    shutdown (:mod:`cnmt.serving.learned_state`).
+    shutdown (:mod:`cnmt.serving.learned_state`). With ``calibrate_idle_s``, an idle gateway
+    whose edge model has observed nothing for ``calibrate_stale_s`` translates
+    ``calibration_text`` once on the edge and learns from it (:mod:`cnmt.serving.calibration`).
     """
 
     edge_profile: str
@@ -96,9 +98,19 @@ class GatewaySettings:
     cloud_workers: int = 1
     state_file: str | None = None
     state_save_s: float = 60.0
+    # Idle calibration of the edge (cnmt.serving.calibration); None: off.
+    calibrate_idle_s: float | None = None
+    calibrate_stale_s: float = 30.0
+    calibration_text: str = "你好。"
 
     def __post_init__(self) -> None:
         _check_port(self.port)
+        if self.calibrate_idle_s is not None and not self.calibrate_idle_s > 0:
+            raise ValueError(
+                f"calibrate_idle_s must be positive or null, got {self.calibrate_idle_s}"
+            )
+        if not self.calibrate_stale_s > 0 or not self.calibration_text.strip():
+            raise ValueError("calibrate_stale_s must be positive, calibration_text not empty")
         _check_positive(
             state_save_s=self.state_save_s,
             threads=self.threads,

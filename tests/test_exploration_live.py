@@ -5,6 +5,7 @@ show what exploring cost. Scripted devices whose true latency is known (they sle
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ import test_serving_doubles as doubles  # noqa: E402
 from test_gateway import post  # noqa: E402
 
 from cnmt.registry import get_components  # noqa: E402
-from cnmt.schedulers.base import LatencyModel  # noqa: E402
+from cnmt.schedulers.base import Device, LatencyModel  # noqa: E402
 
 EDGE_TRUE = LatencyModel(a_n=0.0002, a_m=0.0001, b=0.001)  # the edge: fast
 CLOUD_TRUE = LatencyModel(a_n=0.0002, a_m=0.0001, b=0.004)
@@ -80,3 +81,47 @@ def test_a_stale_slow_edge_prior_is_explored_learnt_and_then_used() -> None:
 
 def run_body(body: Any) -> Any:
     return doubles.run(body())
+
+
+def test_an_idle_gateway_calibrates_an_edge_it_never_used_and_learns_its_speed() -> None:
+    """Everything runs on the cloud; once the gateway is idle, the edge translates one short
+    calibration text and its posterior moves from the stale prior (10x slow) to the truth."""
+
+    async def body() -> tuple[float, float, int, int]:
+        translator = doubles.TimedTranslator(CLOUD_TRUE, label="cloud")
+        cloud, cloud_url = await doubles.start_cloud(translator=translator)
+        gw = await doubles.start_gateway(
+            cloud_url,
+            policy="cloud",
+            length=LENGTH,
+            latency=("posterior", {}),
+            priors=(EDGE_STALE, CLOUD_TRUE),
+            edge_translator=functools.partial(doubles.TimedTranslator, EDGE_TRUE, label="edge"),
+            calibrate_idle_s=0.2,
+            calibrate_stale_s=0.2,
+            calibration_text=sentence(6),
+        )
+        edge = gw.gateway.latency[Device.EDGE]
+        try:
+            async with aiohttp.ClientSession() as s:
+                for i in range(5):
+                    status, _, answer = await post(s, gw.url, {"text": sentence(4 + i)})
+                    assert status == 200 and answer["device"] == "cloud", answer
+                before = edge.current().predict(6, 7)
+                assert edge.observations == 0
+                for _ in range(100):  # idle: the calibration runs within a second or so
+                    await asyncio.sleep(0.05)
+                    if edge.observations:
+                        break
+                await asyncio.sleep(0.6)  # and only once in this idle spell
+                after = edge.current().predict(6, 7)
+                runs = gw.gateway.calibration.runs
+        finally:
+            await gw.close()
+            await cloud.cleanup()
+        return before, after, runs, edge.observations
+
+    before, after, runs, observations = run_body(body)
+    truth = EDGE_TRUE.predict(6, 7)
+    assert runs == 1 and observations == 1
+    assert abs(after - truth) < 0.5 * abs(before - truth)
