@@ -36,8 +36,15 @@ class EdgeCalibration:
         self.text = text
         self.poll_s = max(0.02, min(idle_s, stale_s) / 4.0)
         self.runs = 0
-        self._seen: tuple[int, int] | None = None  # the models' observations, less our own
+        # The models' observations (the edge's less our own) when last polled: a change is
+        # activity. From the start on; the prior counts as fresh then.
+        self._seen = self._counts()
+        self.schedule.observed(Device.EDGE, owner.clock())
         self._task: asyncio.Task[None] | None = None
+
+    def _counts(self) -> tuple[int, int]:
+        latency = self.owner.latency
+        return (latency[Device.EDGE].observations - self.runs, latency[Device.CLOUD].observations)
 
     @classmethod
     def start_for(cls, owner: Any) -> EdgeCalibration | None:
@@ -61,17 +68,20 @@ class EdgeCalibration:
     async def _loop(self) -> None:
         while True:
             await asyncio.sleep(self.poll_s)
-            await self.step()
+            try:
+                await self.step()
+            except Exception:  # a calibration must never take the gateway down
+                log.exception("edge calibration failed")
 
     async def step(self) -> bool:
         """Note activity; run one calibration if it is due. Returns whether it ran."""
         owner = self.owner
         now = owner.clock()
-        edge, cloud = owner.latency[Device.EDGE], owner.latency[Device.CLOUD]
-        seen = (edge.observations - self.runs, cloud.observations)
-        if owner.pending > 0 or (self._seen is not None and seen != self._seen):
+        edge = owner.latency[Device.EDGE]
+        seen = self._counts()
+        if owner.pending > 0 or seen != self._seen:
             self.schedule.request(now)
-        if self._seen is None or seen[0] != self._seen[0]:
+        if seen[0] != self._seen[0]:
             self.schedule.observed(Device.EDGE, now)
         self._seen = seen
         if not self.schedule.due(Device.EDGE, now):
@@ -86,7 +96,7 @@ class EdgeCalibration:
             return False
         edge.observe(n_tokens, local.output_tokens, local.seconds)
         self.runs += 1
-        self._seen = (edge.observations - self.runs, cloud.observations)
+        self._seen = self._counts()
         self.schedule.observed(Device.EDGE, owner.clock())
         log.info("edge calibration: %d tokens in %.1f ms", n_tokens, local.seconds * 1e3)
         return True

@@ -70,7 +70,7 @@ def test_a_stale_slow_edge_prior_is_explored_learnt_and_then_used() -> None:
     assert exploration["share"] <= 0.1 + 5 / 80  # the budget, plus its initial burst
     edge = models["latency"]["edge"]
     assert edge["component"] == "posterior" and edge["dropped_observations"] == 0
-    assert edge["speed_sd"] is not None and edge["speed_sd"] < 0.3
+    assert edge["speed_sd"] is not None and edge["speed_sd"] < 0.6  # the prior: 1.0
     assert (
         samples['cnmt_gateway_explored_requests_total{device="edge"}']
         == exploration["explored_edge"]
@@ -109,7 +109,7 @@ def test_an_idle_gateway_calibrates_an_edge_it_never_used_and_learns_its_speed()
                     assert status == 200 and answer["device"] == "cloud", answer
                 before = edge.current().predict(6, 7)
                 assert edge.observations == 0
-                for _ in range(100):  # idle: the calibration runs within a second or so
+                for _ in range(400):  # idle: the calibration runs within a second or so
                     await asyncio.sleep(0.05)
                     if edge.observations:
                         break
