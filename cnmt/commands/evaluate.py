@@ -29,8 +29,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model", required=True, help="model directory or built-in name")
-    parser.add_argument("--src", required=True, type=Path, help="source sentences, one a line")
-    parser.add_argument("--ref", required=True, type=Path, help="reference translations")
+    parser.add_argument(
+        "--src", required=True, help="source sentences, one a line (may start with ${data}/)"
+    )
+    parser.add_argument("--ref", required=True, help="reference translations, line-aligned")
     parser.add_argument("--json", type=Path, metavar="OUT", help="write the full result here")
     parser.add_argument("--limit", type=int, metavar="K", help="only the first K sentences")
     parser.add_argument(
@@ -44,6 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cnmt.config import expand_data
     from cnmt.experiments.quality import _sacrebleu, evaluate, read_pairs, tqdm_progress
     from cnmt.experiments.tokens import quiet_runtime_logs
     from cnmt.exporters.builtins import ensure_exported
@@ -53,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 0:
         raise ConfigError(f"--threads {args.threads}: must be 0 (default) or positive")
     _sacrebleu()  # fail before the model loads when sacrebleu is missing
+    args.src = Path(expand_data(args.src, what="--src"))
+    args.ref = Path(expand_data(args.ref, what="--ref"))
     sources, references = read_pairs(args.src, args.ref, args.limit)
     providers = [p.strip() for group in args.provider or [] for p in group.split(",") if p.strip()]
     ensure_exported(args.model)
