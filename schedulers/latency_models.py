@@ -9,7 +9,8 @@ reports. Nothing here reads a clock or does I/O.
 
 Built-in: ``profile`` (the paper's: the offline fit, never changed) and ``online`` (the fit as
 a prior, refined by every observation; recursive least squares with forgetting and outlier
-clipping, :mod:`cnmt.schedulers.learning`).
+clipping, :mod:`cnmt.schedulers.learning`). ``posterior`` (:mod:`cnmt.schedulers.posterior`)
+keeps a Gaussian posterior over the coefficients instead, for policies that explore.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ class LatencyEstimator(abc.ABC):
 
     def observe(self, n_tokens: float, m_tokens: float, seconds: float) -> None:  # noqa: B027
         """One request of N input and M output tokens ran on this device in ``seconds``."""
+
+    def elapse(self, now: float) -> None:  # noqa: B027 (optional: no-op)
+        """A decision is taken at ``now`` (seconds, the caller's clock): a model whose
+        uncertainty grows while its device is not observed widens it (``posterior``)."""
 
     @property
     def observations(self) -> int:

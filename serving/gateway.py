@@ -104,10 +104,12 @@ from cnmt.schedulers.cloud_backlog import OwnCloudBacklog
 from cnmt.schedulers.latency_models import LatencyEstimator
 from cnmt.schedulers.rtt_estimators import RttEstimator
 from cnmt.serving import metrics as m
+from cnmt.serving.calibration import EdgeCalibration
 from cnmt.serving.cloud_client import CloudClient, CloudFailure, CloudRejected
 from cnmt.serving.cloud_health import CloudHealth
 from cnmt.serving.decision_log import log_decision
 from cnmt.serving.edge import EdgeFailure, EdgeWorker, EdgeWorkerMetrics
+from cnmt.serving.exploration_metrics import ExplorationMetrics
 from cnmt.serving.learned_state import Part, StateLock, save
 from cnmt.serving.limits import IDLE_TIMEOUT_KEY
 from cnmt.serving.logs import escape_controls
@@ -196,6 +198,7 @@ class Gateway:
             device: deque(maxlen=RECENT_ERRORS) for device in Device
         }
         self._saver: asyncio.Task[None] | None = None
+        self.calibration: EdgeCalibration | None = None
         self._init_metrics()
         self.cloud_health = self._new_cloud_health()
 
@@ -319,6 +322,7 @@ class Gateway:
             registry=r,
         )
         r.register(_LearnedModels(self))
+        r.register(ExplorationMetrics(self))
         self.m_cloud_healthy = Gauge(
             "cnmt_gateway_cloud_healthy",
             "1 while the cloud is considered healthy, else 0.",
@@ -373,10 +377,13 @@ class Gateway:
             self.cloud_health.start()
         if self.settings.state_file is not None and self.state_parts:
             self._saver = asyncio.get_running_loop().create_task(self._save_periodically())
+        self.calibration = EdgeCalibration.start_for(self)  # None unless calibrate_idle_s
         self.ready = True
 
     async def close(self) -> None:
         self.ready = False
+        if self.calibration is not None:
+            await self.calibration.close()
         if self._saver is not None:
             self._saver.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -463,6 +470,9 @@ class Gateway:
             payload_bytes=len(dumps({"text": text}).encode("utf-8")),
             text=text,  # for length estimators that read the source (`features`)
         )
+        now = self.clock()
+        for estimator in self.latency.values():  # a posterior widens while unobserved
+            getattr(estimator, "elapse", lambda _: None)(now)
         state = self.snapshot()
         try:
             m_estimated = float(self.length_estimator.estimate(request))
@@ -643,6 +653,10 @@ class Gateway:
                 "median_abs_relative_error": (
                     round(statistics.median(errors), 4) if errors else None
                 ),
+                # a posterior's: observations refused as impossible, and its speed's spread
+                "speed_sd": (
+                    round(estimator.scale_sd(), 4) if hasattr(estimator, "scale_sd") else None
+                ),
             }
         length: dict[str, Any] = {
             "component": self.length_estimator.name,
@@ -652,9 +666,11 @@ class Gateway:
             value = getattr(self.length_estimator, key, None)
             if isinstance(value, int | float):
                 length[key] = round(float(value), 6)
+        exploration = getattr(self.device_policy, "exploration", None)
         return {
             "latency": latency,
             "length": length,
+            "exploration": exploration.as_dict() if exploration is not None else None,
             "rtt_estimate_ms": _ms(state.link.rtt_s),
             "cloud_wait_estimate_ms": _ms(state.cloud_wait_s),
             "edge_backlog_ms": _ms(state.edge_backlog_s),

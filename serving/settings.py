@@ -82,7 +82,9 @@ class GatewaySettings:
     FIFO servers (set it to how many requests the cloud runs at once), plus what the cloud-wait
     estimator learnt the other clients add. ``state_file`` keeps what the learning
     components have learnt across restarts, written every ``state_save_s`` seconds and on
-    shutdown (:mod:`cnmt.serving.learned_state`).
+    shutdown (:mod:`cnmt.serving.learned_state`). With ``calibrate_idle_s``, an idle gateway
+    whose edge model has observed nothing for ``calibrate_stale_s`` translates
+    ``calibration_text`` once on the edge and learns from it (:mod:`cnmt.serving.calibration`).
     """
 
     edge_profile: str
@@ -123,9 +125,19 @@ class GatewaySettings:
     api_keys_file: str | None = None
     api_keys_env: str | None = None
     allow_unauthenticated: bool = False
+    # Idle calibration of the edge (cnmt.serving.calibration); None: off.
+    calibrate_idle_s: float | None = ranged(None, low=0.01, high=86400)
+    calibrate_stale_s: float = ranged(30.0, low=0.01, high=86400)
+    calibration_text: str = "你好。"
 
     def __post_init__(self) -> None:
         _check_port(self.port)
+        if self.calibrate_idle_s is not None and not self.calibrate_idle_s > 0:
+            raise ValueError(
+                f"calibrate_idle_s must be positive or null, got {self.calibrate_idle_s}"
+            )
+        if not self.calibrate_stale_s > 0 or not self.calibration_text.strip():
+            raise ValueError("calibrate_stale_s must be positive, calibration_text not empty")
         _check_positive(
             max_reply_bytes=self.max_reply_bytes,
             state_save_s=self.state_save_s,

@@ -195,6 +195,7 @@ def test_the_expected_time_oracle_ignores_the_noise_of_the_run():
 def test_unknown_policy_lists_the_valid_ones():
     with pytest.raises(
         ConfigError,
-        match="unknown device policy 'fastest'; known: cloud, cnmt, cnmt_load, edge, naive",
+        match="unknown device policy 'fastest'; known: cloud, cnmt, cnmt_explore, cnmt_load, "
+        "edge, naive",
     ):
         get_components().get("device_policy", "fastest")
