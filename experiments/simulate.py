@@ -168,6 +168,11 @@ class Simulation:
     def target_index(self) -> np.ndarray:
         return self.target if self.target is not None else (~self.on_edge).astype(np.int64)
 
+    # Per request, whether the decision explored (a policy with ``last_explored``, such as
+    # cnmt_explore), and the decision's expected added time when it did; None otherwise.
+    explored: np.ndarray | None = None
+    explored_expected_s: np.ndarray | None = None
+
 
 def simulate(
     components: DecisionComponents,
@@ -521,6 +526,9 @@ def drive_core(
     if probe_s is not None and any(p.rtt_at is None for p in paths):
         raise ValueError("probing the link needs each cloud's rtt_at")
     last_sample = [arrival[0] if count else 0.0] * len(paths)  # when each link was last measured
+    explores = hasattr(policy, "last_explored")
+    explored = np.zeros(count, dtype=bool) if explores else None
+    explored_s = np.zeros(count) if explores else None
     for i in range(count):
         now = arrival[i]
         # 1. what finished by now
@@ -578,6 +586,9 @@ def drive_core(
         if kept is not None:
             kept.append(decision)
         m_used[i] = decision.m_estimate
+        if explored is not None and policy.last_explored:  # type: ignore[attr-defined]
+            explored[i] = True
+            explored_s[i] = policy.last_expected_added_s  # type: ignore[attr-defined,index]
         k_target = index[decision.target]
         target[i] = k_target
         predicted[i] = decision.predicted[decision.target].exec_s
@@ -628,4 +639,6 @@ def drive_core(
         targets=names,
         decisions=kept,
         exec_s=exec_ran,
+        explored=explored,
+        explored_expected_s=explored_s,
     )

@@ -282,6 +282,35 @@ class DecisionCore:
         self._estimates = self.length is not None
         self._own_wait: dict[int, float] = {}
         self._next_key = 0
+        self._elapses = [
+            f for f in (getattr(t.latency, "elapse", None) for t in components.targets) if f
+        ]
+
+    def use_latency(self, target: str, model: LatencyEstimator) -> None:
+        """Decide and learn with ``model`` as ``target``'s latency model from now on."""
+        for components in self.components.targets:
+            if components.name == target:
+                components.latency = model
+                self.latency[target] = model
+                self._elapses = [
+                    f
+                    for f in (getattr(t.latency, "elapse", None) for t in self.components.targets)
+                    if f
+                ]
+                return
+        raise KeyError(target)
+
+    def use_policy(self, policy: DevicePolicy) -> None:
+        """Decide with ``policy`` from now on (the learnt state stays)."""
+        if len(self.components.clouds) > 1 and not policy.decides_among_many():
+            raise ConfigError(
+                f"device policy {policy.name!r} decides between the edge and one cloud"
+            )
+        if policy.uses_rng and self.rng is None:
+            raise ConfigError(f"device policy {policy.name!r} draws: the core has no generator")
+        self.components.policy = self.policy = policy
+        rule = policy.linear_rule()
+        self._fixed_m = rule.m_tokens if rule is not None else None
 
     # --- deciding ------------------------------------------------------------------------------
 
@@ -336,6 +365,8 @@ class DecisionCore:
         """The decision for ``request`` at ``now`` (``m_estimate``: an estimate the caller
         already has, e.g. a replay's computed up front for an estimator that does not learn)."""
         m = self.estimate_m(request) if m_estimate is None else float(m_estimate)
+        for elapse in self._elapses:  # a posterior widens while its target goes unobserved
+            elapse(now)
         state = self.state(now)
         target = self.policy.choose_target(request, m, state)
         n, payload = request.n_tokens, request.payload_bytes

@@ -78,12 +78,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import re
 import statistics
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,11 +108,13 @@ from cnmt.schedulers.core import Decision, DecisionCore, Outcome, decision_field
 from cnmt.schedulers.latency_models import LatencyEstimator
 from cnmt.schedulers.rtt_estimators import RttEstimator
 from cnmt.serving import metrics as m
+from cnmt.serving.calibration import EdgeCalibration
 from cnmt.serving.cloud_client import CloudClient, CloudFailure, CloudRejected
 from cnmt.serving.cloud_health import CloudHealth
 from cnmt.serving.decision_log import log_decision
-from cnmt.serving.edge import EdgeFailure, EdgeWorker
-from cnmt.serving.learned_state import Part, save
+from cnmt.serving.edge import EdgeFailure, EdgeWorker, EdgeWorkerMetrics
+from cnmt.serving.exploration_metrics import ExplorationMetrics
+from cnmt.serving.learned_state import Part, StateLock, save
 from cnmt.serving.limits import IDLE_TIMEOUT_KEY
 from cnmt.serving.logs import escape_controls
 from cnmt.serving.protocol import (
@@ -147,7 +150,10 @@ def request_id(header: str | None) -> str:
 
 
 def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000.0, 3)
+    """Milliseconds for an answer; None for no value (and for a non-finite one: strict JSON)."""
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    return round(seconds * 1000.0, 3)
 
 
 class Gateway:
@@ -164,6 +170,7 @@ class Gateway:
         core: DecisionCore,
         settings: GatewaySettings,
         state_parts: Sequence[Part] = (),
+        state_lock: StateLock | None = None,
         devices: dict[Device, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         timer: Callable[[], float] = time.perf_counter,
@@ -179,6 +186,7 @@ class Gateway:
         self.core = core
         self.settings = settings
         self.state_parts = list(state_parts)
+        self.state_lock = state_lock  # held until close(): one gateway per state file
         self.devices = {EDGE: "edge", **{n: n for n in names}}
         self.devices.update({str(k): v for k, v in (devices or {}).items()})
         self.clock = clock
@@ -192,6 +200,7 @@ class Gateway:
         }
         self._saver: asyncio.Task[None] | None = None
         self._healthy: dict[str, bool] = {}  # what each cloud's breaker last reported
+        self.calibration: EdgeCalibration | None = None
         self._init_metrics()
         self.healths = {name: self._new_cloud_health(name) for name in names}
 
@@ -218,6 +227,10 @@ class Gateway:
     def device_policy(self) -> DevicePolicy:
         return self.core.policy
 
+    @device_policy.setter
+    def device_policy(self, policy: DevicePolicy) -> None:
+        self.core.use_policy(policy)
+
     @property
     def rtt_estimator(self) -> RttEstimator:
         return self.core.clouds[self.first_cloud].rtt  # type: ignore[return-value]
@@ -227,8 +240,9 @@ class Gateway:
         return self.core.clouds[self.first_cloud].wait  # type: ignore[return-value]
 
     @property
-    def latency(self) -> dict[str, LatencyEstimator]:
-        return dict(self.core.latency)
+    def latency(self) -> _LatencyModels:
+        """Each target's latency model, by name; assigning one replaces it in the core."""
+        return _LatencyModels(self.core)
 
     def _new_cloud_health(self, name: str) -> CloudHealth:
         settings = self.settings
@@ -362,6 +376,7 @@ class Gateway:
             registry=r,
         )
         r.register(_LearnedModels(self))
+        r.register(ExplorationMetrics(self))
         self.m_cloud_healthy = Gauge(
             "cnmt_gateway_cloud_healthy",
             "1 while the cloud is considered healthy, else 0.",
@@ -387,7 +402,7 @@ class Gateway:
         self.m_cloud_in_flight.set_function(
             lambda: sum(len(h.in_flight) for h in getattr(self, "healths", {}).values())
         )
-        r.register(_EdgeRestarts(self.edge))
+        r.register(EdgeWorkerMetrics(self.edge))
         r.register(_ModelWarnings())
         self.m_rtt_estimate.set(self.core.link(self.first_cloud, self.clock()).rtt_s)
         self.m_cloud_healthy.set(1.0 if any(c is not None for c in self.clouds.values()) else 0.0)
@@ -421,16 +436,21 @@ class Gateway:
             self.healths[name].start()
         if self.settings.state_file is not None and self.state_parts:
             self._saver = asyncio.get_running_loop().create_task(self._save_periodically())
+        self.calibration = EdgeCalibration.start_for(self)  # None unless calibrate_idle_s
         self.ready = True
 
     async def close(self) -> None:
         self.ready = False
+        if self.calibration is not None:
+            await self.calibration.close()
         if self._saver is not None:
             self._saver.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._saver
             self._saver = None
         self.save_state()
+        if self.state_lock is not None:
+            self.state_lock.release()
         for name, client in self.clouds.items():
             await self.healths[name].close()
             if client is not None:
@@ -687,6 +707,11 @@ class Gateway:
             return json_response(
                 {"ready": False, "error": "the local worker is starting"}, status=503
             )
+        if not self.edge.up:
+            return json_response(
+                {"ready": False, "error": f"the local worker is down: {self.edge.down_reason}"},
+                status=503,
+            )
         return json_response({"ready": True})
 
     def models(self) -> dict[str, Any]:
@@ -704,11 +729,16 @@ class Gateway:
                 "component": estimator.name,
                 "learns": estimator.learns,
                 "observations": estimator.observations,
+                "dropped": estimator.dropped,
                 "current": _coefficients(estimator.current()),
                 "prior": _coefficients(estimator.prior),
                 "recent_requests": len(errors),
                 "median_abs_relative_error": (
                     round(statistics.median(errors), 4) if errors else None
+                ),
+                # a posterior's: observations refused as impossible, and its speed's spread
+                "speed_sd": (
+                    round(estimator.scale_sd(), 4) if hasattr(estimator, "scale_sd") else None
                 ),
             }
         length: dict[str, Any] = {
@@ -719,9 +749,11 @@ class Gateway:
             value = getattr(self.length_estimator, key, None)
             if isinstance(value, int | float):
                 length[key] = round(float(value), 6)
+        exploration = getattr(self.device_policy, "exploration", None)
         return {
             "latency": latency,
             "length": length,
+            "exploration": exploration.as_dict() if exploration is not None else None,
             "rtt_estimate_ms": _ms(state.link.rtt_s),
             "cloud_wait_estimate_ms": _ms(state.cloud_wait_s),
             "edge_backlog_ms": _ms(state.edge_backlog_s),
@@ -767,6 +799,28 @@ def model_warnings(device: str, model: LatencyModel, max_tokens: int) -> list[st
 def _coefficients(model: LatencyModel) -> dict[str, float]:
     """A latency model's coefficients: seconds per input token, per output token, and fixed."""
     return {"a_n": model.a_n, "a_m": model.a_m, "b": model.b}
+
+
+class _LatencyModels(MutableMapping[str, LatencyEstimator]):
+    """The core's latency models as a mapping that writes through (``gateway.latency[...] =``)."""
+
+    def __init__(self, core: DecisionCore) -> None:
+        self.core = core
+
+    def __getitem__(self, target: str) -> LatencyEstimator:
+        return self.core.latency[target]
+
+    def __setitem__(self, target: str, model: LatencyEstimator) -> None:
+        self.core.use_latency(target, model)
+
+    def __delitem__(self, target: str) -> None:
+        raise TypeError("every target keeps a latency model")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.core.latency)
+
+    def __len__(self) -> int:
+        return len(self.core.latency)
 
 
 @dataclass(frozen=True)
@@ -815,13 +869,21 @@ class _LearnedModels(Collector):
             "Requests each device's latency model has learnt from (0 for a fixed profile).",
             labels=["device"],
         )
+        dropped = CounterMetricFamily(
+            "cnmt_gateway_latency_model_dropped",
+            "Observations each device's latency model refused: outside the physical range, or "
+            "a step that would have made the model unphysical.",
+            labels=["device"],
+        )
         for device, estimator in self.gateway.latency.items():
             model = estimator.current()
             for name, value in (("a_n", model.a_n), ("a_m", model.a_m), ("b", model.b)):
                 coefficients.add_metric([device, name], value)
             observations.add_metric([device], estimator.observations)
+            dropped.add_metric([device], estimator.dropped)
         yield coefficients
         yield observations
+        yield dropped
 
 
 class _ModelWarnings(Collector):
@@ -838,17 +900,3 @@ class _ModelWarnings(Collector):
         for (model, kind), count in sorted(MODEL_WARNINGS.totals().items()):
             family.add_metric([model, kind], count)
         yield family
-
-
-class _EdgeRestarts(Collector):
-    """``cnmt_gateway_edge_restarts_total``, read from the worker's own count when scraped."""
-
-    def __init__(self, edge: EdgeWorker) -> None:
-        self.edge = edge
-
-    def collect(self) -> Any:
-        yield CounterMetricFamily(
-            "cnmt_gateway_edge_restarts",
-            "Times the local translation worker died and was started again.",
-            value=self.edge.restarts,
-        )
