@@ -13,6 +13,7 @@ torch and sentencepiece are imported inside functions only.
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,8 @@ def packaged_checkpoint(family: str, name: str) -> Path:
 
 def load_gru_checkpoint(path: Path) -> Built:
     """A trained GRU from ``path`` with its SentencePiece models as files of the export."""
+    import argparse
+
     import sentencepiece as spm
     import torch
 
@@ -50,11 +53,20 @@ def load_gru_checkpoint(path: Path) -> Built:
 
     if not path.is_file():
         raise ConfigError(f"--checkpoint {path}: no such file")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a file that is not a checkpoint
+    if not zipfile.is_zipfile(path):
         raise ConfigError(
-            f"--checkpoint {path}: not a torch checkpoint ({str(exc).strip()[:200]})"
+            f"--checkpoint {path}: not a torch checkpoint (torch.save writes a zip archive); give "
+            "the checkpoint.pt that `scripts/train-gru-fr-en` wrote"
+        )
+    try:
+        # argparse.Namespace allowed: an OpenNMT-py checkpoint given by mistake then reads, and
+        # fails the format check below with a message that says what this family takes.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a file that is not a checkpoint
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"--checkpoint {path}: not a plain-data torch checkpoint ({first})"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ConfigError(

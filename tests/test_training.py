@@ -79,7 +79,7 @@ def test_the_export_of_a_trained_checkpoint_translates_raw_text(tiny_gru: Path) 
 
 @pytest.mark.slow
 def test_the_split_is_seeded_and_keeps_test_sources_out_of_training() -> None:
-    from cnmt.training.gru import split_pairs
+    from cnmt.training.data import split_pairs
 
     pairs = [(f"s{i % 150}", f"t{i}") for i in range(400)] + [("", "x"), ("s1", "t1")]
     first = split_pairs(pairs, seed=5, test_pairs=30, valid_pairs=20)
@@ -116,12 +116,16 @@ def test_a_checkpoint_that_is_not_a_trained_gru_is_refused(tmp_path: Path) -> No
     torch.save({"model": {}}, bad)
     with pytest.raises(ConfigError, match="not a trained GRU checkpoint"):
         load_gru_checkpoint(bad)
+    text = tmp_path / "notes.pt"
+    text.write_text("not weights")
+    with pytest.raises(ConfigError, match="notes.pt: not a torch checkpoint"):
+        load_gru_checkpoint(text)
     with pytest.raises(ConfigError, match="ships trained weights for gru-fr-en only"):
         packaged_checkpoint("gru", "gru-de-en")
 
 
 def _test_split(data_dir: Path, corpus: str, source: str, count: int) -> list[tuple[str, str]]:
-    from cnmt.training.gru import read_pairs, split_pairs
+    from cnmt.training.data import read_pairs, split_pairs
 
     folder = data_dir / "corpora" / corpus
     pairs = read_pairs(folder / f"all.{source}", folder / "all.en", None)

@@ -3,11 +3,12 @@
 ``scripts/train-gru-fr-en --out DIR`` (``python -m cnmt.training.gru``) runs the whole recipe,
 seeded; the defaults of :class:`GruTrainingConfig` are the recipe of the built-in ``gru-fr-en``:
 
-1. **Data.** Read the two line-aligned files, drop pairs with an empty side, keep the first of
-   exact duplicates. A seeded shuffle (``random.Random(seed)``) puts the first ``test_pairs``
-   pairs in the test split and the next ``valid_pairs`` in the validation split; every other pair
-   whose source sentence also occurs in the test split is dropped, so no test source is ever
-   trained on. The splits are written to ``OUT/data`` with a ``split.json`` saying how.
+1. **Data** (:mod:`cnmt.training.data`). Read the two line-aligned files, drop pairs with an
+   empty side, keep the first of exact duplicates. A seeded shuffle (``random.Random(seed)``)
+   puts the first ``test_pairs`` pairs in the test split and the next ``valid_pairs`` in the
+   validation split; every other pair whose source sentence also occurs in the test split is
+   dropped, so no test source is ever trained on. The splits are written to ``OUT/data`` with
+   a ``split.json`` saying how.
 2. **Subwords.** One SentencePiece unigram model per side, trained on the training split only;
    their ids are the vocabulary ids (``<unk>`` 0, ``<pad>`` 1, ``<s>`` 2, ``</s>`` 3, the GRU
    family's specials). Training pairs longer than ``max_length`` pieces on either side are left
@@ -17,8 +18,8 @@ seeded; the defaults of :class:`GruTrainingConfig` are the recipe of the built-i
 4. **Training.** Teacher forcing over length-bucketed batches, Adam, label smoothing, dropout on
    the embeddings and the decoder outputs (training only: the exported graphs have none),
    gradient clipping, the learning rate halved each epoch from ``decay_from``. Progress every
-   ``log_every`` steps; a checkpoint (``OUT/checkpoint.pt``) after every epoch; the greedy BLEU
-   on the validation split after each epoch.
+   ``log_every`` steps; the greedy BLEU on the validation split after each epoch, and the
+   checkpoint (``OUT/checkpoint.pt``) saved after each epoch that improves it.
 5. **Export** through the GRU exporter (``cnmt export --family gru --checkpoint``), so the
    manifest records the training config, data, seed and wall time, and the exporter's own
    validation checks the ONNX graphs against torch.
@@ -32,13 +33,12 @@ torch and sentencepiece are imported at module level: only ``cnmt train`` import
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import platform
 import random
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from cnmt.config import data_dir
 from cnmt.errors import CnmtError, ConfigError
 from cnmt.exporters.rnn_models import GruSeq2Seq
+from cnmt.training.data import log, read_pairs, split_pairs, translate_all, write_split
 
 CHECKPOINT_FORMAT = "cnmt-gru-checkpoint-1"
 UNK, PAD, BOS, EOS = 0, 1, 2, 3
@@ -93,95 +94,7 @@ class GruTrainingConfig:
 
 
 # --------------------------------------------------------------------------------------------
-# Data
-
-
-def read_pairs(source: Path, target: Path, limit: int | None) -> list[tuple[str, str]]:
-    for path in (source, target):
-        if not path.is_file():
-            raise ConfigError(
-                f"{path}: corpus file not found; point source_corpus/target_corpus at line-aligned "
-                "text files or set CNMT_DATA to the data directory that `${data}` refers to"
-            )
-    src = source.read_text(encoding="utf-8").split("\n")
-    tgt = target.read_text(encoding="utf-8").split("\n")
-    if src and src[-1] == "":
-        src.pop()
-    if tgt and tgt[-1] == "":
-        tgt.pop()
-    if len(src) != len(tgt):
-        raise ConfigError(
-            f"{source} has {len(src)} lines but {target} has {len(tgt)}; a parallel corpus "
-            "needs line-aligned files"
-        )
-    pairs = list(zip(src, tgt, strict=True))
-    return pairs[:limit] if limit is not None else pairs
-
-
-@dataclass
-class Splits:
-    train: list[tuple[str, str]]
-    valid: list[tuple[str, str]]
-    test: list[tuple[str, str]]
-    record: dict[str, Any]
-
-
-def split_pairs(
-    pairs: Sequence[tuple[str, str]], seed: int, test_pairs: int, valid_pairs: int
-) -> Splits:
-    """The seeded split of the module docstring (step 1)."""
-    seen: set[tuple[str, str]] = set()
-    unique: list[tuple[str, str]] = []
-    empty = 0
-    for s, t in pairs:
-        s, t = s.strip(), t.strip()
-        if not s or not t:
-            empty += 1
-            continue
-        if (s, t) not in seen:
-            seen.add((s, t))
-            unique.append((s, t))
-    order = list(range(len(unique)))
-    random.Random(seed).shuffle(order)
-    held = test_pairs + valid_pairs
-    if len(unique) <= held:
-        raise ConfigError(
-            f"the corpus has {len(unique)} distinct pairs, not more than test_pairs + "
-            f"valid_pairs = {held}; use a larger corpus or smaller splits"
-        )
-    test = [unique[i] for i in order[:test_pairs]]
-    test_sources = {s for s, _ in test}
-    valid = [unique[i] for i in order[test_pairs:held] if unique[i][0] not in test_sources]
-    train = [unique[i] for i in order[held:] if unique[i][0] not in test_sources]
-    record = {
-        "rule": (
-            "strip both sides; drop pairs with an empty side; keep the first of exact duplicate "
-            f"pairs; shuffle with random.Random({seed}); test = the first "
-            f"{test_pairs}, valid = the next {valid_pairs}, train = the rest; "
-            "valid and train pairs whose source sentence is a test source dropped"
-        ),
-        "pairs_read": len(pairs),
-        "empty_side_dropped": empty,
-        "distinct_pairs": len(unique),
-        "test": len(test),
-        "valid": len(valid),
-        "train": len(train),
-    }
-    return Splits(train=train, valid=valid, test=test, record=record)
-
-
-def write_split(folder: Path, name: str, pairs: Sequence[tuple[str, str]], config: Any) -> dict:
-    folder.mkdir(parents=True, exist_ok=True)
-    files = {}
-    for side, language in ((0, config.source_language), (1, config.target_language)):
-        path = folder / f"{name}.{language}"
-        path.write_text("".join(p[side] + "\n" for p in pairs), encoding="utf-8")
-        files[language] = {"file": path.name, "sha256": sha256_bytes(path.read_bytes())}
-    return files
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+# Subwords
 
 
 def train_sentencepiece(text_file: Path, prefix: Path, vocab_size: int, seed: int) -> bytes:
@@ -322,10 +235,6 @@ def corpus_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[
 
 # --------------------------------------------------------------------------------------------
 # The recipe
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def train(config: GruTrainingConfig, out_dir: Path, data_label: str = "") -> Path:
@@ -575,20 +484,6 @@ def evaluate_export(
             "".join(h + "\n" for h in hyps), encoding="utf-8"
         )
     return {"model": str(model_dir), "decoding": "greedy, ONNX Runtime", "sets": results}
-
-
-def translate_all(
-    translate_batch: Callable[[Sequence[str]], Sequence[Any]], sources: Sequence[str]
-) -> list[str]:
-    """Translations in input order, decoded in batches of similar length."""
-    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
-    out = [""] * len(sources)
-    for start in range(0, len(order), 64):
-        chunk = order[start : start + 64]
-        texts = [sources[i] if sources[i].strip() else "." for i in chunk]
-        for i, translation in zip(chunk, translate_batch(texts), strict=True):
-            out[i] = translation.text
-    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 ``scripts/train-bilstm-de-en --out DIR`` (``python -m cnmt.training.opennmt``) runs, seeded:
 
-1. **Data.** Tatoeba DE-EN split as the GRU's corpus is (:func:`cnmt.training.gru.split_pairs`:
+1. **Data.** Tatoeba DE-EN split as the GRU's corpus is (:func:`cnmt.training.data.split_pairs`:
    a seeded shuffle, a test split whose sources never occur in training). Both sides go through
    the runtime's own tokenizer (lowercased, Moses-like, :class:`~cnmt.runtime.tokenizers.
    WordTokenizer`) and the IWSLT'14 joint BPE codes: exactly what the exported model's runtime
@@ -38,7 +38,7 @@ from typing import Any
 from cnmt.config import data_dir
 from cnmt.errors import CnmtError, ConfigError
 from cnmt.runtime.tokenizers import Bpe, WordTokenizer
-from cnmt.training.gru import log, read_pairs, split_pairs, translate_all, write_split
+from cnmt.training.data import log, read_pairs, split_pairs, translate_all, write_split
 
 # OpenNMT-py 3.5.1 imports every transform module when it starts, and its terminology transform
 # imports spacy at module level; no transform this recipe uses needs it, so when spacy is not

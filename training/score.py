@@ -2,7 +2,7 @@
 
 ``python -m cnmt.training.score gru-fr-en bilstm-de-en`` exports each built-in into the model
 cache if needed, rebuilds its test split with the recipe's seeded rule
-(:func:`cnmt.training.gru.split_pairs`, seed 19, 2,000 test pairs) and prints BLEU/chrF (the
+(:func:`cnmt.training.data.split_pairs`, seed 19, 2,000 test pairs) and prints BLEU/chrF (the
 scorers of the two recipes) as JSON. The data directory: ``--data``, else ``$CNMT_DATA``.
 """
 
@@ -18,7 +18,7 @@ from cnmt.config import data_dir
 from cnmt.errors import CnmtError, ConfigError
 from cnmt.exporters.builtins import ensure_exported
 from cnmt.runtime.models import load_translator
-from cnmt.training import gru, opennmt
+from cnmt.training import data, gru, opennmt
 
 # built-in -> (Tatoeba corpus, source language)
 MODELS = {"gru-fr-en": ("tatoeba-fr-en", "fr"), "bilstm-de-en": ("tatoeba-de-en", "de")}
@@ -27,8 +27,8 @@ MODELS = {"gru-fr-en": ("tatoeba-fr-en", "fr"), "bilstm-de-en": ("tatoeba-de-en"
 def score(name: str, root: Path, threads: int) -> dict:
     corpus, source = MODELS[name]
     corpora = root / "corpora"
-    pairs = gru.read_pairs(corpora / corpus / f"all.{source}", corpora / corpus / "all.en", None)
-    test = gru.split_pairs(pairs, seed=19, test_pairs=2000, valid_pairs=500).test
+    pairs = data.read_pairs(corpora / corpus / f"all.{source}", corpora / corpus / "all.en", None)
+    test = data.split_pairs(pairs, seed=19, test_pairs=2000, valid_pairs=500).test
     news = corpora / "newstest2013"
     sets = {
         "test": ([s for s, _ in test], [t for _, t in test]),
@@ -41,7 +41,7 @@ def score(name: str, root: Path, threads: int) -> dict:
     translator = load_translator(name, threads=threads)
     results = {}
     for set_name, (src, ref) in sets.items():
-        hyps = gru.translate_all(translator.translate_batch, src)
+        hyps = data.translate_all(translator.translate_batch, src)
         if name == "gru-fr-en":
             results[set_name] = {**gru.corpus_scores(hyps, ref), "sentences": len(ref)}
         else:
