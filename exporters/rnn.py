@@ -188,7 +188,7 @@ def validate_export(
         encoded = encoded if isinstance(encoded, tuple) else (encoded,)
         worst = max(
             worst,
-            _compare(
+            compare_outputs(
                 translator.encoder, spec.graph("encoder"), examples["encoder"], encoded, tolerance
             ),
         )
@@ -197,7 +197,9 @@ def validate_export(
             stepped = graphs["decoder"](*decoder_args)
         worst = max(
             worst,
-            _compare(translator.decoder, spec.graph("decoder"), decoder_args, stepped, tolerance),
+            compare_outputs(
+                translator.decoder, spec.graph("decoder"), decoder_args, stepped, tolerance
+            ),
         )
     bos, eos = manifest.special("bos"), manifest.special("eos")
     specials = set(manifest.special_tokens.values())
@@ -232,7 +234,7 @@ def _decoder_args(
     return (ids + 3, encoded[0])
 
 
-def _compare(
+def compare_outputs(
     session: Any, graph: specs.GraphSpec, args: tuple[Any, ...], expected: Any, tolerance: float
 ) -> float:
     expected = expected if isinstance(expected, tuple) else (expected,)

@@ -208,7 +208,13 @@ def test_corrupt_graph_file_is_a_config_error_naming_it(tmp_path: Path) -> None:
 def test_unknown_model_name_lists_the_built_in_models() -> None:
     from cnmt.runtime import load_translator
 
-    with pytest.raises(ConfigError, match=r"unknown model 'cn2fr'.*built-in model: .*cn2en"):
+    with pytest.raises(
+        ConfigError,
+        match=(
+            r"unknown model .cn2fr.*built-in model: bergamot-en-pt, bergamot-pt-en, bilstm-de-en, "
+            "cn2en, gru-fr-en"
+        ),
+    ):
         load_translator("cn2fr")
 
 
@@ -345,6 +351,9 @@ def test_runtime_and_registry_import_without_torch(tmp_path: Path) -> None:
     # Exporting it needs torch: the message says exactly what to install.
     assert "needs torch, which is not installed" in lines[2]
     assert "pip install 'cnmt[export]'" in lines[2]
+    # The first use says, in one line, that it exports once and where to.
+    cache = tmp_path / "cache" / "models" / "cn2en"
+    assert f"cnmt: exporting cn2en into {cache}, once" in done.stderr
 
 
 def test_missing_onnxruntime_says_what_to_install() -> None:

@@ -36,12 +36,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument(
         "--family",
-        help="model family: bilstm, gru, cn2en, marian (any registered exporter; `cnmt plugins`)",
+        help="model family: bilstm, gru, cn2en, marian, bergamot (any registered exporter; "
+        "`cnmt plugins`)",
     )
     target.add_argument(
         "--builtin",
         metavar="NAME",
-        help="export a built-in model (cn2en) into the model cache ($CNMT_CACHE), replacing it",
+        help="export a built-in model (cn2en, gru-fr-en, bilstm-de-en, bergamot-en-pt, "
+        "bergamot-pt-en) into the model cache "
+        "($CNMT_CACHE), replacing it",
     )
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
