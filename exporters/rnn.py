@@ -80,6 +80,12 @@ class RnnExporter(Exporter):
         Vocabulary(built.target_tokens).save(folder / "target_vocab.json")
         files = {"source_vocab": "source_vocab.json", "target_vocab": "target_vocab.json"}
         if built.bpe_codes is not None:
+            if not Path(built.bpe_codes).is_file():
+                raise ConfigError(
+                    f"the BPE codes {built.bpe_codes} do not exist: they are read from the data "
+                    "directory (set CNMT_DATA to the folder holding tokenizers/, or give the "
+                    "model config's tokenizer.bpe_codes)"
+                )
             shutil.copyfile(built.bpe_codes, folder / "bpe.codes")
             files["bpe_codes"] = "bpe.codes"
         for role, (file_name, contents) in built.assets.items():
