@@ -78,6 +78,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     from cnmt.registry import get_components
     from cnmt.runtime import load_translator
     from cnmt.schedulers.base import LatencyModel
+    from cnmt.schedulers.core import DecisionComponents, DecisionCore, TargetComponents
     from cnmt.serving.demo import pick_sentences
     from cnmt.serving.edge import EdgeWorker, QuotaSpec
     from cnmt.serving.gateway import Gateway
@@ -119,12 +120,23 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         tokenizer=load_translator(args.model, providers=providers, threads=device.threads),
         edge=EdgeWorker(factory, quota),
         cloud=None,
-        length_estimator=naive(naive.Params(mean_tokens=10.0)),
-        device_policy=components.create("device_policy", "edge"),
-        rtt_estimator=components.create("rtt_estimator", "last"),
-        cloud_wait_estimator=components.create("rtt_estimator", "last"),
-        edge_latency=components.create("latency_model", "profile", prior=unused),
-        cloud_latency=components.create("latency_model", "profile", prior=unused),
+        core=DecisionCore(
+            DecisionComponents(
+                policy=components.create("device_policy", "edge"),
+                length=naive(naive.Params(mean_tokens=10.0)),
+                edge=TargetComponents(
+                    "edge", components.create("latency_model", "profile", prior=unused)
+                ),
+                clouds=(
+                    TargetComponents(
+                        "cloud",
+                        components.create("latency_model", "profile", prior=unused),
+                        rtt=components.create("rtt_estimator", "last"),
+                        wait=components.create("rtt_estimator", "last"),
+                    ),
+                ),
+            )
+        ),
         settings=GatewaySettings(edge_profile="(unused)", cloud_profile="(unused)", port=0),
     )
     runner, port = await serve_app(gateway.app(), "127.0.0.1", 0)

@@ -166,10 +166,35 @@ class DriftSpec:
 
 @dataclass(frozen=True)
 class DevicesSpec:
-    """Device profile files (`cnmt profile` output) of the model on the edge and the cloud."""
+    """Device profile files (`cnmt profile` output) of the model on the edge and the cloud
+    (``cloud`` is the one-cloud shorthand of ``replay.clouds``)."""
 
     edge: str
-    cloud: str
+    cloud: str | None = None
+
+
+@dataclass(frozen=True)
+class CloudSpec:
+    """One cloud of several (``replay.clouds``): its name (what ``shares`` and the policies
+    call it), its device profile, and its link. The first cloud's link is the replayed
+    connection; every further cloud gives its own (``link``: a trace window, as a connection
+    does, or a constant ``rtt_ms``), read at the same arrival times. ``time_factor`` runs the
+    profile's times that many times slower (a smaller server emulated from a measured one, as
+    a CPU quota emulates the edge): both the true times and the fit the scheduler knows.
+    ``workers`` are its servers when the replay has queues (the first cloud's are
+    ``queues.cloud_workers``)."""
+
+    name: str
+    profile: str
+    link: RttSource | None = None
+    time_factor: float = 1.0
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.name or self.name == "edge":
+            raise ValueError(f"a cloud needs a name other than 'edge', got {self.name!r}")
+        if not self.time_factor > 0 or self.workers < 1:
+            raise ValueError("time_factor must be positive and workers at least 1")
 
 
 @dataclass(frozen=True)
@@ -178,7 +203,7 @@ class PolicySpec:
 
     ``label`` names it in the results (default: its name); ``rtt_probe_s`` makes its gateway
     probe the link when no round trip was measured for that long (see
-    :class:`cnmt.experiments.simulate.Learners`); the other keys (``OVERRIDES``) override the
+    :func:`cnmt.experiments.simulate.drive_core`); the other keys (``OVERRIDES``) override the
     config's top-level sections of the same name for this policy only.
     """
 
@@ -266,8 +291,21 @@ class ReplayConfig:
     # rates that keep edge-only busy this share of the time, with this many requests each.
     load_sweep: list[float] = field(default_factory=list)
     load_sweep_requests: int = ranged(20_000, low=1, high=100000000)
+    clouds: list[CloudSpec] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if (self.devices.cloud is None) == (not self.clouds):
+            raise ValueError(
+                "give the cloud's profile as devices.cloud (one cloud) or list the clouds under "
+                "`clouds` (each {name, profile, link}), not both"
+            )
+        names = [c.name for c in self.clouds]
+        if len(set(names)) != len(names):
+            raise ValueError(f"clouds: names must be unique, got {', '.join(names)}")
+        if self.clouds and self.clouds[0].link is not None:
+            raise ValueError("clouds: the first cloud's link is the connection; leave out its link")
+        if any(c.link is None for c in self.clouds[1:]):
+            raise ValueError("clouds: every cloud after the first needs its own `link`")
         if self.requests < 1:
             raise ValueError(f"requests must be >= 1, got {self.requests}")
         if not self.connections:

@@ -50,15 +50,15 @@ from cnmt.datasets.traces import RttTrace
 from cnmt.errors import ConfigError
 from cnmt.experiments import convergence
 from cnmt.experiments.config import (
+    CloudSpec,
     ConnectionSpec,
     CorpusSpec,
     DriftSpec,
-    PolicySpec,
     ReplayConfig,
 )
 from cnmt.experiments.groundtruth import Sampler, ground_truth
 from cnmt.experiments.outputs import load_output_lengths
-from cnmt.experiments.simulate import Learners, Queues, Simulation, Stream, simulate
+from cnmt.experiments.simulate import CloudPath, Queues, Simulation, Stream, simulate
 from cnmt.experiments.tokens import get_counter
 from cnmt.files import read_lines
 from cnmt.plotting import pyplot
@@ -70,7 +70,7 @@ from cnmt.schedulers.base import (
     LatencyModel,
     RequestBatch,
 )
-from cnmt.schedulers.defaults import DEFAULT_COMPONENTS
+from cnmt.schedulers.core import DecisionComponents, DecisionSpecs, TargetSetup
 
 FORMAT = "cnmt-replay/1"
 REFERENCES = ("edge", "cloud", "oracle", "oracle_expected")
@@ -236,29 +236,35 @@ class PolicyRun:
 
     label: str
     policy: DevicePolicy
-    length: ComponentSpec | None
-    rtt: ComponentSpec
-    cloud_wait: ComponentSpec
-    edge_latency: ComponentSpec
-    cloud_latency: ComponentSpec
+    specs: DecisionSpecs
     rtt_probe_s: float | None = None
 
-    def learners(self, edge_prior: LatencyModel, cloud_prior: LatencyModel) -> Learners:
-        return Learners(
-            length=self.length.create() if self.length is not None else None,
-            rtt=self.rtt.create(),
-            cloud_wait=self.cloud_wait.create(),
-            edge=self.edge_latency.create(prior=edge_prior),
-            cloud=self.cloud_latency.create(prior=cloud_prior),
-            rtt_probe_s=self.rtt_probe_s,
-        )
+    @property
+    def length(self) -> ComponentSpec | None:
+        return self.specs.length_estimator
+
+    @property
+    def rtt(self) -> ComponentSpec:
+        return self.specs.rtt_estimator
+
+    def components(self, edge: TargetSetup, clouds: list[TargetSetup]) -> DecisionComponents:
+        """Fresh components (the policy instance is kept: it does not learn); a policy that
+        ignores the length estimate decides without one."""
+        made = self.specs.create(edge, clouds, policy=self.policy)
+        if not self.policy.uses_length_estimate:
+            made.length = None
+        return made
 
     @property
     def closed_loop(self) -> bool:
         """Whether anything it decides with learns from what it observes."""
         classes = [
             get_components().get(spec.kind, spec.name).cls
-            for spec in (self.length, self.edge_latency, self.cloud_latency)
+            for spec in (
+                self.specs.length_estimator,
+                self.specs.edge_latency,
+                self.specs.cloud_latency,
+            )
             if spec is not None
         ]
         if self.policy.needs_truth:
@@ -269,21 +275,18 @@ class PolicyRun:
 def build_policies(config: Config, replay: ReplayConfig) -> list[PolicyRun]:
     """Every policy with its components: the policy's own overrides, else the config's
     top-level sections, else the defaults (validated when the config was loaded)."""
-
-    def pick(spec: PolicySpec, key: str) -> ComponentSpec | None:
-        return getattr(spec, key) or config.get(key) or DEFAULT_COMPONENTS.get(key)
-
     runs = []
     for spec in replay.policy_specs():
+        specs = DecisionSpecs.select(
+            lambda key, spec=spec: spec.policy if key == "device_policy" else getattr(spec, key),
+            config.get,
+            source=config.source,
+        )
         runs.append(
             PolicyRun(
                 label=spec.label,
                 policy=spec.policy.create(),
-                length=pick(spec, "length_estimator"),
-                rtt=pick(spec, "rtt_estimator"),  # type: ignore[arg-type]
-                cloud_wait=pick(spec, "cloud_wait_estimator"),  # type: ignore[arg-type]
-                edge_latency=pick(spec, "edge_latency"),  # type: ignore[arg-type]
-                cloud_latency=pick(spec, "cloud_latency"),  # type: ignore[arg-type]
+                specs=specs,
                 rtt_probe_s=spec.rtt_probe_s,
             )
         )
@@ -398,6 +401,7 @@ def replay(
     window_hours: float | None = None,
     queues: bool | None = None,
     labels: Collection[str] | None = None,
+    fast_paths: bool = True,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> ReplayOutcome:
     """Run one connection profile of ``config`` through every policy.
@@ -408,7 +412,8 @@ def replay(
     ``arrival_rate`` replays Poisson arrivals at that rate with queues on; ``window_hours``
     places the requests in that many hours of the trace window; ``queues`` turns the devices'
     queues on or off (default: the config's ``replay.queues.enabled``); ``labels`` replays only
-    the policies of those labels.
+    the policies of those labels; ``fast_paths=False`` drives the decision core for every
+    policy (the fast paths are held to the same decisions by the tests).
     """
     spec: ReplayConfig = config["replay"]
     if requests is not None or seed is not None:
@@ -441,7 +446,8 @@ def replay(
     started = time.perf_counter()
 
     edge_profile = _profile(spec.devices.edge, "edge", spec.model)
-    cloud_profile = _profile(spec.devices.cloud, "cloud", spec.model)
+    first = spec.clouds[0] if spec.clouds else CloudSpec("cloud", str(spec.devices.cloud))
+    cloud_profile = _profile(first.profile, "cloud", spec.model)
     runs = build_policies(config, spec)
     if labels is not None:
         unknown = sorted(set(labels) - {run.label for run in runs})
@@ -461,11 +467,14 @@ def replay(
     n, m = lines.n[pick], lines.m[pick]
     edge_sampler, cloud_sampler = ground_truth(edge_profile), ground_truth(cloud_profile)
     arrival = link.arrival_s
+    factor = first.time_factor
     edge_s = _apply_drift(spec.drift, "edge", edge_sampler.sample(n, m, rng), arrival, arrival)
-    cloud_s = _apply_drift(spec.drift, "cloud", cloud_sampler.sample(n, m, rng), arrival, arrival)
+    cloud_s = _apply_drift(
+        spec.drift, "cloud", cloud_sampler.sample(n, m, rng) * factor, arrival, arrival
+    )
     edge_expected = _apply_drift(spec.drift, "edge", edge_sampler.mean_time(n, m), arrival, arrival)
     cloud_expected = _apply_drift(
-        spec.drift, "cloud", cloud_sampler.mean_time(n, m), arrival, arrival
+        spec.drift, "cloud", cloud_sampler.mean_time(n, m) * factor, arrival, arrival
     )
     bandwidth_bps = spec.link.bandwidth_mbps * 1e6
     true_bytes = lines.src_bytes[pick] + lines.tgt_bytes[pick] + spec.link.overhead_bytes
@@ -486,19 +495,33 @@ def replay(
         edge_expected_s=edge_expected,
         cloud_expected_s=cloud_expected,
     )
-    stream = Stream(batch, arrival, link.rtt_s, bandwidth_bps, link.timeline.rtt_at)
-    queue_model, queue_info = _queues(spec, lines, cloud_sampler, arrival)
-    edge_lm, cloud_lm = edge_profile.fit.latency_model, cloud_profile.fit.latency_model
+    more_clouds, more_setups, more_info = _more_clouds(
+        spec, n, m, arrival, true_bytes, bandwidth_bps, queued=spec.queues.enabled
+    )
+    stream = Stream(
+        batch, arrival, link.rtt_s, bandwidth_bps, link.timeline.rtt_at, tuple(more_clouds)
+    )
+    queue_model, queue_info = _queues(spec, lines, cloud_sampler, arrival, factor)
+    edge_lm = edge_profile.fit.latency_model
+    cloud_lm = _scaled(cloud_profile.fit.latency_model, factor)
     timings["prepare_s"] = time.perf_counter() - started - timings["load_s"]
 
     policies: dict[str, Any] = {}
     estimators: dict[str, Any] = {}
     decisions: dict[str, np.ndarray] = {}
+    targets: dict[str, np.ndarray] = {}
+    edge_target = TargetSetup("edge", edge_lm, queue_model.edge_workers if queue_model else 1)
+    cloud_targets = [
+        TargetSetup(
+            first.name, cloud_lm, queue_model.cloud_workers if queue_model else 1, bandwidth_bps
+        ),
+        *more_setups,
+    ]
     for index, run in enumerate(runs):
         if progress is not None:
             progress(run.label, index, len(runs))
         began = time.perf_counter()
-        learners = run.learners(edge_lm, cloud_lm)
+        learners = run.components(edge_target, cloud_targets)
         if run.policy.uses_length_estimate and learners.length is None:
             raise ConfigError(
                 f"{config.source}: policy {run.label!r} needs an output-length estimator: "
@@ -509,8 +532,19 @@ def replay(
         if run.policy.uses_length_estimate and learners.length is not None:
             if not learners.length.learns:
                 m_est = np.asarray(learners.length.estimate_many(n, m), dtype=float)
-        sim = simulate(run.policy, stream, learners, queue_model, m_est)
+        # A policy that draws gets its own seeded stream (the other draws stay as without it).
+        policy_rng = np.random.default_rng([spec.seed, 4, index]) if run.policy.uses_rng else None
+        sim = simulate(
+            learners,
+            stream,
+            queue_model,
+            m_est,
+            probe_s=run.rtt_probe_s,
+            fast_paths=fast_paths,
+            rng=policy_rng,
+        )
         decisions[run.label] = sim.on_edge
+        targets[run.label] = sim.target_index()
         policies[run.label] = _policy_result(run, sim, batch, learners, queue_model)
         described = _describe_length(run)
         if described and described not in estimators and np.isfinite(sim.m_estimate).all():
@@ -527,8 +561,12 @@ def replay(
     # How often each policy chose as the clairvoyant Oracle did (replayed, or without queues
     # computed from the truth).
     oracle = next((label for label, r in policies.items() if r["policy"] == "oracle"), None)
-    if oracle is not None or queue_model is None:
-        reference = decisions[oracle] if oracle is not None else oracle_decisions(batch)
+    if oracle is not None:
+        for label, ran_on in targets.items():
+            same = float((ran_on == targets[oracle]).mean())
+            policies[label]["same_device_as_oracle"] = same
+    elif queue_model is None and not more_clouds:
+        reference = oracle_decisions(batch)
         for label, on_edge in decisions.items():
             policies[label]["same_device_as_oracle"] = float((on_edge == reference).mean())
 
@@ -541,12 +579,17 @@ def replay(
                 row[f"vs_{ref}_pct"] = _pct(result["total_s"], policies[ref_label]["total_s"])
         table[label] = row
 
-    def device_info(path: str, profile: DeviceProfile, sampler: Sampler) -> dict[str, Any]:
+    def device_info(
+        path: str, profile: DeviceProfile, sampler: Sampler, factor: float = 1.0
+    ) -> dict[str, Any]:
         fit = profile.fit
+        a_n, a_m, b = fit.a_n * factor, fit.a_m * factor, fit.b * factor
+        extra = {"time_factor": factor} if factor != 1.0 else {}
         return {
             "profile": display_path(path),
             "device": profile.device.name,
-            "fit": {"a_n": fit.a_n, "a_m": fit.a_m, "b": fit.b, "r2": fit.r2, "mse": fit.mse},
+            **extra,
+            "fit": {"a_n": a_n, "a_m": a_m, "b": b, "r2": fit.r2, "mse": fit.mse},
             "ground_truth": sampler.method,
             "extrapolated_share": float(sampler.extrapolated(n, m).mean()),
             "mean_true_s": float((edge_s if sampler is edge_sampler else cloud_s).mean()),
@@ -572,7 +615,8 @@ def replay(
         },
         "devices": {
             "edge": device_info(spec.devices.edge, edge_profile, edge_sampler),
-            "cloud": device_info(spec.devices.cloud, cloud_profile, cloud_sampler),
+            first.name: device_info(first.profile, cloud_profile, cloud_sampler, factor),
+            **more_info,
         },
         "link": {
             "bandwidth_mbps": spec.link.bandwidth_mbps,
@@ -585,7 +629,7 @@ def replay(
         "table": table,
     }
     # Timings vary run to run; they are kept out of the JSON so that it is reproducible.
-    return ReplayOutcome(result=result, timings=timings, window=link.window)
+    return ReplayOutcome(result=result, timings=timings, window=link.window, targets=targets)
 
 
 def oracle_decisions(batch: RequestBatch) -> np.ndarray:
@@ -593,8 +637,66 @@ def oracle_decisions(batch: RequestBatch) -> np.ndarray:
     return batch.edge_s <= batch.cloud_s + batch.transmission_s
 
 
+def _scaled(model: LatencyModel, factor: float) -> LatencyModel:
+    if factor == 1.0:
+        return model
+    return LatencyModel(model.a_n * factor, model.a_m * factor, model.b * factor)
+
+
+def _more_clouds(
+    spec: ReplayConfig,
+    n: np.ndarray,
+    m: np.ndarray,
+    arrival: np.ndarray,
+    true_bytes: np.ndarray,
+    bandwidth_bps: float,
+    queued: bool,
+) -> tuple[list[CloudPath], list[TargetSetup], dict[str, Any]]:
+    """The clouds after the first: per request each one's true time (its own random stream,
+    so the other draws stay as with one cloud), its link's RTT at the request's arrival, the
+    transmission time; what its gateway knows of it; what the report says of it."""
+    paths, setups, info = [], [], {}
+    for k, cloud in enumerate(spec.clouds[1:]):
+        profile = _profile(cloud.profile, "cloud", spec.model)
+        sampler = ground_truth(profile)
+        rng = np.random.default_rng([spec.seed, 3 + k])
+        exec_s = sampler.sample(n, m, rng) * cloud.time_factor
+        assert cloud.link is not None  # checked when the config was loaded
+        timeline = cloud.link.timeline(spec.link.loss_timeout_s)
+        rtt = timeline.rtt_s[timeline.index_at(arrival)]
+        paths.append(
+            CloudPath(
+                cloud.name,
+                exec_s,
+                sampler.mean_time(n, m) * cloud.time_factor,
+                rtt,
+                rtt + serialisation_s(true_bytes, bandwidth_bps),
+                timeline.rtt_at,
+                cloud.workers,
+            )
+        )
+        fit = _scaled(profile.fit.latency_model, cloud.time_factor)
+        setups.append(TargetSetup(cloud.name, fit, cloud.workers if queued else 1, bandwidth_bps))
+        info[cloud.name] = {
+            "profile": display_path(cloud.profile),
+            "device": profile.device.name,
+            "time_factor": cloud.time_factor,
+            "fit": {"a_n": fit.a_n, "a_m": fit.a_m, "b": fit.b, "r2": profile.fit.r2},
+            "ground_truth": sampler.method,
+            "extrapolated_share": float(sampler.extrapolated(n, m).mean()),
+            "mean_true_s": float(exec_s.mean()),
+            "mean_true_rtt_s": float(rtt.mean()),
+            "trace": display_path(str(cloud.link.trace)) if cloud.link.trace else None,
+        }
+    return paths, setups, info
+
+
 def _queues(
-    spec: ReplayConfig, lines: CorpusLines, cloud: Sampler, arrival: np.ndarray
+    spec: ReplayConfig,
+    lines: CorpusLines,
+    cloud: Sampler,
+    arrival: np.ndarray,
+    factor: float = 1.0,
 ) -> tuple[Queues | None, dict[str, Any]]:
     """The devices' queues (None without) and what the report says of them. The background
     load is drawn with its own random stream: other draws stay as without it."""
@@ -607,7 +709,7 @@ def _queues(
     count = rng.poisson(q.background_rate * span) if q.background_rate > 0 else 0
     at = np.sort(rng.uniform(float(arrival[0]), float(arrival[0]) + span, count))
     pick = draw_requests(lines, spec.corpus, count, rng) if count else np.zeros(0, np.int64)
-    exec_s = cloud.sample(lines.n[pick], lines.m[pick], rng) if count else np.zeros(0)
+    exec_s = cloud.sample(lines.n[pick], lines.m[pick], rng) * factor if count else np.zeros(0)
     exec_s = _apply_drift(spec.drift, "cloud", exec_s, at, arrival)
     info.update(
         edge_workers=q.edge_workers,
@@ -622,15 +724,20 @@ def _policy_result(
     run: PolicyRun,
     sim: Simulation,
     batch: RequestBatch,
-    learners: Learners,
+    learners: DecisionComponents,
     queues: Queues | None = None,
 ) -> dict[str, Any]:
+    clouds = [c.name for c in learners.clouds]
     """One policy's line of the replay JSON. A device's utilization is the share of its
     workers' time spent translating (1.0: every worker busy all the time)."""
     edge_workers = queues.edge_workers if queues is not None else 1
     cloud_workers = queues.cloud_workers if queues is not None else 1
     latency, on_edge = sim.latency_s, sim.on_edge
-    true_exec = np.where(on_edge, batch.edge_s, batch.cloud_s)
+    chosen = sim.target_index()
+    targets = sim.targets if sim.target is not None else ("edge", clouds[0])
+    true_exec = (
+        sim.exec_s if sim.exec_s is not None else np.where(on_edge, batch.edge_s, batch.cloud_s)
+    )
     relative = (sim.predicted_s - true_exec) / true_exec
     edge_waits = sim.wait_s[on_edge]
     cloud_waits = sim.wait_s[~on_edge]
@@ -642,7 +749,8 @@ def _policy_result(
         "p95_s": float(np.percentile(latency, 95)),
         "p99_s": float(np.percentile(latency, 99)),
         "share_edge": float(on_edge.mean()),
-        "share_cloud": float(1.0 - on_edge.mean()),
+        "share_cloud": float(1.0 - on_edge.mean()),  # all clouds together
+        "shares": {name: float((chosen == k).mean()) for k, name in enumerate(targets)},
         "requests_edge": int(on_edge.sum()),
         "requests_cloud": int((~on_edge).sum()),
         "length_estimator": _describe_length(run) or None,
@@ -665,6 +773,15 @@ def _policy_result(
             },
         },
     }
+    if len(targets) > 2:  # several clouds: each one's own line beside "cloud", all of them
+        for k, cloud in enumerate(learners.clouds, start=1):
+            waits = sim.wait_s[chosen == k]
+            workers = cloud.workers
+            out["devices"][cloud.name] = {
+                "utilization": sim.busy_s[cloud.name] / sim.span_s / workers,
+                "mean_queue_length": float(waits.sum()) / sim.span_s,
+                "mean_wait_s": float(waits.mean()) if waits.size else 0.0,
+            }
     if np.isfinite(relative).any():
         out["median_relative_error"] = {
             device: float(np.median(np.abs(relative[mask & np.isfinite(relative)])))
@@ -673,7 +790,8 @@ def _policy_result(
         }
     if run.closed_loop:
         learned = {}
-        for device, model in (("edge", learners.edge), ("cloud", learners.cloud)):
+        for target in learners.targets:
+            device, model = target.name, target.latency
             if model.learns:
                 c = model.current()
                 learned[device] = {"a_n": c.a_n, "a_m": c.a_m, "b": c.b}
@@ -693,6 +811,8 @@ class ReplayOutcome:
     result: dict[str, Any]  # the replay JSON (deterministic for a config and seed)
     timings: dict[str, float]  # wall seconds per phase and policy (not deterministic)
     window: RttTrace  # the replayed RTT window, for plots
+    # per policy label, per request: the index of the target that ran it (0: the edge)
+    targets: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- presentation

@@ -461,8 +461,7 @@ def scenario_section(s: Scenario) -> list[str]:
         f"{stats['lost']} lost pings ({conn['requests_hit_by_loss']} requests charged a "
         f"{conn['loss_timeout_s']:g} s timeout)",
     ]
-    for role in ("edge", "cloud"):
-        d = r["devices"][role]
+    for role, d in r["devices"].items():
         fit = d["fit"]
         warning = (
             " (**extrapolated: measure a grid that covers the corpus' N and M**)"

@@ -1,4 +1,4 @@
-"""One device policy over a stream of requests: decisions, queues, and what the gateway learns.
+"""One device policy over a stream of requests: the world a gateway's decision core faces.
 
 The replay (:mod:`cnmt.experiments.replay`) prepares the requests: arrival times, N, the true
 M, the true execution time on each device (and its expectation), the true transmission time.
@@ -25,8 +25,12 @@ M, the true execution time on each device (and its expectation), the true transm
    same servers, and its answer takes the other half back. Latency = wait + execution (+ the
    transmission).
 
-The general loop (:func:`_general`) does all of this for any policy. Faster paths, which tests
-hold to the same decisions, cover the built-ins: decisions taken at once (``choose_many``:
+Steps 1 and 2 are the decision core's (:class:`cnmt.schedulers.core.DecisionCore`, the object
+a live gateway drives too); this module simulates the world around it: the arrivals, the
+devices' servers, the links of the edge's one or several clouds. The general loop
+(:func:`drive_core`) does all of this for any policy and any number of clouds. Faster paths,
+which ``tests/test_decision_core.py`` holds to the core's decisions on every shipped scenario,
+cover the built-ins with one cloud: decisions taken at once (``choose_many``:
 edge-only, cloud-only, the Oracles without queues) need no loop without queues and a
 vectorized FIFO recursion with them; the paper's method (the C-NMT rule, fixed models, no
 queues) needs only the RTT estimator in its loop; the C-NMT and Oracle rules with queues and
@@ -37,27 +41,22 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from cnmt.schedulers.base import (
-    Device,
-    DevicePolicy,
-    LengthEstimator,
+    EDGE,
+    CloudTruth,
     LinearRule,
-    LinkState,
     Request,
     RequestBatch,
-    SchedulerState,
     TruthRule,
 )
 from cnmt.schedulers.cloud_backlog import OwnCloudBacklog
-from cnmt.schedulers.latency_models import LatencyEstimator
-from cnmt.schedulers.rtt_estimators import RttEstimator
+from cnmt.schedulers.core import Decision, DecisionComponents, DecisionCore, Outcome
+from cnmt.schedulers.edge_backlog import EdgeBacklog
 
 # Between two requests, at most this many idle probes of the link are simulated (the latest
 # ones): a sparse replay (requests minutes apart, probes every second) would otherwise spend
@@ -69,11 +68,14 @@ MAX_PROBES_BETWEEN = 64
 
 
 class _CloudServers:
-    """The cloud's FIFO servers (a heap of the times each is next free), shared with the
-    background load, whose requests are admitted in arrival order up to a given time."""
+    """A cloud's FIFO servers (a heap of the times each is next free), shared with the
+    background load, whose requests are admitted in arrival order up to a given time. Only the
+    first cloud of a replay has the configured background load."""
 
-    def __init__(self, queues: Queues | None) -> None:
-        self.free = [0.0] * (queues.cloud_workers if queues is not None else 1)
+    def __init__(self, queues: Queues | None, workers: int | None = None) -> None:
+        if workers is None:
+            workers = queues.cloud_workers if queues is not None else 1
+        self.free = [0.0] * workers
         self._arrival = queues.background_arrival_s.tolist() if queues is not None else []
         self._exec = queues.background_exec_s.tolist() if queues is not None else []
         self._next = 0
@@ -87,33 +89,6 @@ class _CloudServers:
             self.background_wait_s += start - arrival[self._next]
             heapq.heapreplace(free, start + self._exec[self._next])
             self._next += 1
-
-
-class _EdgeBacklog:
-    """What a live ``EdgeWorker.backlog_s`` reports, from the replay's side: the predicted
-    times of the local requests not yet done, less what the running ones have already run,
-    per edge worker."""
-
-    def __init__(self, workers: int) -> None:
-        self.workers = workers
-        self._jobs: deque[tuple[float, float, float]] = deque()  # (start, done, predicted)
-        self._queued = 0.0  # sum of the predictions in _jobs
-
-    def add(self, start: float, done: float, predicted: float) -> None:
-        self._jobs.append((start, done, predicted))
-        self._queued += predicted
-
-    def at(self, now: float) -> float:
-        jobs = self._jobs
-        while jobs and jobs[0][1] <= now:
-            self._queued -= jobs.popleft()[2]
-        backlog = self._queued
-        for k, (start, _, predicted) in enumerate(jobs):
-            if k == self.workers:
-                break
-            if start <= now:
-                backlog -= min(predicted, now - start)
-        return max(0.0, backlog) / self.workers
 
 
 @dataclass(frozen=True)
@@ -137,26 +112,37 @@ class Stream:
     rtt_s: np.ndarray  # the true round trip an offload measures (transmission minus payload)
     bandwidth_bps: float
     rtt_at: Callable[[float], float] | None = None
+    more_clouds: tuple[CloudPath, ...] = ()  # the clouds after the first (in ``batch``)
+
+    def cloud_paths(self, first: str, workers: int) -> list[CloudPath]:
+        """Every cloud's truth, the first one's taken from ``batch``."""
+        batch = self.batch
+        expected = batch.cloud_expected_s
+        own = CloudPath(
+            first,
+            batch.cloud_s,
+            expected if expected is not None else batch.cloud_s,
+            self.rtt_s,
+            batch.transmission_s,
+            self.rtt_at,
+            workers,
+        )
+        return [own, *self.more_clouds]
 
 
-@dataclass
-class Learners:
-    """What one policy's gateway learns with: fresh instances per simulated policy.
+@dataclass(frozen=True)
+class CloudPath:
+    """One cloud as a replay knows it, per request: its true execution time (and its
+    expectation), the true round trip an offload to it measures, the true transmission time
+    (round trip plus payload), and its link's RTT at any time (what a probe measures)."""
 
-    ``rtt_probe_s``: when no round trip has been measured for that long, the gateway probes
-    the link (a tiny request answered at once) every ``rtt_probe_s`` until one is: the RTT
-    estimate then never goes stale while everything runs on the edge, and a probe that finds
-    the cloud empty (no request waiting or running) is a cloud-wait sample of 0, as a live
-    gateway's ``learn_from_probes`` does. None: no probes (the paper's gateway learns only from
-    offloads).
-    """
-
-    length: LengthEstimator | None
-    rtt: RttEstimator
-    cloud_wait: RttEstimator
-    edge: LatencyEstimator
-    cloud: LatencyEstimator
-    rtt_probe_s: float | None = None
+    name: str
+    exec_s: np.ndarray
+    expected_s: np.ndarray
+    rtt_s: np.ndarray
+    transmission_s: np.ndarray
+    rtt_at: Callable[[float], float] | None = None
+    workers: int = 1
 
 
 @dataclass
@@ -172,6 +158,16 @@ class Simulation:
     busy_s: dict[str, float]
     span_s: float
     background_wait_s: float = 0.0
+    # Per request the index of the target that ran it in ``targets`` (0: the edge); None for
+    # the fast paths, which know the edge and one cloud only (then it is ``~on_edge``).
+    target: np.ndarray | None = None
+    targets: tuple[str, ...] = (EDGE, "cloud")
+    decisions: list[Decision] | None = None  # the core's, when asked to keep them
+    exec_s: np.ndarray | None = None  # the true execution time where each ran (the core's)
+
+    def target_index(self) -> np.ndarray:
+        return self.target if self.target is not None else (~self.on_edge).astype(np.int64)
+
     # Per request, whether the decision explored (a policy with ``last_explored``, such as
     # cnmt_explore), and the decision's expected added time when it did; None otherwise.
     explored: np.ndarray | None = None
@@ -179,38 +175,47 @@ class Simulation:
 
 
 def simulate(
-    policy: DevicePolicy,
+    components: DecisionComponents,
     stream: Stream,
-    learners: Learners,
     queues: Queues | None,
     m_estimate: np.ndarray | None,
+    *,
+    probe_s: float | None = None,
+    fast_paths: bool = True,
+    rng: np.random.Generator | None = None,
 ) -> Simulation:
-    """Play ``stream`` through ``policy`` (see the module docstring); ``m_estimate`` holds the
-    length estimates when they can be computed up front (an estimator that does not learn)."""
+    """Play ``stream`` through the policy of ``components`` (see the module docstring);
+    ``m_estimate`` holds the length estimates when they can be computed up front (an estimator
+    that does not learn). ``fast_paths=False`` always drives the decision core (what the tests
+    compare the fast paths with)."""
+    policy = components.policy
     count = len(stream.batch)
+    length = components.length
+    edge, clouds = components.edge, components.clouds
     learning = not policy.needs_truth and (  # an Oracle ignores what the models learn
-        learners.rtt_probe_s is not None
-        or learners.edge.learns
-        or learners.cloud.learns
-        or (policy.uses_length_estimate and learners.length is not None and learners.length.learns)
+        probe_s is not None
+        or edge.latency.learns
+        or any(c.latency.learns for c in clouds)
+        or (policy.uses_length_estimate and length is not None and length.learns)
     )
-    if queues is None or not policy.needs_truth:
+    fast = fast_paths and len(clouds) == 1 and not stream.more_clouds and not policy.uses_rng
+    if fast and (queues is None or not policy.needs_truth):
         estimates = m_estimate if m_estimate is not None else np.full(count, np.nan)
         at_once = policy.choose_many(stream.batch, estimates)
         if at_once is not None:
             on_edge = np.asarray(at_once, dtype=bool)
             if queues is None:
-                return _all_at_once(on_edge, stream, learners, m_estimate)
-            return _fixed_decisions_queued(on_edge, stream, learners, queues, m_estimate)
+                return _all_at_once(on_edge, stream, components, m_estimate)
+            return _fixed_decisions_queued(on_edge, stream, components, queues, m_estimate)
     rule, truth = policy.linear_rule(), policy.truth_rule()
-    if not learning and (rule is not None or truth is not None):
+    if fast and not learning and (rule is not None or truth is not None):
         if m_estimate is None and rule is not None and rule.m_tokens is None:
-            pass  # no estimates up front: the general loop
+            pass  # no estimates up front: the decision core
         elif queues is None and rule is not None:
-            return _paper_method(rule, stream, learners, m_estimate)
+            return _paper_method(rule, stream, components, m_estimate)
         elif queues is not None:
-            return _rules_queued(rule, truth, stream, learners, queues, m_estimate)
-    return _general(policy, stream, learners, queues, m_estimate)
+            return _rules_queued(rule, truth, stream, components, queues, m_estimate)
+    return drive_core(components, stream, queues, m_estimate, probe_s=probe_s, rng=rng)
 
 
 # ----------------------------------------------------------------------------- shared parts
@@ -228,19 +233,21 @@ def _estimates(
 
 
 def _predicted(
-    on_edge: np.ndarray, stream: Stream, learners: Learners, m: np.ndarray
+    on_edge: np.ndarray, stream: Stream, components: DecisionComponents, m: np.ndarray
 ) -> np.ndarray:
     """Fixed models' predicted execution time on the device that ran each request."""
     n = stream.batch.n_tokens.astype(float)
-    e, c = learners.edge.current(), learners.cloud.current()
+    e, c = components.edge.latency.current(), components.clouds[0].latency.current()
     return np.where(on_edge, e.a_n * n + e.a_m * m + e.b, c.a_n * n + c.a_m * m + c.b)
 
 
-def _thresholds(rule: LinearRule, stream: Stream, learners: Learners, m: np.ndarray) -> list[float]:
+def _thresholds(
+    rule: LinearRule, stream: Stream, components: DecisionComponents, m: np.ndarray
+) -> list[float]:
     """Per request, the C-NMT rule with fixed models solved for the link: edge iff
     ``RTT [+ wait_c - backlog_e] >= T_edge - T_cloud - payload time``."""
     batch = stream.batch
-    e, c = learners.edge.current(), learners.cloud.current()
+    e, c = components.edge.latency.current(), components.clouds[0].latency.current()
     n = batch.n_tokens.astype(float)
     payload_s = 8.0 * batch.payload_bytes / stream.bandwidth_bps
     return ((e.a_n - c.a_n) * n + (e.a_m - c.a_m) * m + (e.b - c.b) - payload_s).tolist()
@@ -264,7 +271,10 @@ def _busy(on_edge: np.ndarray, batch: RequestBatch, background_s: float = 0.0) -
 
 
 def _all_at_once(
-    on_edge: np.ndarray, stream: Stream, learners: Learners, m_estimate: np.ndarray | None
+    on_edge: np.ndarray,
+    stream: Stream,
+    components: DecisionComponents,
+    m_estimate: np.ndarray | None,
 ) -> Simulation:
     """Without queues, decisions taken at once need no loop: every request's latency is its
     execution time, plus the transmission time when offloaded."""
@@ -276,7 +286,7 @@ def _all_at_once(
         latency_s=latency,
         wait_s=np.zeros(len(batch)),
         m_estimate=m,
-        predicted_s=_predicted(on_edge, stream, learners, m),
+        predicted_s=_predicted(on_edge, stream, components, m),
         decided_by="choose_many",
         busy_s=_busy(on_edge, batch),
         span_s=_span(stream, latency),
@@ -284,20 +294,20 @@ def _all_at_once(
 
 
 def _paper_method(
-    rule: LinearRule, stream: Stream, learners: Learners, m_estimate: np.ndarray | None
+    rule: LinearRule, stream: Stream, components: DecisionComponents, m_estimate: np.ndarray | None
 ) -> Simulation:
     """The paper's method, fast: the C-NMT rule with fixed models and idle devices. A request
     stays on the edge iff the RTT estimate (learnt only from finished offloads) is at least its
     threshold; the only sequential part is the estimator."""
     batch = stream.batch
     m = _estimates(m_estimate, len(batch), rule)
-    threshold = _thresholds(rule, stream, learners, m)
+    threshold = _thresholds(rule, stream, components, m)
     on_edge = np.zeros(len(batch), dtype=bool)
     arrivals = stream.arrival_s.tolist()
     done = (stream.arrival_s + batch.transmission_s + batch.cloud_s).tolist()
     samples = stream.rtt_s.tolist()
     pending: list[tuple[float, float]] = []  # (completion time, rtt) of exchanges in flight
-    observe, estimate = learners.rtt.observe, learners.rtt.estimate
+    observe, estimate = components.clouds[0].rtt.observe, components.clouds[0].rtt.estimate  # type: ignore[union-attr]
     push, pop = heapq.heappush, heapq.heappop
     for i in range(len(batch)):
         now = arrivals[i]
@@ -308,7 +318,7 @@ def _paper_method(
             on_edge[i] = True
         else:
             push(pending, (done[i], samples[i]))
-    sim = _all_at_once(on_edge, stream, learners, m)
+    sim = _all_at_once(on_edge, stream, components, m)
     sim.decided_by = "linear_rule"
     return sim
 
@@ -336,7 +346,7 @@ def _fifo(arrival: np.ndarray, service: np.ndarray, workers: int) -> np.ndarray:
 def _fixed_decisions_queued(
     on_edge: np.ndarray,
     stream: Stream,
-    learners: Learners,
+    components: DecisionComponents,
     queues: Queues,
     m_estimate: np.ndarray | None,
 ) -> Simulation:
@@ -369,7 +379,7 @@ def _fixed_decisions_queued(
         latency_s=latency,
         wait_s=waits,
         m_estimate=m,
-        predicted_s=_predicted(on_edge, stream, learners, m),
+        predicted_s=_predicted(on_edge, stream, components, m),
         decided_by="choose_many",
         busy_s=_busy(on_edge, batch, float(background.sum())),
         span_s=_span(stream, latency),
@@ -381,7 +391,7 @@ def _rules_queued(
     rule: LinearRule | None,
     truth: TruthRule | None,
     stream: Stream,
-    learners: Learners,
+    components: DecisionComponents,
     queues: Queues,
     m_estimate: np.ndarray | None,
 ) -> Simulation:
@@ -389,12 +399,12 @@ def _rules_queued(
     batch = stream.batch
     count = len(batch)
     m = _estimates(m_estimate, count, rule)
-    threshold = _thresholds(rule, stream, learners, m) if rule is not None else None
+    threshold = _thresholds(rule, stream, components, m) if rule is not None else None
     load_aware = rule is not None and rule.load_aware
     expected = truth is not None and truth.expected
     edge_t = (batch.edge_expected_s if expected else batch.edge_s).tolist()
     cloud_t = (batch.cloud_expected_s if expected else batch.cloud_s).tolist()
-    e, c = learners.edge.current(), learners.cloud.current()
+    e, c = components.edge.latency.current(), components.clouds[0].latency.current()
     guess = (e.a_n * batch.n_tokens + e.a_m * m + e.b).tolist()
     cloud_guess = (c.a_n * batch.n_tokens + c.a_m * m + c.b).tolist()
     arrival = stream.arrival_s.tolist()
@@ -403,14 +413,15 @@ def _rules_queued(
     rtt_true = stream.rtt_s.tolist()
     cloud = _CloudServers(queues)
     edge_free, cloud_free = [0.0] * queues.edge_workers, cloud.free
-    backlog = _EdgeBacklog(queues.edge_workers)
+    backlog = EdgeBacklog(queues.edge_workers)
     own = OwnCloudBacklog(queues.cloud_workers)
     on_edge = np.zeros(count, dtype=bool)
     waits = np.zeros(count)
     # (answer time, rtt sample, the cloud's reported wait less the own part predicted at sending)
     pending: list[tuple[float, float, float]] = []
-    rtt_observe, rtt_estimate = learners.rtt.observe, learners.rtt.estimate
-    wait_observe, wait_estimate = learners.cloud_wait.observe, learners.cloud_wait.estimate
+    rtt, wait_estimator = components.clouds[0].rtt, components.clouds[0].wait
+    rtt_observe, rtt_estimate = rtt.observe, rtt.estimate  # type: ignore[union-attr]
+    wait_observe, wait_estimate = wait_estimator.observe, wait_estimator.estimate  # type: ignore[union-attr]
     replace, push, pop = heapq.heapreplace, heapq.heappush, heapq.heappop
     for i in range(count):
         now = arrival[i]
@@ -436,7 +447,7 @@ def _rules_queued(
             start = now + edge_wait
             replace(edge_free, start + edge_s[i])
             if load_aware:
-                backlog.add(start, start + edge_s[i], guess[i])
+                backlog.add(guess[i], start, start + edge_s[i])
         else:
             waits[i] = cloud_wait
             replace(cloud_free, cloud_at + cloud_wait + cloud_s[i])
@@ -451,7 +462,7 @@ def _rules_queued(
         latency_s=latency,
         wait_s=waits,
         m_estimate=m,
-        predicted_s=_predicted(on_edge, stream, learners, m),
+        predicted_s=_predicted(on_edge, stream, components, m),
         decided_by="linear_rule" if rule is not None else "truth_rule",
         busy_s=_busy(on_edge, batch, float(queues.background_exec_s.sum())),
         span_s=_span(stream, latency),
@@ -459,147 +470,161 @@ def _rules_queued(
     )
 
 
-# ----------------------------------------------------------------------------- the general loop
+# ----------------------------------------------------------------------------- the decision core
 
 
-def _general(
-    policy: DevicePolicy,
+def drive_core(
+    components: DecisionComponents,
     stream: Stream,
-    learners: Learners,
     queues: Queues | None,
     m_estimate: np.ndarray | None,
+    *,
+    probe_s: float | None = None,
+    rng: np.random.Generator | None = None,
+    keep_decisions: bool = False,
 ) -> Simulation:
-    """Any policy, learning or not, with or without queues: see the module docstring."""
+    """Any policy, learning or not, with or without queues, over the edge and any number of
+    clouds: the world (arrivals, the devices' FIFO servers, the links) simulated here, every
+    decision and every observation the :class:`~cnmt.schedulers.core.DecisionCore`'s, as on a
+    live gateway (see the module docstring)."""
+    core = DecisionCore(components, rng=rng)
+    policy = components.policy
     batch = stream.batch
     count = len(batch)
-    rule, truth = policy.linear_rule(), policy.truth_rule()
-    length = learners.length if policy.uses_length_estimate else None
-    learn_length = length is not None and length.learns
-    edge_lm, cloud_lm = learners.edge, learners.cloud
-    learn_edge = edge_lm.learns
     queued = queues is not None
-    uses_load = queued and truth is None and (rule is None or rule.load_aware)
-    m_used = _estimates(m_estimate, count, rule)
-    n_list = batch.n_tokens.tolist()
-    m_true = batch.m_true.tolist()
-    m_list = m_used.tolist()
-    edge_s, cloud_s = batch.edge_s.tolist(), batch.cloud_s.tolist()
-    transmission = batch.transmission_s.tolist()
-    rtt_true = stream.rtt_s.tolist()
-    arrival = stream.arrival_s.tolist()
-    cloud = _CloudServers(queues)
-    edge_free, cloud_free = [0.0] * (queues.edge_workers if queues is not None else 1), cloud.free
-    edge_backlog = _EdgeBacklog(len(edge_free))
-    own = OwnCloudBacklog(len(cloud_free))
-    on_edge = np.zeros(count, dtype=bool)
+    paths = stream.cloud_paths(components.clouds[0].name, queues.cloud_workers if queues else 1)
+    if [p.name for p in paths] != [c.name for c in components.clouds]:
+        raise ValueError(
+            f"the stream's clouds {[p.name for p in paths]} are not the decision's "
+            f"{[c.name for c in components.clouds]}"
+        )
+    if queues is not None and (
+        components.edge.workers != queues.edge_workers
+        or components.clouds[0].workers != queues.cloud_workers
+    ):
+        raise ValueError("the decision's workers per device are not the queues'")
+    names = (EDGE, *(p.name for p in paths))
+    index = {name: k for k, name in enumerate(names)}
+    servers = [_CloudServers(queues if k == 0 else None, p.workers) for k, p in enumerate(paths)]
+    exec_k = [p.exec_s.tolist() for p in paths]
+    expected_k = [p.expected_s.tolist() for p in paths]
+    transmission_k = [p.transmission_s.tolist() for p in paths]
+    rtt_k = [p.rtt_s.tolist() for p in paths]
+    n_list, m_true = batch.n_tokens.tolist(), batch.m_true.tolist()
+    payload = batch.payload_bytes.tolist()
+    given_m = _estimates(m_estimate, count, policy.linear_rule()).tolist()
+    edge_s, arrival = batch.edge_s.tolist(), stream.arrival_s.tolist()
+    edge_free = [0.0] * (queues.edge_workers if queues is not None else 1)
+    target = np.zeros(count, dtype=np.int64)
     waits = np.zeros(count)
+    exec_ran = np.zeros(count)
+    transmission_ran = np.zeros(count)
+    m_used = np.full(count, np.nan)
     predicted = np.full(count, np.nan)
+    kept: list[Decision] | None = [] if keep_decisions else None
+    events: list[tuple[float, int, Decision, Outcome]] = []  # (finish time, seq, ...)
+    if probe_s is not None and any(p.rtt_at is None for p in paths):
+        raise ValueError("probing the link needs each cloud's rtt_at")
+    last_sample = [arrival[0] if count else 0.0] * len(paths)  # when each link was last measured
     explores = hasattr(policy, "last_explored")
-    elapses = [f for f in (getattr(lm, "elapse", None) for lm in (edge_lm, cloud_lm)) if f]
     explored = np.zeros(count, dtype=bool) if explores else None
     explored_s = np.zeros(count) if explores else None
-    events: list[tuple[float, int, tuple[Any, ...]]] = []  # (finish time, seq, observation)
-    probe_s, rtt_at = learners.rtt_probe_s, stream.rtt_at
-    if probe_s is not None and rtt_at is None:
-        raise ValueError("probing the link needs the stream's rtt_at")
-    last_sample = arrival[0] if count else 0.0  # when the last round trip was measured
     for i in range(count):
         now = arrival[i]
         # 1. what finished by now
         while events and events[0][0] <= now:
-            done, _, obs = heapq.heappop(events)
-            if obs[0] == "cloud":
-                _, n_obs, m_obs, exec_obs, wait_obs, rtt_obs = obs
-                learners.rtt.observe(rtt_obs, done)
-                last_sample = done
-                learners.cloud_wait.observe(wait_obs, done)
-                cloud_lm.observe(n_obs, m_obs, exec_obs)
-            else:
-                _, n_obs, m_obs, exec_obs = obs
-                edge_lm.observe(n_obs, m_obs, exec_obs)
-            if learn_length:
-                length.observe(n_obs, m_obs)  # type: ignore[union-attr]
-        # 1b. while nothing is measured, probes of the link every probe_s; those back by now
+            done, _, decision, outcome = heapq.heappop(events)
+            core.observe(decision, outcome)
+            if outcome.target != EDGE:
+                last_sample[index[outcome.target] - 1] = done
+        # 1b. while a link is not measured, probes of it every probe_s; those back by now
         if probe_s is not None:
-            sent = last_sample + probe_s
-            if now - sent > MAX_PROBES_BETWEEN * probe_s:  # see MAX_PROBES_BETWEEN
-                sent = now - MAX_PROBES_BETWEEN * probe_s
-            while sent < now:
-                rtt = rtt_at(sent)  # type: ignore[misc]
-                if sent + rtt > now:
-                    break
-                learners.rtt.observe(rtt, sent + rtt)
-                if queued:  # the cloud's health answer: nothing pending means no wait
-                    at_cloud = sent + rtt / 2.0
-                    cloud.admit_background(at_cloud)
-                    if max(cloud_free) <= at_cloud:
-                        learners.cloud_wait.observe(0.0, sent + rtt)
-                last_sample = sent + rtt
-                sent = last_sample + probe_s
-        # 2. the state
-        n = n_list[i]
-        if learn_length and (rule is None or rule.m_tokens is None):
-            m = float(length.estimate(Request(n_tokens=n)))  # type: ignore[union-attr]
-            m_used[i] = m
-        else:
-            m = m_list[i]
-        cloud_at = now + transmission[i] / 2.0
-        edge_wait = cloud_wait = backlog = 0.0
+            for k, path in enumerate(paths):
+                sent = last_sample[k] + probe_s
+                if now - sent > MAX_PROBES_BETWEEN * probe_s:  # see MAX_PROBES_BETWEEN
+                    sent = now - MAX_PROBES_BETWEEN * probe_s
+                while sent < now:
+                    rtt = path.rtt_at(sent)  # type: ignore[misc]
+                    if sent + rtt > now:
+                        break
+                    empty = False
+                    if queued:  # the cloud's health answer: nothing pending means no wait
+                        at_cloud = sent + rtt / 2.0
+                        servers[k].admit_background(at_cloud)
+                        empty = max(servers[k].free) <= at_cloud
+                    core.observe_probe(path.name, rtt, sent + rtt, empty)
+                    last_sample[k] = sent + rtt
+                    sent = last_sample[k] + probe_s
+        # 2. the queues' true waits (what the Oracles see), the decision
+        edge_wait = 0.0
+        cloud_waits = [0.0] * len(paths)
         if queued:
-            cloud.admit_background(cloud_at)
             edge_wait = max(0.0, edge_free[0] - now)
-            cloud_wait = max(0.0, cloud_free[0] - cloud_at)
-            if uses_load:
-                backlog = edge_backlog.at(now)
-        for elapse in elapses:  # models whose uncertainty grows with unobserved decisions
-            elapse(now)
-        e, c = edge_lm.current(), cloud_lm.current()
-        state = SchedulerState(
-            e,
-            c,
-            LinkState(learners.rtt.estimate(now), stream.bandwidth_bps),
-            now,
-            edge_backlog_s=backlog,
-            cloud_wait_s=own.at(now) + learners.cloud_wait.estimate(now) if uses_load else 0.0,
-        )
-        # 3. the decision
+            for k, server in enumerate(servers):
+                cloud_at = now + transmission_k[k][i] / 2.0
+                server.admit_background(cloud_at)
+                cloud_waits[k] = max(0.0, server.free[0] - cloud_at)
         if policy.needs_truth:
-            request = batch.request(i, edge_wait, cloud_wait)
+            request = batch.request(i, edge_wait, cloud_waits[0])
+            if len(paths) > 1:
+                more = tuple(
+                    CloudTruth(
+                        p.name, exec_k[k][i], expected_k[k][i], transmission_k[k][i], cloud_waits[k]
+                    )
+                    for k, p in enumerate(paths)
+                )
+                request = Request(
+                    request.n_tokens,
+                    request.payload_bytes,
+                    request.m_true,
+                    replace(request.truth, clouds=more),  # type: ignore[arg-type]
+                )
         else:
-            request = Request(n, int(batch.payload_bytes[i]))
-        edge = policy.choose(request, m, state) == Device.EDGE
+            request = Request(n_list[i], payload[i])
+        m_given = given_m[i]
+        decision = core.decide(request, now, None if m_given != m_given else m_given)
+        if kept is not None:
+            kept.append(decision)
+        m_used[i] = decision.m_estimate
         if explored is not None and policy.last_explored:  # type: ignore[attr-defined]
             explored[i] = True
             explored_s[i] = policy.last_expected_added_s  # type: ignore[attr-defined,index]
-        # 4. the device
-        if edge:
-            on_edge[i] = True
-            guess = e.predict(n, m)
-            predicted[i] = guess
+        k_target = index[decision.target]
+        target[i] = k_target
+        predicted[i] = decision.predicted[decision.target].exec_s
+        # 3. the device
+        if k_target == 0:
             waits[i] = edge_wait
             start = now + edge_wait
             done = start + edge_s[i]
-            heapq.heapreplace(edge_free, done)
-            if uses_load:
-                edge_backlog.add(start, done, guess if guess == guess else edge_s[i])
-            if learn_edge or learn_length:
-                heapq.heappush(events, (done, i, ("edge", n, m_true[i], edge_s[i])))
-        else:
-            guess = c.predict(n, m)
-            predicted[i] = guess
-            waits[i] = cloud_wait
-            own_wait = 0.0
+            exec_ran[i] = edge_s[i]
             if queued:
-                heapq.heapreplace(cloud_free, cloud_at + cloud_wait + cloud_s[i])
-                if uses_load:
-                    own_wait = own.add(now, guess if guess == guess else cloud_s[i])
-            done = now + transmission[i] + cloud_wait + cloud_s[i]
-            reported = max(0.0, cloud_wait - own_wait)  # the wait others caused, as learnt
-            obs = ("cloud", n, m_true[i], cloud_s[i], reported, rtt_true[i])
-            heapq.heappush(events, (done, i, obs))
-    latency = np.where(on_edge, batch.edge_s + waits, batch.cloud_s + batch.transmission_s + waits)
-    cloud.admit_background(math.inf)  # those after our last request waited too
+                heapq.heapreplace(edge_free, done)
+                core.queued_locally(decision, start, done)
+            outcome = Outcome(EDGE, done, m_true[i], edge_s[i])
+        else:
+            k = k_target - 1
+            wait = cloud_waits[k]
+            waits[i] = wait
+            run_s = exec_k[k][i]
+            exec_ran[i], transmission_ran[i] = run_s, transmission_k[k][i]
+            if queued:
+                cloud_at = now + transmission_k[k][i] / 2.0
+                heapq.heapreplace(servers[k].free, cloud_at + wait + run_s)
+                core.offloaded(decision, decision.target, now)
+            done = now + transmission_k[k][i] + wait + run_s
+            outcome = Outcome(decision.target, done, m_true[i], run_s, wait, rtt_k[k][i])
+        heapq.heappush(events, (done, i, decision, outcome))
+    latency = exec_ran + transmission_ran + waits
+    for server in servers:
+        server.admit_background(math.inf)  # those after our last request waited too
     background = queues.background_exec_s if queues is not None else np.zeros(0)
+    on_edge = target == 0
+    busy = {EDGE: float(batch.edge_s[on_edge].sum())}
+    for k, path in enumerate(paths):
+        busy[path.name] = float(path.exec_s[target == k + 1].sum())
+    busy[paths[0].name] += float(background.sum())
+    busy["cloud"] = sum(busy[p.name] for p in paths) if len(paths) > 1 else busy[paths[0].name]
     return Simulation(
         on_edge=on_edge,
         latency_s=latency,
@@ -607,9 +632,13 @@ def _general(
         m_estimate=m_used,
         predicted_s=predicted,
         decided_by="choose",
-        busy_s=_busy(on_edge, batch, float(background.sum())),
+        busy_s=busy,
         span_s=_span(stream, latency),
-        background_wait_s=cloud.background_wait_s,
+        background_wait_s=servers[0].background_wait_s,
+        target=target,
+        targets=names,
+        decisions=kept,
+        exec_s=exec_ran,
         explored=explored,
         explored_expected_s=explored_s,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -14,8 +15,51 @@ from cnmt.schema import NoParams
 
 
 class Device(enum.StrEnum):
+    """The two targets of a gateway with one cloud; their values are the targets' names."""
+
     EDGE = "edge"
     CLOUD = "cloud"
+
+
+EDGE = Device.EDGE.value  # the local target's name, whatever the clouds are called
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadModel:
+    """The one definition of an offload's payload: the bytes that cross the link for it, the
+    request body plus the response body.
+
+    The prediction adds their serialisation to the round trip
+    (:meth:`LinkState.transmission_s`) and the RTT sample subtracts the same bytes'
+    serialisation from the round trip it measured, so predicted and measured cloud paths add up
+    the same parts. Before translating, only the request's size is known: the response is
+    expected ``response_ratio`` times as large, plus ``overhead_bytes`` per exchange (what is
+    sent whatever the text: headers, JSON keys).
+    """
+
+    response_ratio: float = 1.0
+    overhead_bytes: int = 0
+
+    def expected_bytes(self, request_bytes: int) -> int:
+        """The payload predicted before translating a request of ``request_bytes``."""
+        return int(round(request_bytes * (1.0 + self.response_ratio))) + self.overhead_bytes
+
+    @staticmethod
+    def measured_bytes(request_bytes: int, response_bytes: int) -> int:
+        """The payload of a finished exchange (what its RTT sample's serialisation counts)."""
+        return request_bytes + response_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CloudTruth:
+    """What really happens to a request on one cloud of several: its true execution time and
+    that time's expectation, its true transmission time and the wait it would have there."""
+
+    name: str
+    exec_s: float
+    expected_s: float
+    transmission_s: float
+    wait_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +70,8 @@ class GroundTruth:
     ``edge_expected_s`` and ``cloud_expected_s`` their expectations at its true (N, M) (what
     the expected-time Oracle knows), ``transmission_s`` its true round trip plus payload time,
     and ``edge_wait_s`` / ``cloud_wait_s`` how long it would wait in each device's queue if sent
-    there now (0 in a replay without queues).
+    there now (0 in a replay without queues). With several clouds, ``clouds`` holds every
+    cloud's (the first one's repeating the ``cloud_*`` fields).
     """
 
     edge_s: float
@@ -36,6 +81,7 @@ class GroundTruth:
     cloud_expected_s: float = float("nan")
     edge_wait_s: float = 0.0
     cloud_wait_s: float = 0.0
+    clouds: tuple[CloudTruth, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +89,10 @@ class Request:
     """One translation request as the scheduler sees it.
 
     ``n_tokens`` is N in the tokens of the model that will run. ``payload_bytes`` is what
-    crosses the link if the request is offloaded (request plus response). ``m_true`` and
-    ``truth`` are filled only in offline evaluation. ``text`` is the source sentence where the
-    caller has it (the ``features`` length estimator reads it; the others need N only).
+    is expected to cross the link if the request is offloaded (:class:`PayloadModel`: request
+    plus response). ``m_true`` and ``truth`` are filled only in offline evaluation. ``text``
+    is the source sentence where the caller has it (the ``features`` length estimator reads
+    it; the others need N only).
     """
 
     n_tokens: int
@@ -80,6 +127,24 @@ class LinkState:
 
 
 @dataclass(frozen=True, slots=True)
+class TargetState:
+    """One target as a decision sees it: its name, its latency model's current coefficients,
+    its link (None for the edge) and its queue: for the edge the backlog of its local requests,
+    for a cloud the expected wait of a request sent now. ``estimator`` is the latency model
+    component itself, for a policy that asks it more than the coefficients (its uncertainty);
+    a policy reads it and never updates it."""
+
+    name: str
+    latency: LatencyModel
+    link: LinkState | None = None
+    wait_s: float = 0.0
+    estimator: Any = None
+
+    def transmission_s(self, payload_bytes: int) -> float:
+        return 0.0 if self.link is None else self.link.transmission_s(payload_bytes)
+
+
+@dataclass(frozen=True, slots=True)
 class SchedulerState:
     """A snapshot of everything a device policy may look at, taken at time ``now`` (seconds).
 
@@ -87,6 +152,11 @@ class SchedulerState:
     the predicted remaining time of the requests already running or queued on the edge (a new
     local request starts after them); ``cloud_wait_s`` the gateway's recent estimate of how long
     a request waits in the cloud before it runs, learnt from what the cloud reports.
+
+    ``targets`` holds every target, the edge first, then the clouds in the config's order
+    (``edge``, ``cloud``, ``link`` and the two waits repeat the edge and the first cloud, for
+    policies written for two devices). ``rng`` is the decision core's seeded generator, given
+    only to a policy that declares ``uses_rng`` (never a global one).
     """
 
     edge: LatencyModel
@@ -95,6 +165,17 @@ class SchedulerState:
     now: float = 0.0
     edge_backlog_s: float = 0.0
     cloud_wait_s: float = 0.0
+    targets: tuple[TargetState, ...] = ()
+    rng: np.random.Generator | None = None
+
+    def all_targets(self) -> tuple[TargetState, ...]:
+        """``targets``, or for a state built with two devices only, those two."""
+        if self.targets:
+            return self.targets
+        return (
+            TargetState(EDGE, self.edge, None, self.edge_backlog_s),
+            TargetState(Device.CLOUD.value, self.cloud, self.link, self.cloud_wait_s),
+        )
 
 
 class LengthEstimator(abc.ABC):
@@ -206,6 +287,22 @@ class LinearRule:
             t_cloud += state.cloud_wait_s
         return t_edge <= t_cloud
 
+    def target(self, request: Request, m_estimate: float, state: SchedulerState) -> str:
+        """The rule over any number of targets: the one with the least predicted total
+        (execution plus transmission, plus its queue when ``load_aware``), the earliest in
+        ``state.targets`` on a tie (the edge first). With two targets, :meth:`edge`."""
+        n, m = request.n_tokens, m_estimate if self.m_tokens is None else self.m_tokens
+        best, best_total = EDGE, math.inf
+        for target in state.all_targets():
+            total = target.latency.predict(n, m)
+            if target.link is not None:
+                total = total + target.link.transmission_s(request.payload_bytes)
+            if self.load_aware:
+                total += target.wait_s
+            if total < best_total:
+                best, best_total = target.name, total
+        return best
+
 
 @dataclass(frozen=True, slots=True)
 class TruthRule:
@@ -222,6 +319,20 @@ class TruthRule:
         else:
             t_edge, t_cloud = truth.edge_s, truth.cloud_s
         return truth.edge_wait_s + t_edge <= truth.transmission_s + truth.cloud_wait_s + t_cloud
+
+    def target(self, truth: GroundTruth, state: SchedulerState) -> str:
+        """The rule over any number of targets: where the request really finishes first (the
+        edge on a tie, then the earlier cloud). With one cloud, :meth:`edge`."""
+        if not truth.clouds:
+            return EDGE if self.edge(truth) else state.all_targets()[1].name
+        t_edge = truth.edge_expected_s if self.expected else truth.edge_s
+        best, best_total = EDGE, truth.edge_wait_s + t_edge
+        for cloud in truth.clouds:
+            t_cloud = cloud.expected_s if self.expected else cloud.exec_s
+            total = cloud.transmission_s + cloud.wait_s + t_cloud
+            if total < best_total:
+                best, best_total = cloud.name, total
+        return best
 
 
 class DevicePolicy(abc.ABC):
@@ -248,13 +359,31 @@ class DevicePolicy(abc.ABC):
     Params: ClassVar[type[Any]] = NoParams
     needs_truth: ClassVar[bool] = False
     uses_length_estimate: ClassVar[bool] = True
+    uses_rng: ClassVar[bool] = False  # the state then carries the core's seeded generator
 
     def __init__(self, params: Any) -> None:
         self.params = params
 
     @abc.abstractmethod
     def choose(self, request: Request, m_estimate: float, state: SchedulerState) -> Device:
-        """Return the device for this request; no I/O, no clock reads, no randomness."""
+        """Return the device for this request; no I/O, no clock reads, no global randomness
+        (a policy that draws declares ``uses_rng`` and draws from ``state.rng``)."""
+
+    def choose_target(self, request: Request, m_estimate: float, state: SchedulerState) -> str:
+        """The target's name for this request, among ``state.targets``: what the decision
+        core calls. The default is :meth:`choose` on the edge and the first cloud, so a policy
+        written for two devices works unchanged with one cloud; a policy that decides among
+        several clouds overrides this (the core refuses several clouds otherwise)."""
+        targets = state.all_targets()
+        if Device(self.choose(request, m_estimate, state)) is Device.EDGE:
+            return EDGE
+        return targets[1].name
+
+    @classmethod
+    def decides_among_many(cls) -> bool:
+        """Whether the policy chooses among more than one cloud (it overrides
+        :meth:`choose_target`)."""
+        return cls.choose_target is not DevicePolicy.choose_target
 
     def choose_many(self, batch: RequestBatch, m_estimate: np.ndarray) -> np.ndarray | None:
         """All decisions at once (True = edge) if they ignore link and queues, else None."""

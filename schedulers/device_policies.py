@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from cnmt.errors import CnmtRuntimeError
 from cnmt.schedulers.base import (
+    EDGE,
     Device,
     DevicePolicy,
     GroundTruth,
@@ -39,6 +41,9 @@ class CnmtPolicy(DevicePolicy):
     def choose(self, request: Request, m_estimate: float, state: SchedulerState) -> Device:
         return _device(self.RULE.edge(request, m_estimate, state))
 
+    def choose_target(self, request: Request, m_estimate: float, state: SchedulerState) -> str:
+        return self.RULE.target(request, m_estimate, state)
+
     def linear_rule(self) -> LinearRule:
         return self.RULE
 
@@ -58,6 +63,9 @@ class CnmtLoadPolicy(DevicePolicy):
 
     def choose(self, request: Request, m_estimate: float, state: SchedulerState) -> Device:
         return _device(self.RULE.edge(request, m_estimate, state))
+
+    def choose_target(self, request: Request, m_estimate: float, state: SchedulerState) -> str:
+        return self.RULE.target(request, m_estimate, state)
 
     def linear_rule(self) -> LinearRule:
         return self.RULE
@@ -84,6 +92,9 @@ class NaivePolicy(DevicePolicy):
     def choose(self, request: Request, m_estimate: float, state: SchedulerState) -> Device:
         return _device(self.rule.edge(request, m_estimate, state))
 
+    def choose_target(self, request: Request, m_estimate: float, state: SchedulerState) -> str:
+        return self.rule.target(request, m_estimate, state)
+
     def linear_rule(self) -> LinearRule:
         return self.rule
 
@@ -97,18 +108,37 @@ class EdgeOnly(DevicePolicy):
     def choose(self, request: Request, m_estimate: float, state: SchedulerState) -> Device:
         return Device.EDGE
 
+    def choose_target(self, request: Request, m_estimate: float, state: SchedulerState) -> str:
+        return EDGE
+
     def choose_many(self, batch: RequestBatch, m_estimate: np.ndarray) -> np.ndarray:
         return np.ones(len(batch), dtype=bool)
 
 
 class CloudOnly(DevicePolicy):
-    """Every request is offloaded to the cloud."""
+    """Every request is offloaded to the cloud (with several clouds, to ``target``, by
+    default the first one configured)."""
 
     name = "cloud"
     uses_length_estimate = False
 
+    @dataclass(frozen=True)
+    class Params:
+        target: str | None = None
+
     def choose(self, request: Request, m_estimate: float, state: SchedulerState) -> Device:
         return Device.CLOUD
+
+    def choose_target(self, request: Request, m_estimate: float, state: SchedulerState) -> str:
+        names = [t.name for t in state.all_targets()[1:]]
+        if self.params.target is None:
+            return names[0]
+        if self.params.target not in names:
+            raise CnmtRuntimeError(
+                f"policy cloud: target {self.params.target!r} is not a cloud of this gateway; "
+                f"its clouds: {', '.join(names)}"
+            )
+        return self.params.target
 
     def choose_many(self, batch: RequestBatch, m_estimate: np.ndarray) -> np.ndarray:
         return np.zeros(len(batch), dtype=bool)
@@ -141,6 +171,9 @@ class OraclePolicy(DevicePolicy):
     def choose(self, request: Request, m_estimate: float, state: SchedulerState) -> Device:
         return _device(self.RULE.edge(_truth(request)))
 
+    def choose_target(self, request: Request, m_estimate: float, state: SchedulerState) -> str:
+        return self.RULE.target(_truth(request), state)
+
     def truth_rule(self) -> TruthRule:
         return self.RULE
 
@@ -164,6 +197,9 @@ class ExpectedOraclePolicy(DevicePolicy):
 
     def choose(self, request: Request, m_estimate: float, state: SchedulerState) -> Device:
         return _device(self.RULE.edge(_truth(request)))
+
+    def choose_target(self, request: Request, m_estimate: float, state: SchedulerState) -> str:
+        return self.RULE.target(_truth(request), state)
 
     def truth_rule(self) -> TruthRule:
         return self.RULE

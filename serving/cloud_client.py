@@ -39,6 +39,7 @@ import aiohttp
 
 from cnmt.datasets.link import serialisation_s
 from cnmt.runtime.manifest import MAX_TOKENS_LIMIT
+from cnmt.schedulers.base import PayloadModel
 from cnmt.serving import strict_json
 from cnmt.serving.auth import client_ssl_context, read_secret
 from cnmt.serving.cloud import SERVICE
@@ -86,7 +87,7 @@ class CloudReply:
     received_at: float
     sent_at: float
     round_trip_s: float
-    wire_bytes: int = 0  # request plus response bodies
+    wire_bytes: int = 0  # the payload: request plus response bodies (PayloadModel)
     # Queueing in the cloud, when it reports it (optional fields of the protocol).
     wait_s: float | None = None
     pending: int | None = None
@@ -175,7 +176,7 @@ def parse_reply(
         received_at=_number(data, "received_at"),
         sent_at=_number(data, "sent_at"),
         round_trip_s=round_trip_s,
-        wire_bytes=request_bytes + len(body),
+        wire_bytes=PayloadModel.measured_bytes(request_bytes, len(body)),
         wait_s=_optional_seconds(data, "wait_s"),
         pending=_optional_count(data, "pending", 0, MAX_REPORTED_PENDING),
         batch_size=_optional_count(data, "batch_size", 1, MAX_REPORTED_BATCH),

@@ -47,6 +47,7 @@ from prometheus_client.registry import Collector
 
 from cnmt.errors import CnmtError, CnmtRuntimeError
 from cnmt.runtime.base import Translation, Translator
+from cnmt.schedulers.edge_backlog import EdgeBacklog
 from cnmt.serving.logs import configure_logging
 
 log = logging.getLogger("cnmt.serving.edge")
@@ -154,13 +155,14 @@ class EdgeWorker:
         self._quota: Any = None  # cnmt.profiling.cpu_quota.CpuQuota once created
         self._process: Any = None
         self._conn: Any = None
-        # (text, its future, its predicted execution time in seconds)
-        self._queue: collections.deque[tuple[str, asyncio.Future[Translation], float]] = (
+        # (text, its future, its job in the backlog)
+        self._queue: collections.deque[tuple[str, asyncio.Future[Translation], int]] = (
             collections.deque()
         )
         self._current: asyncio.Future[Translation] | None = None
-        self._current_started = 0.0  # timer() when the running translation was sent
-        self._current_predicted = 0.0
+        self._current_job: int | None = None
+        # The predicted work queued here; a gateway shares its decision core's (use_backlog).
+        self.backlog = EdgeBacklog()
         self._restart_lock: asyncio.Lock | None = None
         self._generation = 0
         self._closing = False
@@ -182,11 +184,14 @@ class EdgeWorker:
     def backlog_s(self) -> float:
         """The predicted time until the worker is free: what is left of the running
         translation's prediction plus the predictions of the queued ones (seconds)."""
-        backlog = sum(predicted for _, _, predicted in self._queue)
-        if self._current is not None:
-            ran = self.timer() - self._current_started
-            backlog += max(0.0, self._current_predicted - ran)
-        return backlog
+        return self.backlog.at(self.timer())
+
+    def use_backlog(self, backlog: EdgeBacklog, clock: Callable[[], float]) -> None:
+        """Account the queued work in ``backlog`` (a decision core's), timed by ``clock``
+        (the core's time), before any translation is queued."""
+        if self.queued:
+            raise RuntimeError("use_backlog() must come before the first translation")
+        self.backlog, self.timer = backlog, clock
 
     # --- start and stop ---
 
@@ -288,7 +293,7 @@ class EdgeWorker:
         self._conn = None
         waiting = [self._current] if self._current is not None else []
         waiting += [future for _, future, _ in self._queue]
-        self._current = None
+        self._current, self._current_job = None, None  # their callers finish their jobs
         self._queue.clear()
         for future in waiting:
             if not future.done():
@@ -307,7 +312,8 @@ class EdgeWorker:
                 await self._restart(self._generation)
             generation = self._generation
             future: asyncio.Future[Translation] = asyncio.get_running_loop().create_future()
-            self._queue.append((text, future, max(0.0, predicted_s)))
+            job = self.backlog.add(max(0.0, predicted_s))
+            self._queue.append((text, future, job))
             self._dispatch()
             try:
                 return await future
@@ -318,21 +324,23 @@ class EdgeWorker:
                     ) from None
                 log.warning("edge worker died (%s); restarting it", exc)
                 await self._restart(generation)
+            finally:
+                self.backlog.finish(job)  # done, failed or retried as a new job
         raise AssertionError("unreachable")
 
     def _dispatch(self) -> None:
         if self._current is not None or not self._queue or self._conn is None:
             return
         item = self._queue.popleft()
-        text, future, predicted = item
+        text, future, job = item
         try:
             self._conn.send(text)
         except OSError as exc:
             self._queue.appendleft(item)
             self._detach(_WorkerDied(f"cannot write to the worker: {exc}"))
             return
-        self._current = future
-        self._current_started, self._current_predicted = self.timer(), predicted
+        self._current, self._current_job = future, job
+        self.backlog.start(job, self.timer())
 
     def _on_readable(self, conn: Any) -> None:
         try:
@@ -342,6 +350,9 @@ class EdgeWorker:
             self._detach(_WorkerDied(f"the worker process exited (status {code})"))
             return
         future, self._current = self._current, None
+        if self._current_job is not None:
+            self.backlog.finish(self._current_job)  # free now, before its caller resumes
+            self._current_job = None
         if future is not None and not future.done():
             if kind == "ok":
                 future.set_result(value)

@@ -3,31 +3,30 @@
 ``POST /v1/translate`` with ``{"text": "..."}``. For each request the gateway
 
 1. counts N, the input length in the model's tokens (the model's own tokenizer);
-2. estimates M with the configured length estimator;
-3. asks the configured device policy, a pure function of the request, M, a snapshot of the
-   scheduler state and ``now`` from the injected clock. The snapshot holds each device's
-   latency model as it is now (``edge_latency`` / ``cloud_latency``: the profile's fit, or an
-   ``online`` model learning from this gateway's own requests), the RTT estimate, the edge's
-   backlog (what is left of the predicted times of the local translations running or queued,
-   :meth:`cnmt.serving.edge.EdgeWorker.backlog_s`) and the cloud's expected queue wait: this
-   gateway's own offloads still ahead in the cloud at their predicted times
-   (:mod:`cnmt.schedulers.cloud_backlog`, through ``cloud_workers`` servers) plus the
-   ``cloud_wait_estimator``'s estimate of what other clients add, learnt from the ``wait_s``
-   each cloud answer reports less the own part predicted when the request was sent;
-4. translates in the local worker (:mod:`cnmt.serving.edge`) or sends the text to the cloud;
-5. once the translation is back, every learner observes what happened, and nothing before
-   (an observation exists only once its request has finished): the device's latency model its
+2. asks its decision core (:class:`cnmt.schedulers.core.DecisionCore`, the same object a
+   replay drives) for a :class:`~cnmt.schedulers.core.Decision` at ``now`` from the injected
+   clock: the core estimates M, snapshots each target's latency model (``edge_latency`` /
+   ``cloud_latency``: the profile's fit, or an ``online`` model learning from this gateway's
+   own requests), the RTT estimate, the edge's backlog (what is left of the predicted times of
+   the local translations running or queued, kept in the core and fed by the worker,
+   :mod:`cnmt.schedulers.edge_backlog`) and the cloud's expected wait (this gateway's own
+   offloads still ahead at their predicted times, :mod:`cnmt.schedulers.cloud_backlog`, plus
+   the ``cloud_wait_estimator``'s estimate of what other clients add), predicts each target's
+   total and its parts, and applies the device policy;
+3. translates in the local worker (:mod:`cnmt.serving.edge`) or sends the text to the cloud;
+4. once the translation is back, the core observes what happened, and nothing before (an
+   observation exists only once its request has finished): the device's latency model its
    ``(N, M, seconds)`` (the edge the worker's own execution time, the cloud the ``exec_s`` it
    reports), the length estimator ``(N, M)``, and after a cloud exchange the cloud-wait
-   estimator the reported ``wait_s`` and the RTT estimator one sample of the rest of the cloud
-   path: the round trip the gateway measured minus the cloud's wait and execution (what the
-   other two models predict) and minus the bodies' serialisation at ``bandwidth_mbps`` (what
-   :meth:`LinkState.transmission_s` adds back). So the predicted cloud path, wait + T_cloud +
-   RTT + serialisation, sums the same parts the measured one does, nothing counted twice and
-   nothing missing. With ``learn_from_probes`` the idle health probes (every
-   ``health_interval_s`` while nothing is offloaded) are RTT samples too, and a cloud that
-   reports no pending request a cloud-wait sample of 0, so neither estimate stays stuck at
-   what the last offload saw while everything runs on the edge.
+   estimator the reported ``wait_s`` (less the own part) and the RTT estimator one sample of
+   the rest of the cloud path: the round trip the gateway measured minus the cloud's wait and
+   execution and minus the serialisation of the payload the exchange carried, request plus
+   response (:class:`cnmt.schedulers.base.PayloadModel`, the definition the prediction uses
+   too: a response expected as large as its request). So the predicted cloud path, wait +
+   T_cloud + RTT + serialisation, sums the same parts the measured one does. With
+   ``learn_from_probes`` the idle health probes (every ``health_interval_s`` while nothing is
+   offloaded) are RTT samples too, and a cloud that reports no pending request a cloud-wait
+   sample of 0, so neither estimate stays stuck at what the last offload saw.
 
 It answers::
 
@@ -36,7 +35,13 @@ It answers::
      "n_tokens": 5, "m_estimated": 4.9, "m_actual": 3, "latency_ms": 61.2, "exec_ms": 11.0,
      "wait_ms": 0.2, "rtt_estimate_ms": 48.1, "rtt_sample_ms": 49.0,
      "predicted_ms": {"edge": 80.3, "cloud": 62.0}, "predicted_exec_ms": 10.1,
-     "edge_backlog_ms": 0.0, "cloud_wait_estimate_ms": 0.3}
+     "edge_backlog_ms": 0.0, "cloud_wait_estimate_ms": 0.3,
+     "decision": {"decided": "cloud", "n_tokens": 5, "m_estimated": 4.9, "predicted": {
+         "edge": {"total_ms": 80.3, "transmission_ms": 0.0, "wait_ms": 0.0, "exec_ms": 80.3},
+         "cloud": {"total_ms": 62.3, "transmission_ms": 51.9, "wait_ms": 0.3, "exec_ms": 10.1}}}}
+
+``decision`` is the core's :class:`~cnmt.schedulers.core.Decision` as
+:func:`~cnmt.schedulers.core.decision_fields` writes it (what a log line can show too).
 
 ``request_id`` is the client's ``X-Request-Id`` when it is a plain token, else a new one (it is
 also the answer's ``X-Request-Id`` header and starts the request's decision line,
@@ -79,7 +84,7 @@ import statistics
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,15 +97,14 @@ from cnmt.errors import CnmtError
 from cnmt.runtime.base import Translator
 from cnmt.runtime.repeated_warnings import MODEL_WARNINGS
 from cnmt.schedulers.base import (
+    EDGE,
     Device,
     DevicePolicy,
     LatencyModel,
     LengthEstimator,
-    LinkState,
     Request,
-    SchedulerState,
 )
-from cnmt.schedulers.cloud_backlog import OwnCloudBacklog
+from cnmt.schedulers.core import Decision, DecisionCore, Outcome, decision_fields
 from cnmt.schedulers.latency_models import LatencyEstimator
 from cnmt.schedulers.rtt_estimators import RttEstimator
 from cnmt.serving import metrics as m
@@ -162,13 +166,8 @@ class Gateway:
         *,
         tokenizer: Translator,
         edge: EdgeWorker,
-        cloud: CloudClient | None,
-        length_estimator: LengthEstimator,
-        device_policy: DevicePolicy,
-        rtt_estimator: RttEstimator,
-        cloud_wait_estimator: RttEstimator,
-        edge_latency: LatencyEstimator,
-        cloud_latency: LatencyEstimator,
+        cloud: CloudClient | Mapping[str, CloudClient | None] | None,
+        core: DecisionCore,
         settings: GatewaySettings,
         state_parts: Sequence[Part] = (),
         state_lock: StateLock | None = None,
@@ -176,55 +175,99 @@ class Gateway:
         clock: Callable[[], float] = time.monotonic,
         timer: Callable[[], float] = time.perf_counter,
     ) -> None:
+        names = [c.name for c in core.components.clouds]
+        clients = dict(cloud) if isinstance(cloud, Mapping) else {names[0]: cloud}
+        if set(clients) - set(names):
+            raise ValueError(f"clouds {sorted(set(clients) - set(names))} are not the core's")
         self.tokenizer = tokenizer
         self.edge = edge
-        self.cloud = cloud
-        self.length_estimator = length_estimator
-        self.device_policy = device_policy
-        self.rtt_estimator = rtt_estimator
-        self.cloud_wait_estimator = cloud_wait_estimator
-        self.own_cloud_backlog = OwnCloudBacklog(settings.cloud_workers)
-        self.latency = {Device.EDGE: edge_latency, Device.CLOUD: cloud_latency}
+        # Every cloud of the core, in its order: its client (None: not attached) and its health.
+        self.clouds: dict[str, CloudClient | None] = {n: clients.get(n) for n in names}
+        self.core = core
         self.settings = settings
         self.state_parts = list(state_parts)
         self.state_lock = state_lock  # held until close(): one gateway per state file
-        self.devices = devices or {Device.EDGE: "edge", Device.CLOUD: "cloud"}
+        self.devices = {EDGE: "edge", **{n: n for n in names}}
+        self.devices.update({str(k): v for k, v in (devices or {}).items()})
         self.clock = clock
         self.timer = timer
+        edge.use_backlog(core.edge_backlog, clock)  # the core's, in the core's time
         self.pending = 0
         self.ready = False
         # |predicted - observed| / observed of the last requests per device, for /v1/models
-        self.recent_errors: dict[Device, deque[float]] = {
-            device: deque(maxlen=RECENT_ERRORS) for device in Device
+        self.recent_errors: dict[str, deque[float]] = {
+            target: deque(maxlen=RECENT_ERRORS) for target in (EDGE, *names)
         }
         self._saver: asyncio.Task[None] | None = None
+        self._healthy: dict[str, bool] = {}  # what each cloud's breaker last reported
         self.calibration: EdgeCalibration | None = None
         self._init_metrics()
-        self.cloud_health = self._new_cloud_health()
+        self.healths = {name: self._new_cloud_health(name) for name in names}
 
-    def _new_cloud_health(self) -> CloudHealth:
+    @property
+    def first_cloud(self) -> str:
+        return next(iter(self.clouds))
+
+    @property
+    def cloud(self) -> CloudClient | None:
+        """The first cloud's client (the only one of a gateway with one cloud)."""
+        return self.clouds[self.first_cloud]
+
+    @property
+    def cloud_health(self) -> CloudHealth:
+        return self.healths[self.first_cloud]
+
+    # The core's components, by what they are for (read-only views).
+    @property
+    def length_estimator(self) -> LengthEstimator:
+        assert self.core.length is not None
+        return self.core.length
+
+    @property
+    def device_policy(self) -> DevicePolicy:
+        return self.core.policy
+
+    @device_policy.setter
+    def device_policy(self, policy: DevicePolicy) -> None:
+        self.core.use_policy(policy)
+
+    @property
+    def rtt_estimator(self) -> RttEstimator:
+        return self.core.clouds[self.first_cloud].rtt  # type: ignore[return-value]
+
+    @property
+    def cloud_wait_estimator(self) -> RttEstimator:
+        return self.core.clouds[self.first_cloud].wait  # type: ignore[return-value]
+
+    @property
+    def latency(self) -> _LatencyModels:
+        """Each target's latency model, by name; assigning one replaces it in the core."""
+        return _LatencyModels(self.core)
+
+    def _new_cloud_health(self, name: str) -> CloudHealth:
         settings = self.settings
 
         async def probe() -> bool:
-            if self.cloud is None:
+            client = self.clouds[name]
+            if client is None:
                 return False
             started = self.timer()
-            health = await self.cloud.health()
+            health = await client.health()
             if health is not None and settings.learn_from_probes:
-                # A health answer costs the cloud next to nothing: its round trip is the link's.
-                at = self.clock()
-                self._observe_rtt(self.timer() - started, at)
-                if health.get("pending") == 0:  # an empty cloud: a request sent now waits 0
-                    self.cloud_wait_estimator.observe(0.0, at)
+                # A health answer costs the cloud next to nothing: its round trip is the link's;
+                # an empty cloud: a request sent now waits 0.
+                at, sample = self.clock(), self.timer() - started
+                self.core.observe_probe(name, sample, at, health.get("pending") == 0)
+                self._rtt_observed(name, sample, at)
             return health is not None
 
         def on_change(healthy: bool, cause: str) -> None:
-            self.m_cloud_healthy.set(1.0 if healthy else 0.0)
+            self._healthy[name] = healthy
+            self._health_changed()
             if not healthy:
                 self.m_cloud_unhealthy.labels(cause=cause).inc()
 
-        self.m_cloud_healthy.set(1.0 if self.cloud is not None else 0.0)
-        return CloudHealth(
+        health = CloudHealth(
             probe=probe,
             max_exchanges=settings.max_cloud_exchanges,
             slow_s=settings.slow_exchange_s,
@@ -235,11 +278,22 @@ class Gateway:
             clock=self.clock,
             on_change=on_change,
         )
+        return health
+
+    def _health_changed(self) -> None:
+        """``cnmt_gateway_cloud_healthy``: 1 while every attached cloud is healthy."""
+        attached = [n for n, c in self.clouds.items() if c is not None]
+        healthy = bool(attached) and all(self._healthy.get(n, True) for n in attached)
+        self.m_cloud_healthy.set(1.0 if healthy else 0.0)
+
+    def available(self, name: str) -> bool:
+        """Cloud ``name`` is attached and may be tried: its breaker is closed or half-open."""
+        return self.clouds[name] is not None and self.healths[name].available
 
     @property
     def cloud_healthy(self) -> bool:
-        """A cloud is attached and may be tried: its breaker is closed or half-open."""
-        return self.cloud is not None and self.cloud_health.available
+        """The first cloud is attached and may be tried."""
+        return self.available(self.first_cloud)
 
     # --- metrics -------------------------------------------------------------------------------
 
@@ -345,10 +399,13 @@ class Gateway:
             "Cloud exchanges waiting for an answer (at most max_cloud_exchanges).",
             registry=r,
         )
-        self.m_cloud_in_flight.set_function(lambda: len(self.cloud_health.in_flight))
+        self.m_cloud_in_flight.set_function(
+            lambda: sum(len(h.in_flight) for h in getattr(self, "healths", {}).values())
+        )
         r.register(EdgeWorkerMetrics(self.edge))
         r.register(_ModelWarnings())
-        self.m_rtt_estimate.set(self.rtt_estimator.estimate(self.clock()))
+        self.m_rtt_estimate.set(self.core.link(self.first_cloud, self.clock()).rtt_s)
+        self.m_cloud_healthy.set(1.0 if any(c is not None for c in self.clouds.values()) else 0.0)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -368,13 +425,15 @@ class Gateway:
         """Start the local worker and the cloud client; probe the cloud once."""
         if not self.edge.started:
             await self.edge.start()
-        if self.cloud is not None:
-            await self.cloud.start()
-            if not await self.cloud.probe():
-                self.cloud_health.mark_unhealthy(
-                    "the cloud did not answer its health probe at startup", cause="probe"
+        for name, client in self.clouds.items():
+            if client is None:
+                continue
+            await client.start()
+            if not await client.probe():
+                self.healths[name].mark_unhealthy(
+                    f"the cloud {name} did not answer its health probe at startup", cause="probe"
                 )
-            self.cloud_health.start()
+            self.healths[name].start()
         if self.settings.state_file is not None and self.state_parts:
             self._saver = asyncio.get_running_loop().create_task(self._save_periodically())
         self.calibration = EdgeCalibration.start_for(self)  # None unless calibrate_idle_s
@@ -392,9 +451,10 @@ class Gateway:
         self.save_state()
         if self.state_lock is not None:
             self.state_lock.release()
-        await self.cloud_health.close()
-        if self.cloud is not None:
-            await self.cloud.close()
+        for name, client in self.clouds.items():
+            await self.healths[name].close()
+            if client is not None:
+                await client.close()
         await self.edge.close()
 
     def save_state(self) -> None:
@@ -417,8 +477,19 @@ class Gateway:
         """Set the cloud once its address is known (before :meth:`start`)."""
         if self.ready:
             raise RuntimeError("attach_cloud() must come before start()")
-        self.cloud = cloud
-        self.cloud_health = self._new_cloud_health()
+        self.attach_clouds({self.first_cloud: cloud})
+
+    def attach_clouds(self, clouds: Mapping[str, CloudClient]) -> None:
+        """Set the clouds, by name, once their addresses are known (before :meth:`start`)."""
+        if self.ready:
+            raise RuntimeError("attach_clouds() must come before start()")
+        for name, client in clouds.items():
+            if name not in self.clouds:
+                raise ValueError(f"no cloud {name!r}; the clouds: {', '.join(self.clouds)}")
+            self.clouds[name] = client
+            self.healths[name] = self._new_cloud_health(name)
+            self._healthy.pop(name, None)
+        self._health_changed()
 
     # --- requests ------------------------------------------------------------------------------
 
@@ -465,52 +536,108 @@ class Gateway:
         except CnmtError as exc:
             raise RequestError(422, f"the model cannot tokenize this text: {exc}") from None
         check_length(n_tokens, self.tokenizer.max_source_tokens)
+        request_bytes = len(dumps({"text": text}).encode("utf-8"))  # what CloudClient sends
         request = Request(
-            n_tokens=n_tokens,
-            payload_bytes=len(dumps({"text": text}).encode("utf-8")),
+            n_tokens,
+            payload_bytes=self.core.payload.expected_bytes(request_bytes),
             text=text,  # for length estimators that read the source (`features`)
         )
-        now = self.clock()
-        for estimator in self.latency.values():  # a posterior widens while unobserved
-            getattr(estimator, "elapse", lambda _: None)(now)
-        state = self.snapshot()
         try:
-            m_estimated = float(self.length_estimator.estimate(request))
-            decided = Device(self.device_policy.choose(request, m_estimated, state))
+            decision = self.core.decide(request, self.clock())
         except (CnmtError, ValueError) as exc:
             log.error("scheduler failed: %s", exc)
             raise RequestError(500, f"the gateway's scheduler failed: {exc}") from None
-        self.m_decisions.labels(device=decided.value).inc()
-        predicted = {
-            Device.EDGE: state.edge.predict(n_tokens, m_estimated),
-            Device.CLOUD: state.cloud.predict(n_tokens, m_estimated),
+        decided = decision.target
+        self.m_decisions.labels(device=decided).inc()
+        try:
+            device, fallback, outcome = await self._run(text, decision)
+        except RequestError:
+            self.core.forget(decision)
+            raise
+        self.core.observe(decision, outcome.outcome)  # learn once it has finished
+        if outcome.rtt_sample_s is not None:
+            self._rtt_observed(device, outcome.rtt_sample_s, outcome.at)
+
+        latency = self.timer() - started
+        m_actual = outcome.m_tokens
+        m_estimated = decision.m_estimate
+        predicted = decision.predicted
+        exec_predicted = predicted[device].exec_s
+        if outcome.exec_s > 0:
+            error = (exec_predicted - outcome.exec_s) / outcome.exec_s
+            self.m_prediction_error.labels(device=device).observe(error)
+            self.recent_errors[device].append(abs(error))
+        if fallback is not None:
+            self.m_fallbacks.labels(reason=fallback).inc()
+        self.m_requests.labels(device=device).inc()
+        self.m_latency.labels(device=device).observe(latency)
+        self.m_length_error.observe(m_estimated - m_actual)
+        self.m_length_abs_error.inc(abs(m_estimated - m_actual))
+        # The cloud the fields of one cloud describe: the one that ran it, else the decided
+        # one, else the first.
+        cloud_name = next((t for t in (device, decided) if t in self.clouds), self.first_cloud)
+        cloud = predicted[cloud_name]
+        edge = predicted[EDGE]
+        return {
+            "request_id": request_id,
+            "translation": outcome.text,
+            "device": device,
+            "decided": decided,
+            "fallback": fallback,
+            "n_tokens": n_tokens,
+            "m_estimated": round(m_estimated, 3),
+            "m_actual": m_actual,
+            "latency_ms": _ms(latency),
+            "exec_ms": _ms(outcome.exec_s),
+            "wait_ms": _ms(outcome.wait_s),
+            "rtt_estimate_ms": _ms(cloud.rtt_s),
+            "rtt_sample_ms": _ms(outcome.rtt_sample_s),
+            "predicted_ms": {
+                target: _ms(p.exec_s + p.transmission_s) for target, p in predicted.items()
+            },
+            "predicted_exec_ms": _ms(exec_predicted),
+            "edge_backlog_ms": _ms(edge.wait_s),
+            "cloud_wait_estimate_ms": _ms(cloud.wait_s),
+            "decision": decision_fields(decision),
         }
 
+    def _healthy_clouds(self, decision: Decision) -> list[str]:
+        """The clouds that may be tried now, the least predicted total first."""
+        names = [n for n in self.clouds if self.available(n)]
+        return sorted(names, key=lambda n: decision.predicted[n].total_s)
+
+    async def _run(self, text: str, decision: Decision) -> tuple[str, str | None, _Finished]:
+        """Run the decision where it can run: (target, fallback reason or None, outcome). An
+        offload that cannot be tried or fails runs locally; a local translation whose worker
+        died goes to the healthy cloud with the least predicted total."""
+        decided = decision.target
         device, fallback = decided, None
-        outcome: _Outcome | None = None
-        if decided is Device.CLOUD:
-            if not self.cloud_healthy:
-                device, fallback = Device.EDGE, "cloud_unhealthy" if self.cloud else "no_cloud"
+        outcome: _Finished | None = None
+        if decided != EDGE:
+            if not self.available(decided):
+                device = EDGE
+                fallback = "cloud_unhealthy" if self.clouds[decided] else "no_cloud"
             else:
                 try:
-                    outcome = await self._offload(text, n_tokens, predicted[Device.CLOUD])
+                    outcome = await self._offload(text, decision, decided)
                 except CloudFailure as exc:
-                    device, fallback = Device.EDGE, exc.reason
-        if device is Device.EDGE:
+                    device, fallback = EDGE, exc.reason
+        if device == EDGE:
             try:
-                outcome = await self._translate_locally(text, n_tokens, predicted[Device.EDGE])
+                outcome = await self._translate_locally(text, decision)
             except CnmtError as exc:
-                if isinstance(exc, EdgeFailure) and decided is Device.EDGE and self.cloud_healthy:
+                healthy = self._healthy_clouds(decision)
+                if isinstance(exc, EdgeFailure) and decided == EDGE and healthy:
                     log.warning("local translation failed (%s); offloading instead", exc)
                     try:
-                        outcome = await self._offload(text, n_tokens, predicted[Device.CLOUD])
+                        outcome = await self._offload(text, decision, healthy[0])
                     except CloudFailure as cloud_exc:
                         raise RequestError(
                             503,
                             f"both devices failed: local worker ({exc}); cloud ({cloud_exc})",
                             headers={"Retry-After": str(self.settings.retry_after_s)},
                         ) from None
-                    device, fallback = Device.CLOUD, "edge_failure"
+                    device, fallback = healthy[0], "edge_failure"
                 elif isinstance(exc, EdgeFailure):
                     raise RequestError(
                         503,
@@ -522,102 +649,58 @@ class Gateway:
                         422, f"the model cannot translate this text: {exc}"
                     ) from None
         assert outcome is not None
+        return device, fallback, outcome
 
-        latency = self.timer() - started
-        m_actual = outcome.m_tokens
-        self.length_estimator.observe(n_tokens, m_actual)
-        if outcome.exec_s > 0:
-            error = (predicted[device] - outcome.exec_s) / outcome.exec_s
-            self.m_prediction_error.labels(device=device.value).observe(error)
-            self.recent_errors[device].append(abs(error))
-        if fallback is not None:
-            self.m_fallbacks.labels(reason=fallback).inc()
-        self.m_requests.labels(device=device.value).inc()
-        self.m_latency.labels(device=device.value).observe(latency)
-        self.m_length_error.observe(m_estimated - m_actual)
-        self.m_length_abs_error.inc(abs(m_estimated - m_actual))
-        return {
-            "request_id": request_id,
-            "translation": outcome.text,
-            "device": device.value,
-            "decided": decided.value,
-            "fallback": fallback,
-            "n_tokens": n_tokens,
-            "m_estimated": round(m_estimated, 3),
-            "m_actual": m_actual,
-            "latency_ms": _ms(latency),
-            "exec_ms": _ms(outcome.exec_s),
-            "wait_ms": _ms(outcome.wait_s),
-            "rtt_estimate_ms": _ms(state.link.rtt_s),
-            "rtt_sample_ms": _ms(outcome.rtt_sample_s),
-            "predicted_ms": {
-                "edge": _ms(predicted[Device.EDGE]),
-                "cloud": _ms(
-                    predicted[Device.CLOUD] + state.link.transmission_s(request.payload_bytes)
-                ),
-            },
-            "predicted_exec_ms": _ms(predicted[device]),
-            "edge_backlog_ms": _ms(state.edge_backlog_s),
-            "cloud_wait_estimate_ms": _ms(state.cloud_wait_s),
-        }
-
-    def snapshot(self) -> SchedulerState:
-        """What a decision sees now: each device's current latency model, the link, the edge's
-        backlog and the cloud's expected wait."""
-        now = self.clock()
-        link = LinkState(
-            rtt_s=self.rtt_estimator.estimate(now), bandwidth_bps=self.settings.bandwidth_bps
-        )
-        return SchedulerState(
-            edge=self.latency[Device.EDGE].current(),
-            cloud=self.latency[Device.CLOUD].current(),
-            link=link,
-            now=now,
-            edge_backlog_s=self.edge.backlog_s(),
-            cloud_wait_s=self.own_cloud_backlog.at(now) + self.cloud_wait_estimator.estimate(now),
-        )
-
-    async def _translate_locally(self, text: str, n_tokens: int, predicted_s: float) -> _Outcome:
-        """One local translation; the edge's latency model learns from the worker's own time."""
+    async def _translate_locally(self, text: str, decision: Decision) -> _Finished:
+        """One local translation, queued in the worker at the decision's predicted time."""
         queued = self.timer()
-        local = await self.edge.translate(text, predicted_s)
+        local = await self.edge.translate(text, decision.predicted[EDGE].exec_s)
         waited = max(0.0, self.timer() - queued - local.seconds)
-        self.latency[Device.EDGE].observe(n_tokens, local.output_tokens, local.seconds)
-        return _Outcome(local.text, local.output_tokens, local.seconds, waited, None)
+        return _Finished(
+            local.text, Outcome(EDGE, self.clock(), local.output_tokens, local.seconds, waited)
+        )
 
-    async def _offload(self, text: str, n_tokens: int, predicted_s: float) -> _Outcome:
-        """One cloud exchange predicted to run ``predicted_s``; on success the cloud's latency
-        model, the cloud-wait and the RTT estimators learn from it, on failure the cloud is
-        marked unhealthy. CloudRejected (the model refused the text) becomes a 422."""
-        assert self.cloud is not None
+    async def _offload(self, text: str, decision: Decision, target: str) -> _Finished:
+        """One exchange with cloud ``target``; a failure marks that cloud unhealthy
+        (CloudFailure), and CloudRejected (the model refused the text) becomes a 422. The RTT
+        sample subtracts the payload the exchange really carried
+        (:class:`~cnmt.schedulers.base.PayloadModel`)."""
+        client = self.clouds[target]
+        assert client is not None
         try:
-            with self.cloud_health.exchange():  # CloudFailure if busy, unhealthy or failing
+            with self.healths[target].exchange():  # CloudFailure if busy, unhealthy or failing
                 # Only an admitted exchange joins the cloud's queue.
-                own_wait = self.own_cloud_backlog.add(self.clock(), predicted_s)
-                reply = await self.cloud.translate(text)
+                self.core.offloaded(decision, target, self.clock())
+                reply = await client.translate(text)
         except CloudRejected as exc:
             raise RequestError(
                 422, f"the model cannot translate this text: {exc.message}"
             ) from None
-        at = self.clock()
-        self.latency[Device.CLOUD].observe(n_tokens, reply.m_tokens, reply.exec_s)
-        if reply.wait_s is not None:  # the part of it the other clients caused
-            self.cloud_wait_estimator.observe(max(0.0, reply.wait_s - own_wait), at)
         sample = reply.rtt_sample(self.settings.bandwidth_bps)
-        self._observe_rtt(sample, at)
-        return _Outcome(reply.text, reply.m_tokens, reply.exec_s, reply.wait_s, sample)
+        outcome = Outcome(target, self.clock(), reply.m_tokens, reply.exec_s, reply.wait_s, sample)
+        return _Finished(reply.text, outcome)
 
-    def _observe_rtt(self, sample: float, at: float) -> None:
-        self.rtt_estimator.observe(sample, at)
+    def _rtt_observed(self, target: str, sample: float, at: float) -> None:
         self.m_rtt_sample.observe(sample)
-        self.m_rtt_estimate.set(self.rtt_estimator.estimate(at))
+        if target == self.first_cloud:
+            self.m_rtt_estimate.set(self.core.link(target, at).rtt_s)
 
     async def handle_health(self, request: web.Request) -> web.Response:
-        healthy = self.cloud_health.healthy  # a half-open breaker is not healthy yet
-        cloud = "none" if self.cloud is None else ("healthy" if healthy else "unhealthy")
-        return json_response(
-            {"status": "ok", "service": SERVICE, "cloud": cloud, "pending": self.pending}
-        )
+        def state(name: str) -> str:
+            if self.clouds[name] is None:
+                return "none"
+            # a half-open breaker is not healthy yet
+            return "healthy" if self.healths[name].healthy else "unhealthy"
+
+        answer = {
+            "status": "ok",
+            "service": SERVICE,
+            "cloud": state(self.first_cloud),
+            "pending": self.pending,
+        }
+        if len(self.clouds) > 1:
+            answer["clouds"] = {name: state(name) for name in self.clouds}
+        return json_response(answer)
 
     async def handle_ready(self, request: web.Request) -> web.Response:
         if not self.ready:
@@ -633,15 +716,15 @@ class Gateway:
 
     def models(self) -> dict[str, Any]:
         """What the gateway decides with now and how well it has predicted (``/v1/models``)."""
-        state = self.snapshot()
+        state = self.core.state(self.clock())
         latency = {}
         warnings: list[str] = []
         for device, estimator in self.latency.items():
             warnings += model_warnings(
-                device.value, estimator.current(), self.tokenizer.max_source_tokens
+                device, estimator.current(), self.tokenizer.max_source_tokens
             )
             errors = self.recent_errors[device]
-            latency[device.value] = {
+            latency[device] = {
                 "device": self.devices[device],
                 "component": estimator.name,
                 "learns": estimator.learns,
@@ -683,10 +766,8 @@ class Gateway:
 
     async def handle_metrics(self, request: web.Request) -> web.Response:
         now = self.clock()
-        self.m_rtt_estimate.set(self.rtt_estimator.estimate(now))
-        self.m_cloud_wait.set(
-            self.own_cloud_backlog.at(now) + self.cloud_wait_estimator.estimate(now)
-        )
+        self.m_rtt_estimate.set(self.core.link(self.first_cloud, now).rtt_s)
+        self.m_cloud_wait.set(self.core.cloud_wait_s(self.first_cloud, now))
         return m.response(self.metrics)
 
 
@@ -720,17 +801,54 @@ def _coefficients(model: LatencyModel) -> dict[str, float]:
     return {"a_n": model.a_n, "a_m": model.a_m, "b": model.b}
 
 
+class _LatencyModels(MutableMapping[str, LatencyEstimator]):
+    """The core's latency models as a mapping that writes through (``gateway.latency[...] =``)."""
+
+    def __init__(self, core: DecisionCore) -> None:
+        self.core = core
+
+    def __getitem__(self, target: str) -> LatencyEstimator:
+        return self.core.latency[target]
+
+    def __setitem__(self, target: str, model: LatencyEstimator) -> None:
+        self.core.use_latency(target, model)
+
+    def __delitem__(self, target: str) -> None:
+        raise TypeError("every target keeps a latency model")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.core.latency)
+
+    def __len__(self) -> int:
+        return len(self.core.latency)
+
+
 @dataclass(frozen=True)
-class _Outcome:
-    """A finished translation, wherever it ran: its text and M, the device's execution time,
-    the wait before it ran (None if the cloud does not report it) and, for an offload, the RTT
-    sample taken from it."""
+class _Finished:
+    """A finished translation, wherever it ran: its text and what the core learns from."""
 
     text: str
-    m_tokens: int
-    exec_s: float
-    wait_s: float | None
-    rtt_sample_s: float | None
+    outcome: Outcome
+
+    @property
+    def m_tokens(self) -> int:
+        return self.outcome.m_tokens
+
+    @property
+    def exec_s(self) -> float:
+        return self.outcome.exec_s
+
+    @property
+    def wait_s(self) -> float | None:
+        return self.outcome.wait_s
+
+    @property
+    def rtt_sample_s(self) -> float | None:
+        return self.outcome.rtt_sample_s
+
+    @property
+    def at(self) -> float:
+        return self.outcome.at
 
 
 class _LearnedModels(Collector):
@@ -760,9 +878,9 @@ class _LearnedModels(Collector):
         for device, estimator in self.gateway.latency.items():
             model = estimator.current()
             for name, value in (("a_n", model.a_n), ("a_m", model.a_m), ("b", model.b)):
-                coefficients.add_metric([device.value, name], value)
-            observations.add_metric([device.value], estimator.observations)
-            dropped.add_metric([device.value], estimator.dropped)
+                coefficients.add_metric([device, name], value)
+            observations.add_metric([device], estimator.observations)
+            dropped.add_metric([device], estimator.dropped)
         yield coefficients
         yield observations
         yield dropped

@@ -304,20 +304,15 @@ def load_profile(path: str, key: str, model: str) -> Any:
         ) from None
 
 
-SCHEDULER_KEYS = ("length_estimator", "device_policy", "rtt_estimator", "cloud_wait_estimator")
-LATENCY_KEYS = ("edge_latency", "cloud_latency")
-
-
-def scheduler_specs(config: Config) -> dict[str, Any]:
-    """The gateway's scheduler components as selected, by section (a section left out takes
-    the default a replay takes too, :data:`cnmt.schedulers.defaults.DEFAULT_COMPONENTS`);
-    ConfigError for one that only an offline replay can run."""
+def scheduler_specs(config: Config) -> Any:
+    """The gateway's scheduler components as selected (a section left out takes the default a
+    replay takes too): a :class:`cnmt.schedulers.core.DecisionSpecs`; ConfigError for a
+    missing length estimator or one that only an offline replay can run."""
     from cnmt.registry import get_components
-    from cnmt.schedulers.defaults import DEFAULT_COMPONENTS
+    from cnmt.schedulers.core import DecisionSpecs
 
-    specs = {}
-    for key in SCHEDULER_KEYS + LATENCY_KEYS:
-        spec = config.get(key) or DEFAULT_COMPONENTS.get(key)
+    specs = DecisionSpecs.select(config.get, source=config.source)
+    for key, spec in specs.items():
         if spec is None:
             raise ConfigError(f"{config.source}: a gateway needs a `{key}` section")
         if getattr(get_components().get(spec.kind, spec.name).cls, "needs_truth", False):
@@ -326,19 +321,34 @@ def scheduler_specs(config: Config) -> dict[str, Any]:
                 "which only an offline replay has; a live gateway cannot use it (choose e.g. "
                 "`linear` / `cnmt`)"
             )
-        specs[key] = spec
     return specs
 
 
-def create_schedulers(config: Config, priors: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The scheduler components of a live gateway, by section: length estimator, device
-    policy, RTT and cloud-wait estimators, and with ``priors`` (the profiles' fits, by section)
-    the edge's and the cloud's latency models."""
-    specs = scheduler_specs(config)
-    parts = {key: specs[key].create() for key in SCHEDULER_KEYS}
-    for key, prior in (priors or {}).items():
-        parts[key] = specs[key].create(prior=prior)
-    return parts
+def create_schedulers(
+    config: Config, edge_prior: Any = None, cloud_prior: Any = None, settings: Any = None
+) -> Any:
+    """A live gateway's decision core from its config: length estimator, device policy, and
+    the edge's and the cloud's latency models (priors: the profiles' fits; without them the
+    unit model, to check that a config's components can be created) with the cloud's RTT and
+    wait estimators."""
+    from cnmt.schedulers.base import LatencyModel
+    from cnmt.schedulers.core import DecisionCore, TargetSetup
+
+    unit = LatencyModel(1.0, 1.0, 1.0)
+    workers = settings.cloud_workers if settings is not None else 1
+    bandwidth = settings.bandwidth_bps if settings is not None else 100e6
+    components = scheduler_specs(config).create(
+        TargetSetup("edge", edge_prior or unit),
+        [TargetSetup("cloud", cloud_prior or unit, workers, bandwidth)],
+    )
+    # A policy that draws gets a generator of its own (seeded by the OS: a live gateway is not
+    # replayed); the others none.
+    rng = None
+    if components.policy.uses_rng:
+        import numpy as np
+
+        rng = np.random.default_rng()
+    return DecisionCore(components, rng=rng)
 
 
 def build_gateway(
@@ -364,20 +374,16 @@ def build_gateway(
                 profile.model,
                 settings.model,
             )
-    parts = create_schedulers(
-        config,
-        priors={
-            "edge_latency": edge_profile.fit.latency_model,
-            "cloud_latency": cloud_profile.fit.latency_model,
-        },
+    core = create_schedulers(
+        config, edge_profile.fit.latency_model, cloud_profile.fit.latency_model, settings
     )
     state_parts = learning_parts(
         settings.model,
         edge_profile.device.name,
         cloud_profile.device.name,
-        edge_latency=parts["edge_latency"],
-        cloud_latency=parts["cloud_latency"],
-        length_estimator=parts["length_estimator"],
+        edge_latency=core.latency["edge"],
+        cloud_latency=core.latency["cloud"],
+        length_estimator=core.length,
     )
     restored: list[str] = []
     state_lock = None
@@ -410,9 +416,9 @@ def build_gateway(
     say(
         f"gateway: model {settings.model}, edge {edge_profile.label}"
         + (f" (CPU quota {device.cpu_quota:g} core)" if quota else " (unthrottled)")
-        + f"; cloud {cloud_profile.label}; policy {specs['device_policy'].name}, length "
-        f"{specs['length_estimator'].name}, RTT {specs['rtt_estimator'].name}, latency "
-        f"edge {parts['edge_latency'].name} / cloud {parts['cloud_latency'].name}"
+        + f"; cloud {cloud_profile.label}; policy {specs.device_policy.name}, length "
+        f"{specs.length_estimator.name}, RTT {specs.rtt_estimator.name}, latency "
+        f"edge {specs.edge_latency.name} / cloud {specs.cloud_latency.name}"
         + (f"; learning {', '.join(learning)}" if learning else "")
         + (f" (restored from {settings.state_file}: {', '.join(restored)})" if restored else "")
     )
@@ -420,12 +426,7 @@ def build_gateway(
         tokenizer=tokenizer,
         edge=edge,
         cloud=cloud,
-        length_estimator=parts["length_estimator"],
-        device_policy=parts["device_policy"],
-        rtt_estimator=parts["rtt_estimator"],
-        cloud_wait_estimator=parts["cloud_wait_estimator"],
-        edge_latency=parts["edge_latency"],
-        cloud_latency=parts["cloud_latency"],
+        core=core,
         settings=settings,
         state_parts=state_parts,
         state_lock=state_lock,

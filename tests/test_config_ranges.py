@@ -35,7 +35,7 @@ SECTION_OF_KIND = {
     "device_policy": "device_policy",
 }
 # Keys inside a mapping of named entries or a list: tried by their own component's tests.
-NOT_DIRECT = ("connections.", "corpus.parts.", "drift.", "policies.")
+NOT_DIRECT = ("connections.", "corpus.parts.", "drift.", "policies.", "clouds.")
 
 
 def test_the_docs_list_every_ranged_key_as_the_schemas_declare_it() -> None:

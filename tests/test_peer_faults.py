@@ -214,7 +214,7 @@ def learnt(gateway: Any) -> dict[str, Any]:
 
 
 def decisions(gateway: Any) -> list[str]:
-    state = gateway.snapshot()
+    state = gateway.core.state(gateway.clock())
     out = []
     for n in range(1, 50):
         request = Request(n_tokens=n, payload_bytes=20 + 6 * n)

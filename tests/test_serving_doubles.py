@@ -30,6 +30,7 @@ from cnmt.errors import ConfigError
 from cnmt.registry import get_components
 from cnmt.runtime.base import Translation, Translator
 from cnmt.schedulers.base import LatencyModel
+from cnmt.schedulers.core import DecisionComponents, DecisionCore, TargetComponents
 from cnmt.schedulers.defaults import DEFAULT_COMPONENTS
 from cnmt.serving.auth import bearer_auth, read_keys
 from cnmt.serving.cloud import CloudServer
@@ -243,9 +244,12 @@ async def start_gateway(
     clock: Callable[[], float] = time.monotonic,
     edge_factory: Callable[..., Translator] = ScriptedTranslator,
     edge_translator: Callable[[], Translator] | None = None,
+    more_clouds: dict[str, tuple[str, LatencyModel]] | None = None,
     **settings: Any,
 ) -> GatewayHandle:
-    """A gateway on a free loopback port: scripted model in a real (unthrottled) worker process."""
+    """A gateway on a free loopback port: scripted model in a real (unthrottled) worker process.
+    ``more_clouds``: further clouds by name, each (URL, latency model), after ``cloud_url``'s
+    (named ``cloud``)."""
     config = gateway_settings(**settings)
     factory = edge_translator or functools.partial(edge_factory, edge_delay_s, label="edge")
     edge = EdgeWorker(factory)
@@ -262,16 +266,45 @@ async def start_gateway(
     )
     if config.state_file is not None:
         restore(config.state_file, parts)
+    core = DecisionCore(
+        DecisionComponents(
+            policy=scheduler("device_policy", policy),
+            length=length_estimator,
+            edge=TargetComponents("edge", edge_latency),
+            clouds=(
+                TargetComponents(
+                    "cloud",
+                    cloud_latency,
+                    rtt=scheduler("rtt_estimator", rtt[0], **rtt[1]),
+                    wait=DEFAULT_COMPONENTS["cloud_wait_estimator"].create(),
+                    workers=config.cloud_workers,
+                    bandwidth_bps=config.bandwidth_bps,
+                ),
+                *(
+                    TargetComponents(
+                        name,
+                        latency_model(latency, prior),
+                        rtt=scheduler("rtt_estimator", rtt[0], **rtt[1]),
+                        wait=DEFAULT_COMPONENTS["cloud_wait_estimator"].create(),
+                        bandwidth_bps=config.bandwidth_bps,
+                    )
+                    for name, (_, prior) in (more_clouds or {}).items()
+                ),
+            ),
+        )
+    )
+    clients = {
+        "cloud": CloudClient.for_gateway(cloud_url, config) if cloud_url else None,
+        **{
+            name: CloudClient.for_gateway(address, config)
+            for name, (address, _) in (more_clouds or {}).items()
+        },
+    }
     gateway = Gateway(
         tokenizer=ScriptedTranslator(),
         edge=edge,
-        cloud=CloudClient.for_gateway(cloud_url, config) if cloud_url else None,
-        length_estimator=length_estimator,
-        device_policy=scheduler("device_policy", policy),
-        rtt_estimator=scheduler("rtt_estimator", rtt[0], **rtt[1]),
-        cloud_wait_estimator=DEFAULT_COMPONENTS["cloud_wait_estimator"].create(),
-        edge_latency=edge_latency,
-        cloud_latency=cloud_latency,
+        cloud=clients,
+        core=core,
         settings=config,
         state_parts=parts,
         clock=clock,

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cnmt.experiments.simulate import Learners, Queues, Stream, _fifo, simulate
+from cnmt.experiments.simulate import Queues, Stream, _fifo, simulate
 from cnmt.registry import get_components
 from cnmt.schedulers import (
     Device,
@@ -19,6 +19,7 @@ from cnmt.schedulers import (
     SchedulerState,
 )
 from cnmt.schedulers.cloud_backlog import OwnCloudBacklog
+from cnmt.schedulers.core import DecisionComponents, TargetComponents
 from cnmt.schedulers.rtt_estimators import WindowedMedian
 
 EDGE = LatencyModel(a_n=0.004, a_m=0.012, b=0.02)
@@ -48,19 +49,45 @@ def stream(size: int = 3000, rate: float = 4.0, seed: int = 11) -> Stream:
     return Stream(batch, arrival, rtt, 1e8)
 
 
-def learners(**names: str) -> Learners:
+def learners(**names: str) -> DecisionComponents:
+    """The components a replayed gateway decides with; ``run`` puts the policy in."""
     components = get_components()
-    return Learners(
+    return DecisionComponents(
+        policy=components.create("device_policy", "edge"),
         length=components.create("length_estimator", names.get("length", "linear"), None)
         if "length" in names
         else None,
-        rtt=components.create("rtt_estimator", "ewma"),
-        cloud_wait=components.create(
-            "rtt_estimator", "median", WindowedMedian.Params(initial_s=0.0)
+        edge=TargetComponents(
+            "edge", components.create("latency_model", names.get("edge", "profile"), prior=EDGE)
         ),
-        edge=components.create("latency_model", names.get("edge", "profile"), prior=EDGE),
-        cloud=components.create("latency_model", names.get("cloud", "profile"), prior=CLOUD),
+        clouds=(
+            TargetComponents(
+                "cloud",
+                components.create("latency_model", names.get("cloud", "profile"), prior=CLOUD),
+                rtt=components.create("rtt_estimator", "ewma"),
+                wait=components.create(
+                    "rtt_estimator", "median", WindowedMedian.Params(initial_s=0.0)
+                ),
+                bandwidth_bps=1e8,
+            ),
+        ),
     )
+
+
+def run(
+    chosen: DevicePolicy,
+    s: Stream,
+    parts: DecisionComponents,
+    queues: Queues | None,
+    m: np.ndarray | None,
+    **options: Any,
+) -> Any:
+    """``simulate`` with ``chosen`` as the policy of ``parts``, whose gateway knows how many
+    workers each device has."""
+    parts.policy = chosen
+    if queues is not None:
+        parts.edge.workers, parts.clouds[0].workers = queues.edge_workers, queues.cloud_workers
+    return simulate(parts, s, queues, m, **options)
 
 
 class ChooseOnly(DevicePolicy):
@@ -112,12 +139,14 @@ QUEUES = {
 def test_every_fast_path_decides_like_the_general_loop(name, params, queues):
     s = stream()
     m = s.batch.n_tokens * 1.0
-    fast = simulate(policy(name, **params), s, learners(), QUEUES[queues], m)
-    general = simulate(ChooseOnly(policy(name, **params)), s, learners(), QUEUES[queues], m)
-    assert general.decided_by == "choose"
-    assert np.array_equal(fast.on_edge, general.on_edge)
-    assert np.allclose(fast.latency_s, general.latency_s, rtol=0, atol=1e-9)
-    assert np.allclose(fast.wait_s, general.wait_s, rtol=0, atol=1e-9)
+    fast = run(policy(name, **params), s, learners(), QUEUES[queues], m)
+    core = run(policy(name, **params), s, learners(), QUEUES[queues], m, fast_paths=False)
+    two_devices = run(ChooseOnly(policy(name, **params)), s, learners(), QUEUES[queues], m)
+    for general in (core, two_devices):
+        assert general.decided_by == "choose"
+        assert np.array_equal(fast.on_edge, general.on_edge)
+        assert np.allclose(fast.latency_s, general.latency_s, rtol=0, atol=1e-9)
+        assert np.allclose(fast.wait_s, general.wait_s, rtol=0, atol=1e-9)
 
 
 def test_the_closed_form_fifo_equals_the_recursion():
@@ -135,14 +164,14 @@ def test_the_closed_form_fifo_equals_the_recursion():
 
 def test_without_queues_latency_is_execution_plus_transmission_only():
     s = stream(rate=1000.0)  # far more than the devices could serve: no queue is simulated
-    sim = simulate(policy("cnmt"), s, learners(), None, s.batch.n_tokens * 1.0)
+    sim = run(policy("cnmt"), s, learners(), None, s.batch.n_tokens * 1.0)
     expected = np.where(sim.on_edge, s.batch.edge_s, s.batch.cloud_s + s.batch.transmission_s)
     assert np.array_equal(sim.latency_s, expected) and not sim.wait_s.any()
 
 
 def test_with_queues_a_request_waits_for_the_one_before_it():
     s = stream(size=3, rate=1e6)  # three at once
-    sim = simulate(policy("edge"), s, learners(), Queues(), None)
+    sim = run(policy("edge"), s, learners(), Queues(), None)
     edge = s.batch.edge_s
     assert sim.wait_s == pytest.approx([0.0, edge[0], edge[0] + edge[1]], abs=1e-4)
     assert sim.latency_s == pytest.approx(sim.wait_s + edge)
@@ -150,9 +179,9 @@ def test_with_queues_a_request_waits_for_the_one_before_it():
 
 def test_the_oracle_with_queues_sends_each_request_where_it_finishes_first():
     s = stream(rate=20.0)
-    sim = simulate(policy("oracle"), s, learners(), Queues(), None)
-    edge_only = simulate(policy("edge"), s, learners(), Queues(), None)
-    cloud_only = simulate(policy("cloud"), s, learners(), Queues(), None)
+    sim = run(policy("oracle"), s, learners(), Queues(), None)
+    edge_only = run(policy("edge"), s, learners(), Queues(), None)
+    cloud_only = run(policy("cloud"), s, learners(), Queues(), None)
     assert sim.latency_s.mean() < min(edge_only.latency_s.mean(), cloud_only.latency_s.mean())
 
 
@@ -172,19 +201,13 @@ def test_learning_only_sees_requests_that_finished_before_the_decision():
             self.seen.append((n, m, seconds))
 
     s = stream(size=400, rate=50.0)
-    spied = Learners(
-        length=None,
-        rtt=get_components().create("rtt_estimator", "ewma"),
-        cloud_wait=get_components().create(
-            "rtt_estimator", "median", WindowedMedian.Params(initial_s=0.0)
-        ),
-        edge=Spy(EDGE),  # type: ignore[arg-type]
-        cloud=Spy(CLOUD),  # type: ignore[arg-type]
-    )
-    sim = simulate(policy("cnmt"), s, spied, Queues(), s.batch.n_tokens * 1.0)
+    spied = learners()
+    spied.edge.latency = Spy(EDGE)  # type: ignore[assignment]
+    spied.clouds[0].latency = Spy(CLOUD)  # type: ignore[assignment]
+    sim = run(policy("cnmt"), s, spied, Queues(), s.batch.n_tokens * 1.0)
     finished = s.arrival_s + sim.latency_s
     # every observation is of a request that ran there and finished before the last arrival
-    ran_on = {True: spied.edge.seen, False: spied.cloud.seen}
+    ran_on = {True: spied.edge.latency.seen, False: spied.clouds[0].latency.seen}  # type: ignore[attr-defined]
     for on_edge, seen in ran_on.items():
         idx = np.flatnonzero((sim.on_edge == on_edge) & (finished <= s.arrival_s[-1]))
         expected = sorted(
@@ -201,8 +224,8 @@ def test_learning_only_sees_requests_that_finished_before_the_decision():
 def test_the_load_aware_rule_cuts_the_tail_when_the_edge_is_busy():
     s = stream(size=6000, rate=10.0)  # both devices busy: the cloud at ~0.8, the edge ~0.4
     m = s.batch.n_tokens * 1.0
-    plain = simulate(policy("cnmt"), s, learners(), Queues(), m)
-    aware = simulate(policy("cnmt_load"), s, learners(), Queues(), m)
+    plain = run(policy("cnmt"), s, learners(), Queues(), m)
+    aware = run(policy("cnmt_load"), s, learners(), Queues(), m)
     assert plain.busy_s["cloud"] / plain.span_s > 0.7 and plain.busy_s["edge"] > 0
     assert np.percentile(aware.latency_s, 99) < 0.85 * np.percentile(plain.latency_s, 99)
     assert aware.latency_s.mean() < plain.latency_s.mean()
@@ -210,10 +233,8 @@ def test_the_load_aware_rule_cuts_the_tail_when_the_edge_is_busy():
     idle = Stream(idle.batch, np.arange(3000) * 100.0, idle.rtt_s, idle.bandwidth_bps)
     # one request every 100 s: no queue forms, and it decides as the paper's rule
     assert np.array_equal(
-        simulate(
-            policy("cnmt_load"), idle, learners(), Queues(), idle.batch.n_tokens * 1.0
-        ).on_edge,
-        simulate(policy("cnmt"), idle, learners(), Queues(), idle.batch.n_tokens * 1.0).on_edge,
+        run(policy("cnmt_load"), idle, learners(), Queues(), idle.batch.n_tokens * 1.0).on_edge,
+        run(policy("cnmt"), idle, learners(), Queues(), idle.batch.n_tokens * 1.0).on_edge,
     )
 
 
@@ -222,10 +243,10 @@ def test_online_models_learn_what_the_profile_did_not_know():
     slow_cloud = s.batch.cloud_s * 3.0  # the cloud really is 3x slower than its profile
     batch = RequestBatch(**{**s.batch.__dict__, "cloud_s": slow_cloud})
     s = Stream(batch, s.arrival_s, s.rtt_s, s.bandwidth_bps)
-    fixed = simulate(policy("cnmt"), s, learners(), None, s.batch.n_tokens * 1.0)
+    fixed = run(policy("cnmt"), s, learners(), None, s.batch.n_tokens * 1.0)
     online = learners(edge="online", cloud="online")
-    closed = simulate(policy("cnmt"), s, online, None, s.batch.n_tokens * 1.0)
-    learned = online.cloud.current()
+    closed = run(policy("cnmt"), s, online, None, s.batch.n_tokens * 1.0)
+    learned = online.clouds[0].latency.current()
     assert learned.predict(20, 20) == pytest.approx(3.0 * CLOUD.predict(20, 20), rel=0.15)
     assert closed.latency_s.mean() < fixed.latency_s.mean()
 
@@ -256,10 +277,10 @@ def slow_edge_busy_cloud() -> Stream:
     return Stream(batch, s.arrival_s, s.rtt_s, s.bandwidth_bps)
 
 
-def slow_edge_learners() -> Learners:
+def slow_edge_learners() -> DecisionComponents:
     made = learners()
     eight = LatencyModel(CLOUD.a_n * 8.0, CLOUD.a_m * 8.0, CLOUD.b * 8.0)
-    made.edge = get_components().create("latency_model", "profile", prior=eight)
+    made.edge.latency = get_components().create("latency_model", "profile", prior=eight)
     return made
 
 
@@ -270,11 +291,11 @@ def test_the_load_aware_rule_does_not_flee_a_cloud_queue_that_has_drained(monkey
     it (the reports alone) it sends requests to the slow edge after every burst."""
     s = slow_edge_busy_cloud()
     m = s.batch.n_tokens * 1.0
-    plain = simulate(policy("cnmt"), s, slow_edge_learners(), Queues(), m)
-    aware = simulate(policy("cnmt_load"), s, slow_edge_learners(), Queues(), m)
+    plain = run(policy("cnmt"), s, slow_edge_learners(), Queues(), m)
+    aware = run(policy("cnmt_load"), s, slow_edge_learners(), Queues(), m)
     assert 0.3 < plain.busy_s["cloud"] / plain.span_s < 0.8
     assert aware.latency_s.mean() <= plain.latency_s.mean()
     monkeypatch.setattr(OwnCloudBacklog, "at", lambda self, now: 0.0)
     monkeypatch.setattr(OwnCloudBacklog, "add", lambda self, now, predicted_s: 0.0)
-    reports_only = simulate(policy("cnmt_load"), s, slow_edge_learners(), Queues(), m)
+    reports_only = run(policy("cnmt_load"), s, slow_edge_learners(), Queues(), m)
     assert reports_only.latency_s.mean() > aware.latency_s.mean()
