@@ -10,7 +10,10 @@ unless ``--quiet``), from the same fields the HTTP answer carries, so the log, t
 (one line; ``(fallback cloud_unhealthy, policy chose cloud)`` when the device that ran it is not
 the one the policy chose). As JSON lines (``--log-format json``) every field is a key of its
 own: ``request_id``, ``n_tokens``, ``m_estimated``, ``predicted_ms``, ``decided``, ``device``,
-``why``, ``fallback``, ``latency_ms``, ``exec_ms``, ``wait_ms``, ``m_actual``.
+``why``, ``fallback``, ``latency_ms``, ``exec_ms``, ``wait_ms``, ``m_actual``, and ``decision``:
+the decision core's :class:`~cnmt.schedulers.core.Decision` as the answer serialises it (per
+target its predicted total, transmission, wait and execution), so the answer, the log and the
+replay's per-request output show one object.
 """
 
 from __future__ import annotations
@@ -39,9 +42,18 @@ def _ms(value: object) -> str:
     return "-" if not isinstance(value, int | float) else f"{value:.1f} ms"
 
 
+def _predicted_totals(answer: dict[str, Any]) -> dict[str, Any]:
+    """Each target's predicted total (ms), from the answer's serialised core Decision (every
+    target, :func:`cnmt.schedulers.core.decision_fields`), else its ``predicted_ms``."""
+    decision = answer.get("decision")
+    if isinstance(decision, dict) and isinstance(decision.get("predicted"), dict):
+        return {t: (p or {}).get("total_ms") for t, p in decision["predicted"].items()}
+    return answer.get("predicted_ms") or {}
+
+
 def decision_line(answer: dict[str, Any]) -> str:
     """The text form of one request's decision (see the module doc)."""
-    predicted = answer.get("predicted_ms") or {}
+    predicted = _predicted_totals(answer)
     options = ", ".join(f"{device} {_ms(ms)}" for device, ms in predicted.items())
     device, decided, fallback = answer.get("device"), answer.get("decided"), answer.get("fallback")
     why = "policy" if fallback is None else f"fallback {fallback}, policy chose {decided}"
@@ -60,4 +72,6 @@ def log_decision(answer: dict[str, Any]) -> None:
         return
     fields = {key: answer.get(key) for key in LOGGED_FIELDS}
     fields["why"] = "policy" if answer.get("fallback") is None else "fallback"
+    # The core's Decision as the answer serialised it: each target's predicted parts.
+    fields["decision"] = answer.get("decision")
     log.info("%s", decision_line(answer), extra={"fields": fields})

@@ -61,6 +61,8 @@ def test_the_gateway_logs_each_decision_with_its_predictions_and_what_it_measure
         for key in ("request_id", "n_tokens", "m_estimated", "decided", "device", "fallback"):
             assert fields[key] == answer[key], key
         assert fields["predicted_ms"] == answer["predicted_ms"]
+        assert fields["decision"] == answer["decision"]  # the core's Decision, serialised once
+        assert set(fields["decision"]["predicted"]) == {"edge", "cloud"}
         assert fields["latency_ms"] == answer["latency_ms"] > 0
         message = record.getMessage()
         assert message.startswith(f"request {answer['request_id']} N={answer['n_tokens']} ")
