@@ -42,6 +42,11 @@ class ExportRequest:
     seed: int = 0
     validate: bool = True
     overwrite: bool = False
+    # int8: the fp32 export, then exporters.quantize's step; the check sentences (and their
+    # references) default to the family's built-in ones.
+    precision: str = "fp32"
+    check_texts: Path | None = None
+    check_references: Path | None = None
 
 
 class Exporter(abc.ABC):
@@ -68,11 +73,19 @@ class Exporter(abc.ABC):
         :class:`~cnmt.errors.CnmtRuntimeError` when they disagree.
         """
 
-    def export_builtin(self, out_dir: Path, name: str, pretrained: str | None = None) -> Manifest:
+    def export_builtin(
+        self, out_dir: Path, name: str, pretrained: str | None = None, precision: str = "fp32"
+    ) -> Manifest:
         """Export the family's default source into ``out_dir``, replacing it (the runtime's
         built-in model cache calls this; it holds no ExportRequest of its own)."""
         return self.export(
-            ExportRequest(out_dir=Path(out_dir), pretrained=pretrained, name=name, overwrite=True)
+            ExportRequest(
+                out_dir=Path(out_dir),
+                pretrained=pretrained,
+                name=name,
+                overwrite=True,
+                precision=precision,
+            )
         )
 
 

@@ -38,6 +38,7 @@ from cnmt.exporters.base import (
     publish,
     require_torch,
 )
+from cnmt.exporters.quantize import apply_precision, has_random_weights, read_check
 from cnmt.files import read_json, sha256_file
 from cnmt.runtime.manifest import Manifest, write_manifest
 from cnmt.runtime.manifest import replace as replace_manifest
@@ -68,6 +69,22 @@ VALIDATION_TEXTS = (
     "The committee adopted the draft resolution without a vote.",
     "Where is the nearest train station?",
     "She has been learning Chinese for three years.",
+)
+# More of them for the int8 check (token agreement and chrF against the fp32 export).
+CHECK_TEXTS = (
+    *VALIDATION_TEXTS,
+    "My brother works in a hospital near the river.",
+    "Could you tell me how much this costs?",
+    "The meeting has been postponed until next Tuesday.",
+    "We need more time to finish the report.",
+    "It rained all day, so we stayed at home.",
+    "The government announced new measures to support small businesses.",
+    "He forgot his umbrella on the bus.",
+    "Please send me the documents before Friday.",
+    "The children are playing in the garden.",
+    "What time does the museum open tomorrow?",
+    "Prices rose by three percent last year.",
+    "I have never seen such a beautiful sunset.",
 )
 
 
@@ -469,6 +486,9 @@ def export_marian(
     overwrite: bool = False,
     build: MarianModelConfig | None = None,
     weights_note: str | None = None,
+    precision: str = "fp32",
+    check_texts: Path | None = None,
+    check_references: Path | None = None,
 ) -> Manifest:
     """Export a Marian checkpoint (directory or hub id) to ``out_dir``; see the module doc.
 
@@ -499,6 +519,15 @@ def export_marian(
                 source_dir, staging, manifest, validation_texts, validation_new_tokens, atol
             )
             manifest = replace_manifest(manifest, extra={**manifest.extra, "validation": report})
+        if precision != "fp32":
+            check = read_check(
+                check_texts,
+                check_references,
+                CHECK_TEXTS,
+                random_weights=has_random_weights(manifest),
+                default_source=f"{len(CHECK_TEXTS)} built-in English sentences",
+            )
+            manifest = apply_precision(staging, manifest, precision, check)
         write_manifest(staging, manifest)
         publish(staging, out)
     except BaseException:
@@ -735,6 +764,7 @@ class MarianExporter(Exporter):
                 atol=build.atol,
                 overwrite=request.overwrite,
                 build=_with_seed(build, request.seed),
+                **_precision(request),
             )
         return export_marian(
             request.pretrained or HUB_ID,
@@ -743,7 +773,16 @@ class MarianExporter(Exporter):
             opset=self.opset_for(request),
             validate=request.validate,
             overwrite=request.overwrite,
+            **_precision(request),
         )
+
+
+def _precision(request: ExportRequest) -> dict[str, Any]:
+    return {
+        "precision": request.precision,
+        "check_texts": request.check_texts,
+        "check_references": request.check_references,
+    }
 
 
 def _with_seed(config: MarianModelConfig, seed: int) -> MarianModelConfig:

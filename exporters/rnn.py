@@ -37,6 +37,7 @@ from cnmt.exporters.base import (
     require_torch,
 )
 from cnmt.exporters.model_config import Built, ModelConfig, VocabConfig, config_extra
+from cnmt.exporters.quantize import apply_precision, has_random_weights, read_check
 from cnmt.files import sha256_file
 from cnmt.runtime.manifest import Manifest, write_manifest
 from cnmt.runtime.rnn import BiLstmTranslator, Cn2enTranslator, GruTranslator, RnnTranslator
@@ -46,6 +47,35 @@ from cnmt.runtime.tokenizers import Bpe, Vocabulary, WordTokenizer
 # OpenNMT-py's special tokens, in its order: ids 0..3 of every vocabulary built from a config.
 SPECIALS = ("<unk>", "<blank>", "<s>", "</s>")
 VALIDATION_STEPS = 40
+CHECK_SENTENCES = 32
+# Everyday Chinese sentences for cn2en's int8 check (written for this project; characters that
+# are all in cn2en's vocabulary).
+CN2EN_CHECK_TEXTS = (
+    "我们走吧。",
+    "我不知道。",
+    "今天天气很好。",
+    "你叫什么名字？",
+    "我喜欢喝茶。",
+    "他明天要去北京。",
+    "这本书很有意思。",
+    "请再说一遍。",
+    "我的妈妈是老师。",
+    "你想吃什么？",
+    "火车站在哪里？",
+    "我们一起去看电影吧。",
+    "她每天早上跑步。",
+    "这个问题很难。",
+    "我现在很忙。",
+    "你会说中文吗？",
+    "他们住在一个小城市。",
+    "我昨天买了一台新电脑。",
+    "外面下雨了。",
+    "谢谢你的帮助。",
+    "我想学习日语。",
+    "你几点起床？",
+    "这是我的朋友。",
+    "我们没有时间了。",
+)
 
 
 class RnnExporter(Exporter):
@@ -53,9 +83,20 @@ class RnnExporter(Exporter):
 
     spec: ClassVar[specs.ExportSpec]
     translator: ClassVar[type[RnnTranslator]]
+    check_source: ClassVar[str] = "every 50th of the first 2000 lines of the config's corpus"
 
     def build(self, request: ExportRequest) -> Built:
         raise NotImplementedError
+
+    def check_texts(self, request: ExportRequest) -> list[str]:
+        """Source sentences for the int8 check: from the config's source corpus (real text in
+        the model's language), every 50th of its first lines; none without a config."""
+        if request.config is None:
+            return []
+        corpus = Path(load_model_config(request.config, self.family).source_vocab.corpus)
+        with corpus.open(encoding="utf-8") as handle:
+            lines = [line.strip() for _, line in zip(range(2000), handle, strict=False)]
+        return [line for line in lines[::50] if line][:CHECK_SENTENCES]
 
     def export(self, request: ExportRequest) -> Manifest:
         require_torch(f"exporting the {self.family} family")
@@ -69,6 +110,16 @@ class RnnExporter(Exporter):
             manifest = self.write(built, staging, request)
             if request.validate:
                 validate_export(built, staging, manifest, self.spec, self.translator)
+            if request.precision != "fp32":
+                check = read_check(
+                    request.check_texts,
+                    request.check_references,
+                    self.check_texts(request),
+                    random_weights=has_random_weights(manifest),
+                    default_source=self.check_source,
+                )
+                manifest = apply_precision(staging, manifest, request.precision, check)
+                write_manifest(staging, manifest)
             publish(staging, request.out_dir)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -415,6 +466,11 @@ class Cn2enExporter(RnnExporter):
     name = "cn2en"
     spec = specs.CN2EN
     translator = Cn2enTranslator
+    check_source = "24 built-in Chinese sentences"
+
+    def check_texts(self, request: ExportRequest) -> list[str]:
+        return list(CN2EN_CHECK_TEXTS)
+
     # The reference decodes at most 1000 steps; it sets no source limit, this is ours.
     MAX_SOURCE_TOKENS = 500
     MAX_OUTPUT_TOKENS = 1000
