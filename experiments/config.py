@@ -248,6 +248,10 @@ DEFAULT_POLICIES = ("edge", "cloud", "oracle", "cnmt")
 
 @dataclass(frozen=True)
 class ReplayConfig:
+    """``model`` is what the cloud runs and what tokenizes the corpus; ``edge_model`` what the
+    edge runs when it differs (e.g. ``cn2en-int8`` against a ``cn2en`` cloud). Each device
+    profile must be of its device's model."""
+
     model: str
     corpus: CorpusSpec
     devices: DevicesSpec
@@ -266,6 +270,12 @@ class ReplayConfig:
     # rates that keep edge-only busy this share of the time, with this many requests each.
     load_sweep: list[float] = field(default_factory=list)
     load_sweep_requests: int = 20_000
+    edge_model: str | None = None  # None: the same as model
+
+    @property
+    def models(self) -> dict[str, str]:
+        """The model each device runs: ``{"edge": ..., "cloud": ...}``."""
+        return {"edge": self.edge_model or self.model, "cloud": self.model}
 
     def __post_init__(self) -> None:
         if self.requests < 1:

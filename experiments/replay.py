@@ -312,9 +312,10 @@ def _profile(path: str, role: str, model: str) -> DeviceProfile:
         )
     profile = load_profile(path)
     if profile.model != model:
+        key = "replay.edge_model" if role == "edge" else "replay.model"
         raise ConfigError(
-            f"{path}: the {role} profile measured model {profile.model!r} but replay.model is "
-            f"{model!r}; point replay.devices.{role} at a profile of {model!r}"
+            f"{path}: the {role} profile measured model {profile.model!r} but the {role} runs "
+            f"{model!r} ({key}); point replay.devices.{role} at a profile of {model!r}"
         )
     return profile
 
@@ -435,8 +436,8 @@ def replay(
     timings: dict[str, float] = {}
     started = time.perf_counter()
 
-    edge_profile = _profile(spec.devices.edge, "edge", spec.model)
-    cloud_profile = _profile(spec.devices.cloud, "cloud", spec.model)
+    edge_profile = _profile(spec.devices.edge, "edge", spec.models["edge"])
+    cloud_profile = _profile(spec.devices.cloud, "cloud", spec.models["cloud"])
     runs = build_policies(config, spec)
     if labels is not None:
         unknown = sorted(set(labels) - {run.label for run in runs})
@@ -549,6 +550,7 @@ def replay(
         "config": display_path(config.source),
         "description": config.description,
         "model": spec.model,
+        "models": spec.models,
         "connection_name": chosen,
         "connection": link.info,
         "requests": spec.requests,

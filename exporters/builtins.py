@@ -30,11 +30,12 @@ def export_builtin(name: str) -> Path:
             target, name=model.name, pretrained=model.pretrained, precision=model.precision
         )
     except ConfigError as exc:
+        precision = "" if model.precision == "fp32" else f" --precision {model.precision}"
         raise ConfigError(
             f"built-in model {name!r} ({model.description}) is exported on first use into "
             f"{target}, and that failed: {exc}. Alternatively export it on a machine with the "
-            f"export tools (`cnmt export --family {model.family} --precision {model.precision} "
-            "--out DIR`) and pass DIR as the model"
+            f"export tools (`cnmt export --family {model.family}{precision} --out DIR`) and "
+            "pass DIR as the model"
         ) from None
     return target
 

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from cnmt.errors import CnmtRuntimeError, ConfigError
+from cnmt.runtime.base import GreedyOutput, Translator
 from cnmt.runtime.manifest import Manifest, replace
 from cnmt.runtime.models import translator_class
 from cnmt.runtime.session import SessionConfig
@@ -221,28 +222,18 @@ def compare(
     cls = translator_class(fp32.family)
     reference_model = cls.load(fp32_dir, fp32, config)
     quantized_model = cls.load(int8_dir, int8, config)
-    reference = reference_model.greedy_outputs(check.texts, steps)
-    quantized = quantized_model.greedy_outputs(check.texts, steps)
-    # Both fed fp32's outputs: one differing pick does not send the rest down another path.
-    fed = [r.ids for r in reference]
-    expected = reference_model.teacher_forced_picks(check.texts, fed)
-    picked = quantized_model.teacher_forced_picks(check.texts, fed)
-    total = sum(len(row) for row in expected)
-    pairs = zip(expected, picked, strict=True)
-    same = sum(a == b for x, y in pairs for a, b in zip(x, y, strict=True))
-    prefix = [token_agreement(a.ids, b.ids) for a, b in zip(reference, quantized, strict=True)]
     measures: dict[str, Any] = {
         "sentences": len(check.texts),
         "sentences_from": check.source,
         "max_new_tokens": steps,
-        "step_agreement": same / total,
-        "prefix_agreement": sum(prefix) / len(prefix),
-        "identical_outputs": sum(a == 1.0 for a in prefix) / len(prefix),
-        "chrf_vs_fp32": chrf([b.text for b in quantized], [a.text for a in reference]),
-        "thresholds": {
-            "min_step_agreement": check.min_step_agreement,
-            "min_chrf_vs_fp32": check.min_chrf,
-        },
+    }
+    agreement, reference, quantized = measure_agreement(
+        reference_model, quantized_model, check.texts, steps
+    )
+    measures.update(agreement)
+    measures["thresholds"] = {
+        "min_step_agreement": check.min_step_agreement,
+        "min_chrf_vs_fp32": check.min_chrf,
     }
     if check.references is not None:
         measures["chrf_fp32"] = chrf([a.text for a in reference], list(check.references))
@@ -267,6 +258,7 @@ def compare(
                 f"{check.max_chrf_drop}"
             )
     if failures:
+        prefix = [token_agreement(a.ids, b.ids) for a, b in zip(reference, quantized, strict=True)]
         worst = min(range(len(prefix)), key=prefix.__getitem__)
         raise QuantizationError(
             f"int8 export of {fp32.name!r} rejected: {'; '.join(failures)} on "
@@ -276,6 +268,36 @@ def compare(
             "(--check-texts, --check-references)"
         )
     return measures
+
+
+def measure_agreement(
+    reference_model: Translator, candidate_model: Translator, texts: Sequence[str], steps: int
+) -> tuple[dict[str, float], list[GreedyOutput], list[GreedyOutput]]:
+    """How closely ``candidate_model`` (int8, another provider, fp16) follows
+    ``reference_model`` on ``texts``: the measures, and both models' greedy outputs.
+
+    ``step_agreement``: the share of decoder steps where the candidate picks the reference's
+    token when both are fed the reference's output (one differing pick does not send the rest
+    down another path); ``prefix_agreement``: the mean of :func:`token_agreement` of the
+    free-running outputs; ``identical_outputs``: the share of equal outputs; ``chrf_vs_fp32``:
+    the candidate's chrF with the reference's outputs as references.
+    """
+    reference = reference_model.greedy_outputs(texts, steps)
+    candidate = candidate_model.greedy_outputs(texts, steps)
+    fed = [r.ids for r in reference]
+    expected = reference_model.teacher_forced_picks(texts, fed)
+    picked = candidate_model.teacher_forced_picks(texts, fed)
+    total = sum(len(row) for row in expected)
+    pairs = zip(expected, picked, strict=True)
+    same = sum(a == b for x, y in pairs for a, b in zip(x, y, strict=True))
+    prefix = [token_agreement(a.ids, b.ids) for a, b in zip(reference, candidate, strict=True)]
+    measures = {
+        "step_agreement": same / total,
+        "prefix_agreement": sum(prefix) / len(prefix),
+        "identical_outputs": sum(a == 1.0 for a in prefix) / len(prefix),
+        "chrf_vs_fp32": chrf([b.text for b in candidate], [a.text for a in reference]),
+    }
+    return measures, reference, candidate
 
 
 def token_agreement(reference: Sequence[int], candidate: Sequence[int]) -> float:
