@@ -27,6 +27,7 @@ is not an error of this script). Run it on the GPU machine from the repository r
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -78,6 +79,11 @@ def usable_gpu_providers() -> tuple[list[str], str]:
         return [], (
             f"onnxruntime {ort.__version__} has no GPU execution provider here (available: "
             f"{', '.join(available)}); install onnxruntime-gpu on a machine with an NVIDIA GPU"
+        )
+    if importlib.util.find_spec("onnx") is None:
+        raise SystemExit(
+            f"gpu-check: {', '.join(listed)} listed, but the check needs the export tools "
+            "(onnx, for the probe and the fp16 graphs): pip install 'cnmt[gpu,export]'"
         )
     usable, failed = [], []
     for provider in listed:

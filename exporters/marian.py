@@ -38,7 +38,7 @@ from cnmt.exporters.base import (
     publish,
     require_torch,
 )
-from cnmt.exporters.quantize import apply_precision, has_random_weights, read_check
+from cnmt.exporters.quantize import apply_precision, read_check
 from cnmt.files import read_json, sha256_file
 from cnmt.runtime.manifest import Manifest, write_manifest
 from cnmt.runtime.manifest import replace as replace_manifest
@@ -496,6 +496,10 @@ def export_marian(
     into ``out_dir/source`` first.
     """
     require_torch("exporting Marian")
+    check = None
+    if precision != "fp32":
+        source_note = f"{len(CHECK_TEXTS)} built-in English sentences"
+        check = read_check(check_texts, check_references, CHECK_TEXTS, source_note)
     out = Path(out_dir)
     staging = prepare_out_dir(out, overwrite)
     try:
@@ -520,13 +524,6 @@ def export_marian(
             )
             manifest = replace_manifest(manifest, extra={**manifest.extra, "validation": report})
         if precision != "fp32":
-            check = read_check(
-                check_texts,
-                check_references,
-                CHECK_TEXTS,
-                random_weights=has_random_weights(manifest),
-                default_source=f"{len(CHECK_TEXTS)} built-in English sentences",
-            )
             manifest = apply_precision(staging, manifest, precision, check)
         write_manifest(staging, manifest)
         publish(staging, out)

@@ -26,6 +26,7 @@ cn2en and rejected: see docs/models.md#int8-models.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import os
@@ -95,13 +96,12 @@ def read_check(
     texts: Path | None,
     references: Path | None,
     default: Sequence[str],
-    random_weights: bool = False,
     default_source: str = "built-in check sentences",
     limit: int = 200,
 ) -> QuantizeCheck:
     """The check of an export: ``texts`` (a file, one sentence a line) or ``default``, and
-    optional ``references``; blank lines are skipped with their reference, at most ``limit``."""
-    thresholds: dict[str, Any] = dict(RANDOM_WEIGHTS_CHECK) if random_weights else {}
+    optional ``references``; blank lines are skipped with their reference, at most ``limit``.
+    A family reads it before exporting, so that a bad file fails before the slow part."""
     if texts is None:
         if references is not None:
             raise ConfigError(
@@ -112,7 +112,7 @@ def read_check(
                 "this source has no built-in check sentences for the int8 check: give "
                 "--check-texts FILE (sentences in the source language, one per line)"
             )
-        return QuantizeCheck(texts=tuple(default), source=default_source, **thresholds)
+        return QuantizeCheck(texts=tuple(default), source=default_source)
     lines = _lines(texts, "--check-texts")
     refs = _lines(references, "--check-references") if references is not None else None
     if refs is not None and len(refs) != len(lines):
@@ -127,7 +127,6 @@ def read_check(
         texts=tuple(lines[i] for i in keep),
         references=tuple(refs[i] for i in keep) if refs is not None else None,
         source=str(texts),
-        **thresholds,
     )
 
 
@@ -154,6 +153,8 @@ def apply_precision(
         raise ConfigError(f"--precision {precision!r}: choose fp32 or int8")
     if check is None:
         raise ConfigError("an int8 export needs check sentences (QuantizeCheck)")
+    if has_random_weights(manifest):
+        check = dataclasses.replace(check, **RANDOM_WEIGHTS_CHECK)
     scratch = Path(tempfile.mkdtemp(prefix=f".{staging.name}.int8.", dir=staging.parent))
     try:
         sizes = {}

@@ -37,7 +37,7 @@ from cnmt.exporters.base import (
     require_torch,
 )
 from cnmt.exporters.model_config import Built, ModelConfig, VocabConfig, config_extra
-from cnmt.exporters.quantize import apply_precision, has_random_weights, read_check
+from cnmt.exporters.quantize import apply_precision, read_check
 from cnmt.files import sha256_file
 from cnmt.runtime.manifest import Manifest, write_manifest
 from cnmt.runtime.rnn import BiLstmTranslator, Cn2enTranslator, GruTranslator, RnnTranslator
@@ -102,6 +102,14 @@ class RnnExporter(Exporter):
         require_torch(f"exporting the {self.family} family")
         import torch
 
+        check = None
+        if request.precision != "fp32":
+            check = read_check(
+                request.check_texts,
+                request.check_references,
+                self.check_texts(request),
+                default_source=self.check_source,
+            )
         torch.manual_seed(request.seed)
         built = self.build(request)
         built.model.eval()
@@ -111,13 +119,6 @@ class RnnExporter(Exporter):
             if request.validate:
                 validate_export(built, staging, manifest, self.spec, self.translator)
             if request.precision != "fp32":
-                check = read_check(
-                    request.check_texts,
-                    request.check_references,
-                    self.check_texts(request),
-                    random_weights=has_random_weights(manifest),
-                    default_source=self.check_source,
-                )
                 manifest = apply_precision(staging, manifest, request.precision, check)
                 write_manifest(staging, manifest)
             publish(staging, request.out_dir)

@@ -45,6 +45,7 @@ def test_without_a_gpu_provider_the_script_says_so_and_exits_0(tmp_path: Path) -
 
 
 @pytest.mark.skipif(has_gpu, reason="this onnxruntime has a GPU provider")
+@pytest.mark.skipif(importlib.util.find_spec("onnx") is None, reason="needs onnx (cnmt[export])")
 def test_a_listed_provider_that_cannot_start_counts_as_no_gpu(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -173,6 +173,7 @@ def test_quantizer_failure_names_the_graph(tmp_path: Path, monkeypatch: pytest.M
     assert list(tmp_path.iterdir()) == []
 
 
+@needs_cn2en
 def test_check_options_need_int8_and_matching_lines(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

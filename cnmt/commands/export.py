@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from cnmt.errors import ConfigError
 
@@ -143,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def describe_quantization(quantization: dict) -> str:
+def describe_quantization(quantization: dict[str, Any]) -> str:
     """One line: the int8 graphs' size and what their check against fp32 measured."""
     sizes = quantization.get("graph_bytes", {})
     fp32 = sum(s["fp32"] for s in sizes.values()) / 1e6
