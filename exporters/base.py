@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from cnmt.errors import ConfigError
-from cnmt.runtime.manifest import MANIFEST_NAME, Manifest
+from cnmt.runtime.manifest import MANIFEST_NAME, PRECISIONS, Manifest
 from cnmt.schema import NoParams
 
 EXPORT_INSTALL_HINT = "install the export tools with: pip install 'cnmt[export]'"
@@ -47,6 +47,10 @@ class ExportRequest:
     precision: str = "fp32"
     check_texts: Path | None = None
     check_references: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS or self.precision == "fp16":
+            raise ConfigError(f"precision {self.precision!r}: export writes fp32 or int8")
 
 
 class Exporter(abc.ABC):

@@ -25,9 +25,10 @@ FORMAT_VERSION = 1
 # accepts (Marian's positional tables hold 512), and short enough that one decode cannot run
 # for minutes. A larger value is a corrupt or hostile manifest, not a model.
 MAX_TOKENS_LIMIT = 4096
-# How the graphs store their weights: fp32 as exported, or int8 (ONNX Runtime dynamic
-# quantization; inputs and outputs stay fp32, so the decode loops need no change).
-PRECISIONS = ("fp32", "int8")
+# How the graphs store their weights: fp32 as exported, int8 (`cnmt export --precision int8`,
+# ONNX Runtime dynamic quantization) or fp16 (written by scripts/gpu-check for a GPU); inputs
+# and outputs stay fp32 in every case, so the decode loops need no change.
+PRECISIONS = ("fp32", "int8", "fp16")
 
 
 @dataclass(frozen=True)

@@ -213,7 +213,7 @@ def test_manifest_without_a_precision_reads_as_fp32_and_an_unknown_one_is_refuse
     assert load_manifest(folder).precision == "fp32"
     data["precision"] = "int4"
     (folder / MANIFEST_NAME).write_text(json.dumps(data), encoding="utf-8")
-    with pytest.raises(ConfigError, match=r"precision is 'int4'; this cnmt reads fp32, int8"):
+    with pytest.raises(ConfigError, match=r"precision is 'int4'; this cnmt reads fp32, int8, fp16"):
         load_manifest(folder)
 
 
