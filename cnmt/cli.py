@@ -12,6 +12,7 @@ import argparse
 import importlib
 import pkgutil
 import sys
+import traceback
 from collections.abc import Sequence
 
 from cnmt import __version__, commands
@@ -24,6 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="C-NMT: collaborative edge-cloud inference of neural machine translation.",
     )
     parser.add_argument("--version", action="version", version=f"cnmt {__version__}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="on an error, print the Python traceback too (for bug reports)",
+    )
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         importlib.import_module(f"{commands.__name__}.{info.name}").register(subparsers)
@@ -36,6 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except CnmtError as exc:
+        if args.debug:
+            traceback.print_exc()
         print(f"cnmt: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

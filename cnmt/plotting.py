@@ -10,6 +10,13 @@ from cnmt.errors import ConfigError
 INSTALL_HINT = "install matplotlib with: pip install 'cnmt[plots]'"
 
 
+def available() -> bool:
+    """Whether figures can be drawn here (matplotlib is an optional extra)."""
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 def pyplot() -> Any:
     """``matplotlib.pyplot``, set to render into files."""
     try:

@@ -20,8 +20,10 @@ top-level ones. Top-level config sections are registered too (``cnmt_register_co
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import importlib
+import importlib.metadata
 import os
 from collections.abc import Callable, Iterable
 from typing import Annotated, Any
@@ -103,7 +105,7 @@ class Components:
                 def register(cls: type[Any], *, _plugin: str = plugin) -> None:
                     _add(entries, kind, cls, _plugin)
 
-                call(register=register)
+                _call_hook(self.pm, plugin, KINDS[kind], call, register)
             self._by_kind[kind] = entries
         return self._by_kind[kind]
 
@@ -148,9 +150,30 @@ class Components:
                         )
                     found[key] = Section(key, load, _plugin)
 
-                call(register=register)
+                _call_hook(self.pm, plugin, SECTIONS_HOOK, call, register)
             self._sections = found
         return self._sections
+
+
+def _call_hook(
+    pm: pluggy.PluginManager,
+    plugin: str,
+    hook: str,
+    call: Callable[..., Any],
+    register: Callable[..., None],
+) -> None:
+    """One plugin's implementation of ``hook``; an exception its own code raises becomes a
+    PluginLoadError naming the plugin and its distribution (ours are already ConfigErrors)."""
+    try:
+        call(register=register)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise PluginLoadError(
+            f"the plugin {plugin!r} ({distribution_of(pm, plugin)}) failed in its {hook} hook: "
+            f"{type(exc).__name__}: {exc}. Fix or update the plugin, or run without "
+            f"third-party plugins: {DISABLE_AUTOLOAD_ENV}=1 cnmt ..."
+        ) from exc
 
 
 def _check_kind(kind: str) -> None:
@@ -190,16 +213,99 @@ def autoload_enabled() -> bool:
     return os.environ.get(DISABLE_AUTOLOAD_ENV, "") in ("", "0")
 
 
-def get_plugin_manager() -> pluggy.PluginManager:
-    """A plugin manager with the hookspecs, the built-ins and (unless disabled) entry points."""
-    pm = pluggy.PluginManager("cnmt")
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager, plus the distribution each third-party plugin came from (``name
+    version`` by plugin name), recorded as :func:`get_plugin_manager` loads them."""
+
+    def __init__(self) -> None:
+        super().__init__("cnmt")
+        self.distributions: dict[str, str] = {}
+
+
+def get_plugin_manager() -> PluginManager:
+    """A plugin manager with the hookspecs, the built-ins and (unless disabled) entry points.
+
+    A third-party plugin that cannot be imported, registered or validated (a misspelled hook,
+    say) raises :class:`PluginLoadError`, naming its distribution and entry point, what is
+    wrong, and how to run without it."""
+    pm = PluginManager()
     pm.add_hookspecs(hookspecs)
     for module_name in DEFAULT_PLUGINS:
         pm.register(importlib.import_module(module_name), name=module_name)
-    if autoload_enabled():
-        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
     pm.check_pending()
+    if autoload_enabled():
+        _load_entry_points(pm)
     return pm
+
+
+class PluginLoadError(ConfigError):
+    """A third-party plugin that cannot be loaded (exit 2, one message, no traceback)."""
+
+
+def _load_entry_points(pm: PluginManager) -> None:
+    """Every plugin of the ``cnmt`` entry point group, each validated as soon as it is
+    registered, so that an error names the one plugin at fault. (pluggy's own
+    ``load_setuptools_entrypoints`` loads them all first and reports a bad hook without the
+    distribution it came from.)"""
+    for dist in importlib.metadata.distributions():
+        for entry in dist.entry_points:
+            if entry.group != ENTRY_POINT_GROUP or pm.get_plugin(entry.name) is not None:
+                continue
+            where = (
+                f"the plugin {entry.name!r} (entry point `{entry.name} = {entry.value}` of the "
+                f"distribution {dist.metadata['name']} {dist.version})"
+            )
+            try:
+                plugin = entry.load()
+            except Exception as exc:
+                raise _plugin_error(
+                    where, f"cannot be imported: {type(exc).__name__}: {exc}", dist
+                ) from exc
+            unknown = _unknown_hooks(pm, plugin)
+            if unknown:
+                raise _plugin_error(where, _describe_unknown_hooks(unknown), dist)
+            try:
+                pm.register(plugin, name=entry.name)
+                pm.check_pending()
+            except (pluggy.PluginValidationError, ValueError) as exc:
+                pm.unregister(name=entry.name)
+                raise _plugin_error(where, f"cannot be registered: {exc}", dist) from exc
+            pm.distributions[entry.name] = f"{dist.metadata['name']} {dist.version}"
+
+
+def _unknown_hooks(pm: pluggy.PluginManager, plugin: object) -> list[str]:
+    """The names of ``plugin``'s hook implementations that name no hook of ours."""
+    known = set(hook_names())
+    return sorted(
+        name
+        for name in dir(plugin)
+        if pm.parse_hookimpl_opts(plugin, name) is not None and name not in known
+    )
+
+
+def hook_names() -> list[str]:
+    """Every hook a plugin may implement."""
+    return sorted(n for n in dir(hookspecs) if n.startswith("cnmt_register_"))
+
+
+def _describe_unknown_hooks(unknown: list[str]) -> str:
+    parts = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, hook_names(), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        parts.append(f"{name!r}{hint}")
+    return (
+        f"implements the unknown hook(s) {', '.join(parts)}; the hooks are "
+        f"{', '.join(hook_names())}"
+    )
+
+
+def _plugin_error(where: str, what: str, dist: importlib.metadata.Distribution) -> PluginLoadError:
+    return PluginLoadError(
+        f"{where} {what}. Fix or update the plugin, uninstall it "
+        f"(`pip uninstall {dist.metadata['name']}`), or run without third-party plugins: "
+        f"{DISABLE_AUTOLOAD_ENV}=1 cnmt ..."
+    )
 
 
 @functools.cache
@@ -210,10 +316,7 @@ def get_components() -> Components:
 
 def distribution_of(pm: pluggy.PluginManager, plugin_name: str) -> str:
     """'name version' of the distribution a plugin came from, or 'built-in'."""
-    for plugin, dist in pm.list_plugin_distinfo():
-        if pm.get_name(plugin) == plugin_name:
-            return f"{dist.metadata['name']} {dist.version}"
-    return "built-in"
+    return getattr(pm, "distributions", {}).get(plugin_name, "built-in")
 
 
 # ----------------------------------------------------------------------- components in YAML

@@ -36,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -398,8 +398,12 @@ def replay(
     window_hours: float | None = None,
     queues: bool | None = None,
     labels: Collection[str] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> ReplayOutcome:
     """Run one connection profile of ``config`` through every policy.
+
+    ``progress(label, done, total)`` is called as each policy starts (``done`` of ``total``
+    policies finished) and once more when the last one has finished (label ``""``).
 
     ``arrival_rate`` replays Poisson arrivals at that rate with queues on; ``window_hours``
     places the requests in that many hours of the trace window; ``queues`` turns the devices'
@@ -490,7 +494,9 @@ def replay(
     policies: dict[str, Any] = {}
     estimators: dict[str, Any] = {}
     decisions: dict[str, np.ndarray] = {}
-    for run in runs:
+    for index, run in enumerate(runs):
+        if progress is not None:
+            progress(run.label, index, len(runs))
         began = time.perf_counter()
         learners = run.learners(edge_lm, cloud_lm)
         if run.policy.uses_length_estimate and learners.length is None:
@@ -516,6 +522,8 @@ def replay(
                 "mae_vs_corpus_tokens": float(np.abs(sim.m_estimate - lines.m_corpus[pick]).mean()),
             }
         timings[f"policy_{run.label}_s"] = time.perf_counter() - began
+    if progress is not None:
+        progress("", len(runs), len(runs))
     # How often each policy chose as the clairvoyant Oracle did (replayed, or without queues
     # computed from the truth).
     oracle = next((label for label, r in policies.items() if r["policy"] == "oracle"), None)

@@ -13,6 +13,7 @@ numbers come from its Table I (``configs/paper/c-nmt-table1.json``, cited there)
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import fnmatch
 import sys
@@ -21,9 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from cnmt.config import builtin_config_names, builtin_configs_root, display_path, load_config
 from cnmt.errors import CnmtError, ConfigError
 from cnmt.files import read_json, write_json
+from cnmt.plotting import INSTALL_HINT
+from cnmt.plotting import available as plotting_available
 
 PAPER_TABLE = "paper/c-nmt-table1.json"
 PAPER_FORMAT = "cnmt-paper-table/1"
@@ -62,6 +67,8 @@ class Output:
 
     markdown: Path
     figures: Path
+    # False where matplotlib is missing: the report is written without figures and says so.
+    draw: bool = True
 
     def link(self, figure: Path) -> str:
         return figure.relative_to(self.markdown.parent).as_posix()
@@ -130,7 +137,7 @@ def run_all(
             print(f"{scenario.name}: skipped: {exc}", file=sys.stderr)
             continue
         scenario.result = outcome.result
-        if output is not None:
+        if output is not None and output.draw:
             path = output.figures / (scenario.name.replace("/", "__") + "__rtt.png")
             plot_rtt_window(outcome.result["connection"], outcome.window, path, scenario.name)
             scenario.figure = output.link(path)
@@ -140,6 +147,8 @@ def run_all(
 
 
 SWEEP_POLICIES = ("edge", "cloud", "oracle", "cnmt", "cnmt-load", "cnmt-closed")
+SWEEP_MARKERS = ("o", "s", "^", "v", "D", "x")
+SWEEP_DASHES = ("-", "--", "-.", ":")
 
 
 def run_sweep(
@@ -170,10 +179,31 @@ def run_sweep(
             SweepPoint(utilization, rate, outcome.result["policies"], describe_mode(outcome.result))
         )
         print(f"  {scenario.name} at edge-only utilization {utilization:g}", file=sys.stderr)
-    if output is not None:
+    if output is not None and output.draw:
         path = output.figures / (scenario.name.replace("/", "__") + "__load.png")
         plot_sweep(scenario, path)
         scenario.sweep_figure = output.link(path)
+
+
+def sweep_lines(scenario: Scenario) -> list[tuple[str, str, dict[str, Any]]]:
+    """(policy label, legend text, matplotlib line style) of each swept policy. Policies that
+    decide alike draw the same line: each has its own marker and dash, drawn smaller and hollow
+    on top, and its legend says which policy it lies on (``cnmt-load (= cnmt)``)."""
+    labels = [label for label in SWEEP_POLICIES if label in scenario.sweep[0].policies]
+    drawn: dict[str, list[float]] = {}
+    lines = []
+    for index, label in enumerate(labels):
+        means = [p.policies[label]["mean_s"] for p in scenario.sweep]
+        same = [o for o, theirs in drawn.items() if np.allclose(means, theirs, rtol=0.005)]
+        drawn[label] = means
+        style = {
+            "marker": SWEEP_MARKERS[index % len(SWEEP_MARKERS)],
+            "linestyle": SWEEP_DASHES[index % len(SWEEP_DASHES)],
+            "ms": 6 - index * 0.6,
+            "fillstyle": "none" if same else "full",
+        }
+        lines.append((label, f"{label} (= {same[0]})" if same else label, style))
+    return lines
 
 
 def plot_sweep(scenario: Scenario, path: Path) -> None:
@@ -184,12 +214,10 @@ def plot_sweep(scenario: Scenario, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     rates = [p.rate for p in scenario.sweep]
     per_rate = scenario.sweep[0].utilization / rates[0]  # edge-only utilization per req/s
-    for label in SWEEP_POLICIES:
-        if label not in scenario.sweep[0].policies:
-            continue
+    for label, shown, style in sweep_lines(scenario):
         for ax, key in zip(axes, ("mean_s", "p99_s"), strict=True):
             values = [p.policies[label][key] * 1e3 for p in scenario.sweep]
-            ax.plot(rates, values, "o-", ms=3, label=label)
+            ax.plot(rates, values, label=shown, **style)
     for ax, what in zip(axes, ("mean", "p99"), strict=True):
         ax.set_yscale("log")
         ax.set_xlabel("arrival rate (requests/s)")
@@ -474,6 +502,11 @@ def markdown_report(
         "I. Percentages are `100 * (policy total - reference total) / reference total` "
         "(negative = faster).",
         "",
+        *(
+            []
+            if header.get("figures", True)
+            else [f"This report has no figures: matplotlib is not installed ({INSTALL_HINT}).", ""]
+        ),
         *paper_section(scenarios, paper),
         "",
         *our_table(scenarios),
@@ -525,7 +558,12 @@ def reproduce(
     began = time.perf_counter()
     paper = paper_table()
     scenarios = plan(only)
-    if output is not None:
+    if output is not None and not plotting_available():
+        output = dataclasses.replace(output, draw=False)
+        print(
+            f"cnmt reproduce: writing the report without figures; {INSTALL_HINT}", file=sys.stderr
+        )
+    if output is not None and output.draw:
         output.figures.mkdir(parents=True, exist_ok=True)
     run_all(scenarios, output, requests, seed)
     header = {
@@ -536,8 +574,10 @@ def reproduce(
     if json_path:
         write_json(json_path, {s.name: scenario_json(s) for s in scenarios})
     if output is not None:
-        figures = length_figures(scenarios, output)
+        figures = length_figures(scenarios, output) if output.draw else {}
         header["seconds"] = time.perf_counter() - began
+        header["figures"] = output.draw
+        output.markdown.parent.mkdir(parents=True, exist_ok=True)
         output.markdown.write_text(
             markdown_report(scenarios, header, figures, paper), encoding="utf-8"
         )

@@ -9,6 +9,7 @@ registered exporter once. It needs the export tools (torch).
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from cnmt.errors import ConfigError
@@ -44,4 +45,11 @@ def ensure_exported(name_or_dir: str | os.PathLike[str]) -> None:
     """Export ``name_or_dir`` into the cache if it is a built-in model not exported yet."""
     missing = unexported_builtin(name_or_dir)
     if missing is not None:
+        # Seconds without a word look like a hang: say what happens, and that it is once.
+        print(
+            f"cnmt: exporting {missing.name} into {builtin_dir(missing.name)}, once "
+            "(later runs open it from there)",
+            file=sys.stderr,
+            flush=True,
+        )
         export_builtin(missing.name)

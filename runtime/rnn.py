@@ -17,7 +17,6 @@ EOS: the unit of work that characterization times.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import numpy as np
 from cnmt.errors import ConfigError
 from cnmt.runtime.base import GreedyOutput, Translation, Translator
 from cnmt.runtime.manifest import Manifest, file_path, graph_path
+from cnmt.runtime.repeated_warnings import MODEL_WARNINGS, shorten
 from cnmt.runtime.session import SessionConfig, create_session, resolve_config
 from cnmt.runtime.tokenizers import (
     Bpe,
@@ -39,7 +39,8 @@ from cnmt.runtime.tokenizers import (
     no_known_token,
 )
 
-logger = logging.getLogger(__name__)
+# The kind of repeated warning (and metric label) for source tokens outside the vocabulary.
+DROPPED_TOKENS = "dropped_source_tokens"
 
 ENCODER_INPUTS = ("src_ids", "src_lengths")
 GRU_ENCODER_OUTPUTS = ("hidden",)
@@ -203,14 +204,16 @@ class RnnTranslator(Translator):
         if not isinstance(text, str) or not text.strip():
             raise ConfigError("empty text: give a sentence to translate")
         ids, unknown = self.source.encode(text)
-        if unknown and self.source.unk is None and log_dropped:
-            logger.warning(
-                "%s: dropped %d source token(s) not in the vocabulary, as the reference model "
-                "does: %s",
-                self.manifest.name,
-                len(unknown),
-                " ".join(unknown),
-            )
+        if unknown and self.source.unk is None:
+            if log_dropped:
+                MODEL_WARNINGS.warn(
+                    self.manifest.name,
+                    DROPPED_TOKENS,
+                    f"{self.manifest.name}: dropped {len(unknown)} source token(s) not in the "
+                    f"vocabulary, as the reference model does: {shorten(unknown)}",
+                )
+            else:
+                MODEL_WARNINGS.seen(self.manifest.name, DROPPED_TOKENS)
         if len(ids) > self.max_source_tokens:
             raise ConfigError(
                 f"text has {len(ids)} source tokens; model {self.manifest.name!r} accepts at most "
@@ -224,7 +227,8 @@ class RnnTranslator(Translator):
         return ids
 
     def count_source_tokens(self, text: str) -> int:
-        return len(self.encode_text(text, log_dropped=False))  # translate() logs them
+        # Counted, not logged: translate() logs them (in the worker that translates).
+        return len(self.encode_text(text, log_dropped=False))
 
     def translate(self, text: str) -> Translation:
         return self.translate_batch([text])[0]

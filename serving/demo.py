@@ -91,6 +91,8 @@ def describe_models(models: dict[str, Any]) -> list[str]:
             f"length model ({length['component']}): M = {length['gamma']:.3f} N "
             f"{length['delta']:+.2f}"
         )
+    for warning in models.get("warnings", []):
+        lines.append(f"warning: learnt latency model {warning}")
     return lines
 
 

@@ -31,13 +31,17 @@
 
 It answers::
 
-    {"translation": "let's go .", "device": "cloud", "decided": "cloud", "fallback": null,
+    {"request_id": "tour-1", "translation": "let's go .", "device": "cloud", "decided": "cloud",
+     "fallback": null,
      "n_tokens": 5, "m_estimated": 4.9, "m_actual": 3, "latency_ms": 61.2, "exec_ms": 11.0,
      "wait_ms": 0.2, "rtt_estimate_ms": 48.1, "rtt_sample_ms": 49.0,
      "predicted_ms": {"edge": 80.3, "cloud": 62.0}, "predicted_exec_ms": 10.1,
      "edge_backlog_ms": 0.0, "cloud_wait_estimate_ms": 0.3}
 
-``decided`` is the policy's choice, ``device`` where the text was really translated.
+``request_id`` is the client's ``X-Request-Id`` when it is a plain token, else a new one (it is
+also the answer's ``X-Request-Id`` header and starts the request's decision line,
+:mod:`cnmt.serving.decision_log`). ``decided`` is the policy's choice, ``device`` where the text
+was really translated.
 ``predicted_ms`` are the decision's predicted execution times (the cloud's plus its
 transmission), ``predicted_exec_ms`` the prediction for the device that ran it (to compare
 with ``exec_ms``), ``wait_ms`` the measured wait before the translation ran (the cloud's
@@ -69,8 +73,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import statistics
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -83,6 +89,7 @@ from prometheus_client.registry import Collector
 
 from cnmt.errors import CnmtError
 from cnmt.runtime.base import Translator
+from cnmt.runtime.repeated_warnings import MODEL_WARNINGS
 from cnmt.schedulers.base import (
     Device,
     DevicePolicy,
@@ -98,6 +105,7 @@ from cnmt.schedulers.rtt_estimators import RttEstimator
 from cnmt.serving import metrics as m
 from cnmt.serving.cloud_client import CloudClient, CloudFailure, CloudRejected
 from cnmt.serving.cloud_health import CloudHealth
+from cnmt.serving.decision_log import log_decision
 from cnmt.serving.edge import EdgeFailure, EdgeWorker
 from cnmt.serving.learned_state import Part, save
 from cnmt.serving.limits import IDLE_TIMEOUT_KEY
@@ -120,6 +128,18 @@ log = logging.getLogger("cnmt.serving.gateway")
 SERVICE = "cnmt-gateway"
 # How many recent requests per device /v1/models summarises the prediction error over.
 RECENT_ERRORS = 200
+
+
+# A client's own X-Request-Id is kept when it is this simple (it goes into the log line).
+_CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def request_id(header: str | None) -> str:
+    """The request's id: the client's ``X-Request-Id`` when it is a plain token of at most 64
+    characters, else a new random one."""
+    if header is not None and _CLIENT_REQUEST_ID.fullmatch(header):
+        return header
+    return uuid.uuid4().hex[:12]
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -317,6 +337,7 @@ class Gateway:
         )
         self.m_cloud_in_flight.set_function(lambda: len(self.cloud_health.in_flight))
         r.register(_EdgeRestarts(self.edge))
+        r.register(_ModelWarnings())
         self.m_rtt_estimate.set(self.rtt_estimator.estimate(self.clock()))
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -399,7 +420,9 @@ class Gateway:
             self.m_pending.set(self.pending)
             try:
                 text = parse_text(body)
-                answer = await self.translate(text, started)
+                answer = await self.translate(
+                    text, started, request_id(request.headers.get("X-Request-Id"))
+                )
             finally:
                 self.pending -= 1
                 self.m_pending.set(self.pending)
@@ -411,12 +434,17 @@ class Gateway:
             self.m_rejected.labels(status="500").inc()
             message = escape_controls(f"internal error: {type(exc).__name__}: {exc}")
             return error_response(RequestError(500, message))
-        return json_response(answer)
+        log_decision(answer)
+        return json_response(answer, headers={"X-Request-Id": answer["request_id"]})
 
-    async def translate(self, text: str, started: float | None = None) -> dict[str, Any]:
+    async def translate(
+        self, text: str, started: float | None = None, request_id: str | None = None
+    ) -> dict[str, Any]:
         """Decide, translate and account for one text; RequestError for what the user must fix."""
         if started is None:
             started = self.timer()
+        if request_id is None:
+            request_id = uuid.uuid4().hex[:12]
         try:
             n_tokens = self.tokenizer.count_source_tokens(text)
         except CnmtError as exc:
@@ -489,6 +517,7 @@ class Gateway:
         self.m_length_error.observe(m_estimated - m_actual)
         self.m_length_abs_error.inc(abs(m_estimated - m_actual))
         return {
+            "request_id": request_id,
             "translation": outcome.text,
             "device": device.value,
             "decided": decided.value,
@@ -581,7 +610,11 @@ class Gateway:
         """What the gateway decides with now and how well it has predicted (``/v1/models``)."""
         state = self.snapshot()
         latency = {}
+        warnings: list[str] = []
         for device, estimator in self.latency.items():
+            warnings += model_warnings(
+                device.value, estimator.current(), self.tokenizer.max_source_tokens
+            )
             errors = self.recent_errors[device]
             latency[device.value] = {
                 "device": self.devices[device],
@@ -610,6 +643,7 @@ class Gateway:
             "cloud_wait_estimate_ms": _ms(state.cloud_wait_s),
             "edge_backlog_ms": _ms(state.edge_backlog_s),
             "state_file": self.settings.state_file,
+            "warnings": warnings,
         }
 
     async def handle_models(self, request: web.Request) -> web.Response:
@@ -622,6 +656,31 @@ class Gateway:
             self.own_cloud_backlog.at(now) + self.cloud_wait_estimator.estimate(now)
         )
         return m.response(self.metrics)
+
+
+# A predicted execution time above this is absurd for one sentence (an hour).
+ABSURD_PREDICTION_S = 3600.0
+
+
+def model_warnings(device: str, model: LatencyModel, max_tokens: int) -> list[str]:
+    """What is unphysical about a learnt latency model: a negative slope, or a predicted time
+    that is negative or absurd for a request of 1 or ``max_tokens`` tokens each way. Such a
+    model still decides; ``/v1/models`` and the demo's summary say so."""
+    found = []
+    for name, slope in (("a_n", model.a_n), ("a_m", model.a_m)):
+        if slope < 0:
+            found.append(
+                f"{device}: {name} = {slope * 1e3:.4f} ms/token is negative: longer requests "
+                "are predicted to run faster"
+            )
+    for n in sorted({1, max_tokens}):
+        predicted = model.predict(n, n)
+        if not 0.0 <= predicted <= ABSURD_PREDICTION_S:
+            found.append(
+                f"{device}: predicts {predicted * 1e3:.1f} ms for N = M = {n}, which no device "
+                f"can take (b = {model.b * 1e3:.1f} ms)"
+            )
+    return found
 
 
 def _coefficients(model: LatencyModel) -> dict[str, float]:
@@ -667,6 +726,22 @@ class _LearnedModels(Collector):
             observations.add_metric([device.value], estimator.observations)
         yield coefficients
         yield observations
+
+
+class _ModelWarnings(Collector):
+    """``cnmt_gateway_model_warnings_total``: the requests whose text made the model warn (by
+    model and kind; the edge worker logs them at most once a minute), read when scraped."""
+
+    def collect(self) -> Any:
+        family = CounterMetricFamily(
+            "cnmt_gateway_model_warnings",
+            "Requests whose text made the model warn (source tokens it drops, ...), by model "
+            "and kind; the log shows them at most once a minute, with the count.",
+            labels=["model", "kind"],
+        )
+        for (model, kind), count in sorted(MODEL_WARNINGS.totals().items()):
+            family.add_metric([model, kind], count)
+        yield family
 
 
 class _EdgeRestarts(Collector):

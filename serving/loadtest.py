@@ -22,8 +22,13 @@ Against a gateway, the report also gives, per device, the median relative error 
 gateway's predicted execution time (``predicted_exec_ms`` vs ``exec_ms`` in its answers): how
 well its latency models describe what the devices really do.
 
+With ``requests_out`` every request is also written as one JSON line (:func:`request_record`):
+when it was sent, its status, where it ran and the answer's prediction fields, so that each of
+the gateway's decisions can be read back next to what it measured.
+
 Only loopback addresses are accepted: this is a tool for a system you launched on this machine,
-never for someone else's server.
+never for someone else's server. Before the first request each gateway's ``/health`` is asked
+once, so that a gateway that is not running is reported as such instead of as N lost requests.
 """
 
 from __future__ import annotations
@@ -79,6 +84,26 @@ def read_sentences(
     return sentences[:limit] if limit else sentences
 
 
+# The fields of a gateway's answer that describe its decision, kept per request (--requests-out).
+DECISION_FIELDS = (
+    "request_id",
+    "device",
+    "decided",
+    "fallback",
+    "n_tokens",
+    "m_estimated",
+    "m_actual",
+    "latency_ms",
+    "exec_ms",
+    "wait_ms",
+    "predicted_ms",
+    "predicted_exec_ms",
+    "rtt_estimate_ms",
+    "edge_backlog_ms",
+    "cloud_wait_estimate_ms",
+)
+
+
 @dataclass
 class Outcome:
     status: int | None  # None: no answer (lost)
@@ -88,6 +113,23 @@ class Outcome:
     error: str | None = None
     exec_s: float | None = None  # a gateway's answer: the device's execution time
     predicted_exec_s: float | None = None  # and what its latency model predicted
+    sent_at_s: float = 0.0  # seconds since the load test started
+    url: str = ""
+    answer: dict[str, object] = field(default_factory=dict)  # its DECISION_FIELDS
+
+
+def request_record(outcome: Outcome) -> dict[str, object]:
+    """One request as a JSON line of ``--requests-out``: when it was sent (seconds since the
+    start), to which gateway, its HTTP status (``null``: no answer), the client-side latency, an
+    error if any, and the decision fields of the gateway's answer."""
+    return {
+        "sent_at_s": round(outcome.sent_at_s, 6),
+        "url": outcome.url,
+        "status": outcome.status,
+        "client_latency_ms": round(outcome.latency_s * 1000.0, 3),
+        "error": outcome.error,
+        **outcome.answer,
+    }
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -120,9 +162,22 @@ class LoadReport:
     # per device: median |predicted - measured| / measured execution time, and over how many
     prediction_error: dict[str, float] = field(default_factory=dict)
     predictions: dict[str, int] = field(default_factory=dict)
+    # every request, in the order the answers came (not in the JSON report: --requests-out)
+    outcomes: list[Outcome] = field(default_factory=list, repr=False)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, ensure_ascii=False)
+        report = asdict(self)
+        del report["outcomes"]
+        return json.dumps(report, indent=2, ensure_ascii=False)
+
+    def write_requests(self, path: str | Path) -> int:
+        """Every request as one JSON line (:func:`request_record`), in the order they were
+        sent; returns how many."""
+        ordered = sorted(self.outcomes, key=lambda o: o.sent_at_s)
+        with open(path, "w", encoding="utf-8") as out:
+            for outcome in ordered:
+                out.write(json.dumps(request_record(outcome), ensure_ascii=False) + "\n")
+        return len(ordered)
 
     def table(self) -> str:
         lat = self.latency_ms
@@ -193,7 +248,27 @@ def summarize(url: str, mode: str, outcomes: list[Outcome], elapsed_s: float) ->
         errors=dict(errors),
         prediction_error={d: percentile(v, 50) or 0.0 for d, v in sorted(relative.items())},
         predictions={d: len(v) for d, v in sorted(relative.items())},
+        outcomes=outcomes,
     )
+
+
+async def check_reachable(session: aiohttp.ClientSession, base_url: str, timeout_s: float) -> None:
+    """ConfigError naming ``base_url`` when nothing answers its ``/health``: a load test of a
+    gateway that is not running says so, instead of reporting every request lost."""
+    url = base_url.rstrip("/") + "/health"
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
+            await response.read()
+    except TimeoutError:
+        raise ConfigError(
+            f"the gateway is not reachable at {base_url}: no answer to GET /health within "
+            f"{timeout_s:g} s; is it running (`cnmt launch`), and is --url right?"
+        ) from None
+    except aiohttp.ClientError as exc:
+        raise ConfigError(
+            f"the gateway is not reachable at {base_url} ({type(exc).__name__}: {exc}); start "
+            "one with `cnmt launch` (it prints its URL) or give its address with --url"
+        ) from None
 
 
 async def send_request(
@@ -227,6 +302,7 @@ async def send_request(
             fallback=data.get("fallback"),
             exec_s=_seconds(data.get("exec_ms")),
             predicted_exec_s=_seconds(data.get("predicted_exec_ms")),
+            answer={k: data[k] for k in DECISION_FIELDS if k in data},
         )
     message = str(data.get("error", body[:80]))
     return Outcome(status, latency, error=f"HTTP {status}: {message[:120]}")
@@ -285,19 +361,25 @@ async def run_load(
         issued += 1
         return text
 
-    def record(outcome: Outcome) -> None:
+    async def send(endpoint: str, text: str) -> None:
+        sent_at = time.perf_counter() - started
+        outcome = await send_request(session, endpoint, text, timeout_s)
+        outcome.sent_at_s, outcome.url = sent_at, endpoint
         outcomes.append(outcome)
         if progress is not None:
             progress(1)
 
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
+        for one_url in urls:
+            await check_reachable(session, one_url, min(timeout_s, 10.0))
+        started = time.perf_counter()
         if concurrency is not None:
             mode = f"closed loop, concurrency {concurrency}"
 
             async def client(endpoint: str) -> None:
                 while (text := next_text()) is not None:
-                    record(await send_request(session, endpoint, text, timeout_s))
+                    await send(endpoint, text)
 
             await asyncio.gather(
                 *(client(endpoints[k % len(endpoints)]) for k in range(concurrency))
@@ -308,7 +390,7 @@ async def run_load(
             tasks: list[asyncio.Task[None]] = []
 
             async def one(text: str, endpoint: str) -> None:
-                record(await send_request(session, endpoint, text, timeout_s))
+                await send(endpoint, text)
 
             interval = 1.0 / rate
             while (text := next_text()) is not None:

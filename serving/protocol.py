@@ -95,11 +95,22 @@ def _http_error_message(request: web.Request, exc: web.HTTPException) -> str:
         allowed = ", ".join(sorted(exc.allowed_methods))
         return f"method {request.method} is not allowed on {request.path}; use {allowed}"
     if isinstance(exc, web.HTTPNotFound):
-        return (
-            f"no such endpoint {request.path!r}; the endpoints are POST /v1/translate, "
-            "GET /health, GET /ready and GET /metrics"
-        )
+        return f"no such endpoint {request.path!r}; the endpoints are {endpoints(request.app)}"
     return f"{exc.status} {exc.reason}: {exc.text or exc.reason}"
+
+
+def endpoints(app: web.Application) -> str:
+    """The routes ``app`` serves, as ``POST /v1/translate, GET /health, ...`` (read from its
+    router, so that the list a 404 gives is never out of date)."""
+    seen: list[str] = []
+    for route in app.router.routes():
+        info = route.resource.canonical if route.resource is not None else ""
+        if route.method == "HEAD":  # aiohttp adds a HEAD beside every GET
+            continue
+        entry = f"{route.method} {info}"
+        if entry not in seen:
+            seen.append(entry)
+    return ", ".join(seen)
 
 
 async def read_body(

@@ -28,6 +28,21 @@ def data_dir() -> Path:
 
 
 @pytest.fixture(autouse=True)
+def _outside_the_checkout(tmp_path_factory: pytest.TempPathFactory, monkeypatch) -> None:
+    """Every test runs in a scratch working directory, so that a command's default output
+    (``./cnmt-reproduce``, a report, a figure) never lands in the checkout."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_repeated_warnings() -> None:
+    """A model warning logged by one test must not be rate-limited away in the next."""
+    from cnmt.runtime.repeated_warnings import MODEL_WARNINGS
+
+    MODEL_WARNINGS.clear()
+
+
+@pytest.fixture(autouse=True)
 def _data_env(monkeypatch: pytest.MonkeyPatch) -> None:
     root = data_root()
     if root is not None and not os.environ.get("CNMT_DATA"):

@@ -86,7 +86,7 @@ def test_unknown_characters_are_dropped_like_the_reference_and_logged(
     translator: Any, reference: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     text = "ｘｙ我们走吧。"
-    with caplog.at_level(logging.WARNING, logger="cnmt.runtime.rnn"):
+    with caplog.at_level(logging.WARNING, logger="cnmt.runtime"):
         result = translator.translate(text)
     assert result.text == reference.translate(text)
     assert result.source_tokens == 5

@@ -34,6 +34,8 @@ from cnmt.serving.protocol import (  # noqa: E402
 )
 from cnmt.serving.settings import CloudSettings, GatewaySettings  # noqa: E402
 
+pytestmark = pytest.mark.slow  # real servers, slow clients and idle timeouts: seconds each
+
 run = doubles.run
 
 

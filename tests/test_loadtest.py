@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import threading
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import test_serving_doubles as doubles  # noqa: E402
 
 from cnmt.errors import ConfigError  # noqa: E402
+from cnmt.serving.launch import serve_app, url  # noqa: E402
 from cnmt.serving.loadtest import check_loopback, percentile, read_sentences, run_load  # noqa: E402
 
 run = doubles.run
@@ -56,6 +59,26 @@ def test_open_loop_keeps_the_schedule() -> None:
     assert report.mode == "open loop, 50 requests/s"
 
 
+async def _start_hanging_up_server() -> tuple[web.AppRunner, str]:
+    """A server whose /health answers but which hangs up on every translation request."""
+
+    async def hang_up(request: web.Request) -> web.Response:
+        assert request.transport is not None
+        request.transport.close()
+        await asyncio.sleep(1.0)
+        return web.Response()
+
+    app = web.Application()
+
+    async def health(_request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    app.router.add_get("/health", health)
+    app.router.add_post("/v1/translate", hang_up)
+    runner, port = await serve_app(app, "127.0.0.1", 0)
+    return runner, url("127.0.0.1", port)
+
+
 def test_counts_rejected_and_lost_requests_separately() -> None:
     async def body():  # noqa: ANN202
         gw = await doubles.start_gateway(None, policy="edge", edge_delay_s=0.2, max_pending=1)
@@ -63,7 +86,11 @@ def test_counts_rejected_and_lost_requests_separately() -> None:
             busy = await run_load(gw.url, SENTENCES, concurrency=4, count=12)
         finally:
             await gw.close()
-        dead = await run_load(gw.url, SENTENCES, concurrency=2, count=4, timeout_s=2.0)  # stopped
+        runner, address = await _start_hanging_up_server()
+        try:
+            dead = await run_load(address, SENTENCES, concurrency=2, count=4, timeout_s=2.0)
+        finally:
+            await runner.cleanup()
         return busy, dead
 
     busy, dead = run(body())
@@ -72,6 +99,46 @@ def test_counts_rejected_and_lost_requests_separately() -> None:
     assert any("HTTP 503" in e for e in busy.errors)
     assert (dead.sent, dead.lost, dead.ok) == (4, 4, 0)
     assert dead.latency_ms["p50"] is None
+
+
+def test_a_gateway_that_is_not_running_is_named_instead_of_counted_as_lost() -> None:
+    async def body() -> str:
+        gw = await doubles.start_gateway(None, policy="edge")
+        address = gw.url
+        await gw.close()  # nothing listens there any more
+        return address
+
+    address = run(body())
+    with pytest.raises(ConfigError, match=f"the gateway is not reachable at {address}") as caught:
+        asyncio.run(run_load(address, SENTENCES, concurrency=1, count=3))
+    assert "cnmt launch" in str(caught.value) and "--url" in str(caught.value)
+
+
+def test_requests_out_has_one_line_per_request_with_the_decision_fields(tmp_path: Path) -> None:
+    async def body():  # noqa: ANN202
+        cloud, cloud_url = await doubles.start_cloud()
+        gw = await doubles.start_gateway(cloud_url, policy="cnmt")
+        try:
+            return await run_load(gw.url, SENTENCES, rate=40.0, count=8)
+        finally:
+            await gw.close()
+            await cloud.cleanup()
+
+    report = run(body())
+    out = tmp_path / "requests.jsonl"
+    assert report.write_requests(out) == 8
+    lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert len(lines) == 8
+    sent = [line["sent_at_s"] for line in lines]
+    assert sent == sorted(sent) and sent[-1] >= 7 / 40.0 - 1e-3  # the open loop's schedule
+    for line in lines:
+        assert line["status"] == 200 and line["error"] is None
+        assert line["device"] in ("edge", "cloud") and line["decided"] in ("edge", "cloud")
+        assert set(line["predicted_ms"]) == {"edge", "cloud"}
+        assert line["client_latency_ms"] >= line["latency_ms"] > 0
+        assert line["n_tokens"] > 0 and line["m_actual"] == line["n_tokens"] + 1  # M = N + 1
+    assert len({line["request_id"] for line in lines}) == 8
+    assert "outcomes" not in json.loads(report.to_json())
 
 
 @pytest.mark.parametrize(
@@ -165,25 +232,29 @@ def test_cli_loads_a_gateway_with_real_sentences_and_writes_json(
     assert set(report["latency_ms"]) == {"p50", "p95", "p99", "mean", "max"}
 
 
-def test_cli_exits_1_when_requests_are_lost(tmp_path: Path) -> None:
+def test_cli_exits_1_when_requests_are_lost_and_2_when_nothing_listens(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     corpus = tmp_path / "c.txt"
     corpus.write_text("a\nb\n")
     from cnmt.cli import main
 
-    assert (
-        main(
-            [
-                "loadtest",
-                "--url",
-                "http://127.0.0.1:9",
-                "--corpus",
-                str(corpus),
-                "--count",
-                "2",
-                "--timeout",
-                "2",
-                "--no-progress",
-            ]
+    def loadtest(address: str) -> int:
+        return main(
+            ["loadtest", "--url", address, "--corpus", str(corpus), "--count", "2"]
+            + ["--timeout", "2", "--no-progress"]
         )
-        == 1
-    )
+
+    assert loadtest("http://127.0.0.1:9") == 2
+    assert "the gateway is not reachable at http://127.0.0.1:9" in capsys.readouterr().err
+    loop = asyncio.new_event_loop()
+    runner, address = loop.run_until_complete(_start_hanging_up_server())
+    serving = threading.Thread(target=loop.run_forever, daemon=True)
+    serving.start()
+    try:
+        assert loadtest(address) == 1
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        serving.join(5)
+        loop.run_until_complete(runner.cleanup())
+        loop.close()

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
+import subprocess
 import sys
+import textwrap
 import types
 from dataclasses import dataclass
+from pathlib import Path
 
 import pluggy
 import pytest
@@ -251,3 +255,86 @@ def test_plugins_params_tell_required_from_optional_null(capsys, fresh_registry)
     out = capsys.readouterr().out
     assert "- model: a string or null (default None)" in out
     assert "required" not in out.split("length_estimator  linear")[1].split("length_estimator")[0]
+
+
+def _install_fake_distribution(site: Path, name: str, module_source: str) -> None:
+    """An installed distribution, as pip leaves one: its module and a ``.dist-info`` folder
+    whose ``entry_points.txt`` names the module in the ``cnmt`` group."""
+    site.mkdir(parents=True, exist_ok=True)
+    (site / f"{name.replace('-', '_')}.py").write_text(textwrap.dedent(module_source))
+    info = site / f"{name.replace('-', '_')}-0.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.3\n")
+    (info / "entry_points.txt").write_text(
+        f"[cnmt]\ntypo = {name.replace('-', '_')}\n", encoding="utf-8"
+    )
+
+
+def _cnmt(site: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "PYTHONPATH": str(site)}
+    environment.pop("CNMT_DISABLE_PLUGIN_AUTOLOAD", None)
+    environment.update(env)
+    return subprocess.run(
+        [sys.executable, "-P", "-m", "cnmt", *args],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=120,
+    )
+
+
+TYPO_PLUGIN = """
+    import cnmt
+
+    @cnmt.hookimpl
+    def cnmt_register_device_polices(register):
+        pass
+"""
+
+
+def test_an_installed_plugin_with_a_misspelled_hook_fails_every_command_with_one_message(
+    tmp_path: Path,
+) -> None:
+    site = tmp_path / "site"
+    _install_fake_distribution(site, "cnmt-typo", TYPO_PLUGIN)
+    for command in (["plugins"], ["demo", "--sentences", "1"]):
+        done = _cnmt(site, *command)
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr
+        message = done.stderr.strip()
+        assert message.count("\n") == 0  # one line
+        assert "distribution cnmt-typo 0.3" in message
+        assert "entry point `typo = cnmt_typo`" in message
+        assert "unknown hook(s) 'cnmt_register_device_polices'" in message
+        assert "did you mean 'cnmt_register_device_policies'?" in message
+        assert "CNMT_DISABLE_PLUGIN_AUTOLOAD=1" in message
+    assert "Traceback" in _cnmt(site, "--debug", "plugins").stderr
+    around = _cnmt(site, "plugins", "--json", CNMT_DISABLE_PLUGIN_AUTOLOAD="1")
+    assert around.returncode == 0 and '"name": "cnmt"' in around.stdout
+
+
+def test_an_installed_plugin_that_cannot_be_imported_is_named_with_the_import_error(
+    tmp_path: Path,
+) -> None:
+    site = tmp_path / "site"
+    _install_fake_distribution(site, "cnmt-broken", "import cnmt_no_such_dependency\n")
+    done = _cnmt(site, "plugins")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "distribution cnmt-broken 0.3" in done.stderr
+    assert "cannot be imported: ModuleNotFoundError: No module named 'cnmt_no_such_dependency'" in (
+        done.stderr
+    )
+
+
+def test_a_plugin_whose_hook_raises_is_named_instead_of_a_traceback(fresh_registry) -> None:
+    module = types.ModuleType("raising_plugin")
+
+    @cnmt.hookimpl
+    def cnmt_register_device_policies(register):
+        raise AttributeError("'NoneType' object has no attribute 'name'")
+
+    module.cnmt_register_device_policies = cnmt_register_device_policies
+    pm = get_plugin_manager()
+    pm.register(module, name="raising_plugin")
+    with pytest.raises(ConfigError, match="the plugin 'raising_plugin' .* failed in its "):
+        Components(pm).names("device_policy")

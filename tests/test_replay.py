@@ -294,7 +294,24 @@ def test_reproduce_skips_scenarios_without_profiles_and_reports_why(tmp_path, mo
     assert "## Table I: the paper's and ours" in report and "not included" not in report
     assert "## Our Table I, every scenario" in report and "## Skipped scenarios" in report
     assert list((out / "figures").glob("*__rtt.png"))
-    assert main(["reproduce", "--json", str(js), "--strict"]) == 1
+    assert main(["reproduce", "--out", str(out), "--json", str(js), "--strict"]) == 1
+
+
+def test_reproduce_without_matplotlib_writes_the_report_says_why_and_makes_no_figures_folder(
+    tmp_path, monkeypatch, capsys
+):
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    good = write_config(ready, requests=500, name="ready")
+    monkeypatch.setattr("cnmt.experiments.report.experiment_configs", lambda: [str(good)])
+    monkeypatch.setattr("cnmt.experiments.report.plotting_available", lambda: False)
+    out = tmp_path / "report"
+    assert main(["reproduce", "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert "This report has no figures: matplotlib is not installed" in report
+    assert "pip install 'cnmt[plots]'" in report and "![" not in report
+    assert not (out / "figures").exists()
+    assert "without figures" in capsys.readouterr().err
 
 
 def test_unknown_policy_name_is_a_config_error_listing_the_valid_ones(tmp_path, capsys):
@@ -462,6 +479,37 @@ def test_extrapolating_a_falling_profile_never_gives_free_or_negative_work(tmp_p
     drawn = sampler.sample(np.array([200, 400]), np.array([1, 1]), np.random.default_rng(0))
     assert (drawn > 0).all()
     assert drawn.tolist() == pytest.approx([sampler.floor_s] * 2)
+
+
+def test_load_sweep_lines_that_coincide_stay_apart_and_say_which_they_lie_on() -> None:
+    from cnmt.experiments.report import Scenario, SweepPoint, sweep_lines
+
+    def point(rate: float, **means: float) -> SweepPoint:
+        return SweepPoint(rate / 10, rate, {k: {"mean_s": v, "p99_s": v} for k, v in means.items()})
+
+    scenario = Scenario("x/cp", "x.yaml", "cp")
+    scenario.sweep = [
+        point(1.0, edge=0.10, cloud=0.20, cnmt=0.08, **{"cnmt-load": 0.08}),
+        point(5.0, edge=0.40, cloud=0.21, cnmt=0.15, **{"cnmt-load": 0.1502}),
+    ]
+    lines = sweep_lines(scenario)
+    assert [(label, shown) for label, shown, _ in lines] == [
+        ("edge", "edge"),
+        ("cloud", "cloud"),
+        ("cnmt", "cnmt"),
+        ("cnmt-load", "cnmt-load (= cnmt)"),
+    ]
+    styles = [(style["marker"], style["linestyle"]) for _, _, style in lines]
+    assert len(set(styles)) == len(styles)  # every policy has a marker and dash of its own
+    assert lines[3][2]["fillstyle"] == "none" and lines[2][2]["fillstyle"] == "full"
+
+
+def test_replay_reports_progress_once_per_policy_and_at_the_end(tmp_path):
+    calls = []
+    result = replay(load_config(write_config(tmp_path)), progress=lambda *a: calls.append(a)).result
+    labels = list(result["policies"])
+    total = len(labels)
+    assert calls == [(label, i, total) for i, label in enumerate(labels)] + [("", total, total)]
 
 
 def test_an_edge_running_another_model_needs_a_profile_of_that_model(tmp_path):

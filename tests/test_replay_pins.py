@@ -1,5 +1,7 @@
 """With queueing off (the paper's method), every shipped scenario reproduces the numbers the
-replay gave before queues, learning and load-aware policies existed: bit for bit.
+replay gave before queues, learning and load-aware policies existed. The decisions (each
+policy's edge share) must agree exactly; the totals to a relative 1e-9, because summing the same
+floats in another order (another CPU's SIMD width, another numpy) moves the last bits.
 
 The pinned totals (``tests/data/paper-method-pins.json``) were made by that earlier replay
 (commit 195b8e4) with the device profiles committed then. When the committed profiles are
@@ -18,6 +20,8 @@ import pytest
 from cnmt.config import load_config
 from cnmt.experiments.replay import replay
 from cnmt.experiments.report import plan
+
+pytestmark = pytest.mark.slow  # replays every shipped scenario at its pinned size
 
 PINS = Path(__file__).resolve().parent / "data" / "paper-method-pins.json"
 
@@ -39,10 +43,10 @@ def test_every_shipped_scenario_reproduces_the_paper_method_numbers(data_dir) ->
         assert result["queues"] == {"enabled": False}
         for label, pinned in policies.items():
             got = result["policies"][label]
-            assert (got["total_s"], got["share_edge"]) == (
-                pinned["total_s"],
-                pinned["share_edge"],
-            ), f"{name} {label}"
+            assert got["share_edge"] == pinned["share_edge"], f"{name} {label}: decisions differ"
+            assert got["total_s"] == pytest.approx(pinned["total_s"], rel=1e-9, abs=0.0), (
+                f"{name} {label}: total"
+            )
 
 
 if __name__ == "__main__":

@@ -6,7 +6,11 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from cnmt.cli import main
+
+pytestmark = pytest.mark.slow  # replays every bilstm scenario with its load sweep
 
 
 def test_docs_page_is_written_from_the_run_with_the_papers_table_and_relative_figures(

@@ -360,6 +360,9 @@ def test_runtime_and_registry_import_without_torch(tmp_path: Path) -> None:
     # Exporting it needs torch: the message says exactly what to install.
     assert "needs torch, which is not installed" in lines[2]
     assert "pip install 'cnmt[export]'" in lines[2]
+    # The first use says, in one line, that it exports once and where to.
+    cache = tmp_path / "cache" / "models" / "cn2en"
+    assert f"cnmt: exporting cn2en into {cache}, once" in done.stderr
 
 
 def test_missing_onnxruntime_says_what_to_install() -> None:

@@ -171,6 +171,7 @@ def test_ripe_api_url_carries_measurement_probe_and_times():
     assert "probe_ids=6222" in url and "start=1525132800" in url and "format=json" in url
 
 
+@pytest.mark.slow
 def test_every_real_ripe_trace_loads_with_its_lost_pings_counted(data_dir):
     folder = data_dir / "rtt" / "ripe-atlas-2016"
     files = sorted(folder.glob("*.csv"))

@@ -30,17 +30,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--cloud-port", type=int, metavar="PORT", help="override cloud.port")
     parser.add_argument("--link-port", type=int, metavar="PORT", help="override link.port")
-    parser.add_argument("--quiet", action="store_true", help="print only warnings and errors")
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="print only warnings and errors (no start-up lines, no per-request decision lines)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="text for people (default), or JSON lines for machines: one object per line, the "
+        "decision lines with every field of the decision (the children log alike)",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import asyncio
+    import logging
+    import os
 
     from cnmt.config import load_config
     from cnmt.errors import ConfigError
+    from cnmt.serving.decision_log import log as decisions_log
     from cnmt.serving.launch import System, run_until_signal
-    from cnmt.serving.logs import configure_logging
+    from cnmt.serving.logs import LOG_FORMAT_ENV, configure_logging
 
     for flag in ("gateway_port", "cloud_port", "link_port"):
         port = getattr(args, flag)
@@ -48,7 +62,10 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"--{flag.replace('_', '-')}: {port} out of range 0..65535 (0 = any free port)"
             )
-    configure_logging("cnmt launch: %(levelname)s: %(message)s")
+    os.environ[LOG_FORMAT_ENV] = args.log_format  # the cloud and edge children inherit it
+    configure_logging("cnmt launch: %(levelname)s: %(message)s", args.log_format)
+    if not args.quiet:  # one INFO line per request: what was decided, why, and what it took
+        decisions_log.setLevel(logging.INFO)
 
     def say(message: str) -> None:
         if not args.quiet:

@@ -53,6 +53,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--json", metavar="PATH", help="also write the report as JSON to PATH ('-' = stdout only)"
     )
+    parser.add_argument(
+        "--requests-out",
+        metavar="FILE",
+        help="also write every request as a JSON line to FILE: when it was sent, its status, "
+        "where it ran, its latency and the gateway's predictions for it",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -96,4 +102,7 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             Path(args.json).write_text(report.to_json() + "\n", encoding="utf-8")
             print(f"report written to {args.json}")
+    if args.requests_out:
+        written = report.write_requests(args.requests_out)
+        print(f"{written} requests written to {args.requests_out}", file=sys.stderr)
     return 0 if report.lost == 0 else 1

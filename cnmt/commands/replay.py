@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -77,6 +78,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="LABEL,...",
         help="replay only the config's policies with these labels (default: all of them)",
     )
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (one is shown on stderr when the replay takes over a second)",
+    )
     parser.add_argument("--json", metavar="FILE", help="write the replay JSON here")
     parser.add_argument("--markdown", metavar="FILE", help="write the markdown table here")
     parser.add_argument(
@@ -116,19 +122,24 @@ def run(args: argparse.Namespace) -> int:
                     f"wrote {part.output_lengths}: {data['lines']} lines in {data['seconds']} s",
                     file=sys.stderr,
                 )
-    outcome = replay(
-        config,
-        connection=args.connection,
-        trace_path=args.rtt_trace,
-        requests=args.requests,
-        seed=args.seed,
-        window_start=args.window_start,
-        window_samples=args.window_samples,
-        arrival_rate=args.arrival_rate,
-        window_hours=args.window_hours,
-        queues=args.queues,
-        labels=_labels(args.policies),
-    )
+    bar = PolicyProgress(disabled=args.no_progress)
+    try:
+        outcome = replay(
+            config,
+            connection=args.connection,
+            trace_path=args.rtt_trace,
+            requests=args.requests,
+            seed=args.seed,
+            window_start=args.window_start,
+            window_samples=args.window_samples,
+            arrival_rate=args.arrival_rate,
+            window_hours=args.window_hours,
+            queues=args.queues,
+            labels=_labels(args.policies),
+            progress=bar.update,
+        )
+    finally:
+        bar.close()
     result = outcome.result
     table = markdown_table(result)
     conn = result["connection"]
@@ -139,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         f"{result['connection_name']} (of {names})"
     )
     print(
-        f"trace {conn['trace']} [{conn['format']}], window "
+        f"trace {_local(conn['trace'])} [{conn['format']}], window "
         f"{conn['window']['start']}+{conn['window']['samples']} "
         f"samples: median RTT {stats['median_ms']:.1f} ms, p95 {stats['p95_ms']:.1f} ms, "
         f"{stats['lost']} lost pings ({conn['requests_hit_by_loss']} requests hit)"
@@ -175,6 +186,40 @@ def run(args: argparse.Namespace) -> int:
             conn, outcome.window, args.plot, title=f"connection {result['connection_name']}"
         )
     return 0
+
+
+class PolicyProgress:
+    """A tqdm bar on stderr over the replayed policies, shown only once a replay has run for a
+    second (short ones print nothing), naming the policy being replayed."""
+
+    def __init__(self, disabled: bool) -> None:
+        self.disabled = disabled
+        self.bar: Any = None
+
+    def update(self, label: str, done: int, total: int) -> None:
+        if self.disabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="policy", file=sys.stderr, delay=1.0, desc="replay")
+        self.bar.set_postfix_str(label, refresh=False)
+        self.bar.update(done - self.bar.n)  # update, not refresh: it keeps tqdm's delay
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _local(path: str) -> str:
+    """A path as reports write it (``${data}/...``) as this machine opens it."""
+    from cnmt.config import expand_data
+    from cnmt.errors import ConfigError
+
+    try:
+        return expand_data(path)
+    except ConfigError:
+        return path
 
 
 def _labels(option: str | None) -> list[str] | None:
