@@ -144,7 +144,7 @@ def check_texts(args: argparse.Namespace, family: str) -> list[str]:
     if args.texts:
         return [line for line in args.texts.read_text(encoding="utf-8").splitlines() if line]
     if family == "cn2en":
-        from cnmt.exporters.rnn import CN2EN_CHECK_TEXTS
+        from cnmt.exporters.check_texts import CN2EN_CHECK_TEXTS
 
         return list(CN2EN_CHECK_TEXTS)
     if family == "marian":

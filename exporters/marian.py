@@ -38,6 +38,7 @@ from cnmt.exporters.base import (
     publish,
     require_torch,
 )
+from cnmt.exporters.check_texts import MARIAN_CHECK_TEXTS
 from cnmt.exporters.quantize import apply_precision, read_check
 from cnmt.files import read_json, sha256_file
 from cnmt.runtime.manifest import Manifest, write_manifest
@@ -70,22 +71,7 @@ VALIDATION_TEXTS = (
     "Where is the nearest train station?",
     "She has been learning Chinese for three years.",
 )
-# More of them for the int8 check (token agreement and chrF against the fp32 export).
-CHECK_TEXTS = (
-    *VALIDATION_TEXTS,
-    "My brother works in a hospital near the river.",
-    "Could you tell me how much this costs?",
-    "The meeting has been postponed until next Tuesday.",
-    "We need more time to finish the report.",
-    "It rained all day, so we stayed at home.",
-    "The government announced new measures to support small businesses.",
-    "He forgot his umbrella on the bus.",
-    "Please send me the documents before Friday.",
-    "The children are playing in the garden.",
-    "What time does the museum open tomorrow?",
-    "Prices rose by three percent last year.",
-    "I have never seen such a beautiful sunset.",
-)
+CHECK_TEXTS = (*VALIDATION_TEXTS, *MARIAN_CHECK_TEXTS)  # the int8 check's
 
 
 class ExportValidationError(CnmtRuntimeError):

@@ -36,6 +36,7 @@ from cnmt.exporters.base import (
     publish,
     require_torch,
 )
+from cnmt.exporters.check_texts import CN2EN_CHECK_TEXTS
 from cnmt.exporters.model_config import Built, ModelConfig, VocabConfig, config_extra
 from cnmt.exporters.quantize import apply_precision, read_check
 from cnmt.files import sha256_file
@@ -48,34 +49,6 @@ from cnmt.runtime.tokenizers import Bpe, Vocabulary, WordTokenizer
 SPECIALS = ("<unk>", "<blank>", "<s>", "</s>")
 VALIDATION_STEPS = 40
 CHECK_SENTENCES = 32
-# Everyday Chinese sentences for cn2en's int8 check (written for this project; characters that
-# are all in cn2en's vocabulary).
-CN2EN_CHECK_TEXTS = (
-    "我们走吧。",
-    "我不知道。",
-    "今天天气很好。",
-    "你叫什么名字？",
-    "我喜欢喝茶。",
-    "他明天要去北京。",
-    "这本书很有意思。",
-    "请再说一遍。",
-    "我的妈妈是老师。",
-    "你想吃什么？",
-    "火车站在哪里？",
-    "我们一起去看电影吧。",
-    "她每天早上跑步。",
-    "这个问题很难。",
-    "我现在很忙。",
-    "你会说中文吗？",
-    "他们住在一个小城市。",
-    "我昨天买了一台新电脑。",
-    "外面下雨了。",
-    "谢谢你的帮助。",
-    "我想学习日语。",
-    "你几点起床？",
-    "这是我的朋友。",
-    "我们没有时间了。",
-)
 
 
 class RnnExporter(Exporter):
