@@ -71,7 +71,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def usable_gpu_providers() -> tuple[list[str], str]:
     """The GPU providers that start a session here, and why the others do not."""
-    import onnxruntime as ort
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise SystemExit(
+            f"gpu-check: onnxruntime is not installed for {sys.executable}, so no provider can "
+            "be checked: install the project with pip install '.[gpu,export]' (or set PYTHON "
+            "to the interpreter that has it)"
+        ) from None
 
     available = ort.get_available_providers()
     listed = [p for p in GPU_PROVIDERS if p in available]
