@@ -20,7 +20,7 @@ folder published:
 
 Any failure raises and the export leaves nothing at ``--out`` (the family's exporter removes
 its staging folder). Per-channel scales and static (calibrated) quantization were measured on
-cn2en and rejected: see docs/models.md#int8-models.
+cn2en (benchmarks/int8_variants.py) and rejected: see docs/models.md#int8-models.
 """
 
 from __future__ import annotations
