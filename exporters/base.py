@@ -59,6 +59,17 @@ class Exporter(abc.ABC):
     family: ClassVar[str]
     name: ClassVar[str]
     default_opset: ClassVar[int] = DEFAULT_OPSET
+    # The precisions export() writes; int8 means the family runs exporters.quantize's step
+    # and its translator offers greedy_outputs and teacher_forced_picks for the check.
+    precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+
+    def check_precision(self, precision: str) -> None:
+        """ConfigError, before any work, when this family cannot export ``precision``."""
+        if precision not in self.precisions:
+            raise ConfigError(
+                f"--precision {precision}: the {self.family} family exports "
+                f"{', '.join(self.precisions)} only"
+            )
 
     def opset_for(self, request: ExportRequest) -> int:
         """The opset to export with: the request's, else this family's default."""
@@ -82,6 +93,7 @@ class Exporter(abc.ABC):
     ) -> Manifest:
         """Export the family's default source into ``out_dir``, replacing it (the runtime's
         built-in model cache calls this; it holds no ExportRequest of its own)."""
+        self.check_precision(precision)
         return self.export(
             ExportRequest(
                 out_dir=Path(out_dir),

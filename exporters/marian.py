@@ -726,6 +726,7 @@ class MarianExporter(Exporter):
     family: ClassVar[str] = FAMILY
     name: ClassVar[str] = FAMILY
     default_opset: ClassVar[int] = MARIAN_OPSET
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "int8")
 
     def export(self, request: ExportRequest) -> Manifest:
         if request.checkpoint is not None:

@@ -56,6 +56,7 @@ class RnnExporter(Exporter):
 
     spec: ClassVar[specs.ExportSpec]
     translator: ClassVar[type[RnnTranslator]]
+    precisions = ("fp32", "int8")
     check_source: ClassVar[str] = "every 50th of the first 2000 lines of the config's corpus"
 
     def build(self, request: ExportRequest) -> Built:
@@ -210,7 +211,7 @@ def validate_export(
         encoded = encoded if isinstance(encoded, tuple) else (encoded,)
         worst = max(
             worst,
-            _compare(
+            compare_outputs(
                 translator.encoder, spec.graph("encoder"), examples["encoder"], encoded, tolerance
             ),
         )
@@ -219,7 +220,9 @@ def validate_export(
             stepped = graphs["decoder"](*decoder_args)
         worst = max(
             worst,
-            _compare(translator.decoder, spec.graph("decoder"), decoder_args, stepped, tolerance),
+            compare_outputs(
+                translator.decoder, spec.graph("decoder"), decoder_args, stepped, tolerance
+            ),
         )
     bos, eos = manifest.special("bos"), manifest.special("eos")
     specials = set(manifest.special_tokens.values())
@@ -254,7 +257,7 @@ def _decoder_args(
     return (ids + 3, encoded[0])
 
 
-def _compare(
+def compare_outputs(
     session: Any, graph: specs.GraphSpec, args: tuple[Any, ...], expected: Any, tolerance: float
 ) -> float:
     expected = expected if isinstance(expected, tuple) else (expected,)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cnmt.runtime import rnn
+from cnmt.runtime import bergamot, rnn
 
 
 @dataclass(frozen=True)
@@ -102,3 +102,45 @@ BILSTM = ExportSpec(
     ),
     tolerance=1e-4,
 )
+
+
+def _bergamot(layers: int = 2) -> ExportSpec:
+    memory = bergamot.encoder_outputs(layers)
+    memory_axes = {name: {0: _B, 2: _T} for name in memory}
+    state_axes = {name: {0: _B} for name in bergamot.state_names(layers)}
+    out_state_axes = {f"{name}_out": {0: _B} for name in bergamot.state_names(layers)}
+    step_axes = {
+        "input_ids": {0: _B},
+        "src_lengths": {0: _B},
+        **state_axes,
+        **memory_axes,
+        **out_state_axes,
+    }
+    return ExportSpec(
+        family="bergamot",
+        graphs=(
+            GraphSpec(
+                "encoder",
+                bergamot.ENCODER_INPUTS,
+                memory,
+                {"src_ids": {0: _B, 1: _T}, "src_lengths": {0: _B}, **memory_axes},
+            ),
+            GraphSpec(
+                "decoder",
+                bergamot.decoder_inputs(layers, shortlist=False),
+                bergamot.decoder_outputs(layers),
+                {**step_axes, "logits": {0: _B}},
+            ),
+            GraphSpec(
+                "decoder_shortlist",
+                bergamot.decoder_inputs(layers, shortlist=True),
+                bergamot.decoder_outputs(layers),
+                {**step_axes, "candidates": {0: "candidates"}, "logits": {0: _B, 1: "candidates"}},
+            ),
+        ),
+        # Logits, not log-probs: tens in magnitude, float32 rounding of 6+2 layers.
+        tolerance=2e-3,
+    )
+
+
+BERGAMOT = _bergamot()

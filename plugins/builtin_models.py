@@ -13,22 +13,24 @@ from cnmt.hookspecs import Register
 
 @hookimpl
 def cnmt_register_translators(register: Register) -> None:
-    from cnmt.runtime import marian, rnn
+    from cnmt.runtime import bergamot, marian, rnn
 
     register(rnn.BiLstmTranslator)
     register(rnn.GruTranslator)
     register(rnn.Cn2enTranslator)
     register(marian.MarianTranslator)
+    register(bergamot.BergamotTranslator)
 
 
 @hookimpl
 def cnmt_register_exporters(register: Register) -> None:
-    from cnmt.exporters import marian, rnn
+    from cnmt.exporters import bergamot, marian, rnn
 
     register(rnn.BiLstmExporter)
     register(rnn.GruExporter)
     register(rnn.Cn2enExporter)
     register(marian.MarianExporter)
+    register(bergamot.BergamotExporter)
 
 
 def _model_config() -> type:

@@ -9,13 +9,14 @@ from cnmt.hookspecs import Register
 
 @hookimpl
 def cnmt_register_length_estimators(register: Register) -> None:
-    from cnmt.schedulers import length_estimators
+    from cnmt.schedulers import features, length_estimators
 
     register(length_estimators.LinearLength)
     register(length_estimators.OnlineLinearLength)
     register(length_estimators.OnlineMeanByLength)
     register(length_estimators.NaiveLength)
     register(length_estimators.OracleLength)
+    register(features.FeaturesLength)
 
 
 @hookimpl

@@ -61,6 +61,11 @@ class Translator(abc.ABC):
     def count_source_tokens(self, text: str) -> int:
         """N for ``text``, without running the model (cheap: the scheduler calls it per request)."""
 
+    def count_target_tokens(self, text: str) -> int | None:
+        """M of a reference translation ``text`` in this model's output tokens, or None when the
+        family cannot tell (``cnmt evaluate`` compares M with it)."""
+        return None
+
     @abc.abstractmethod
     def translate(self, text: str) -> Translation:
         """Greedy translation of one sentence; empty text raises a CnmtError."""

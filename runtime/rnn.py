@@ -230,6 +230,9 @@ class RnnTranslator(Translator):
         # Counted, not logged: translate() logs them (in the worker that translates).
         return len(self.encode_text(text, log_dropped=False))
 
+    def count_target_tokens(self, text: str) -> int | None:
+        return len(self.target.tokens(text))
+
     def translate(self, text: str) -> Translation:
         return self.translate_batch([text])[0]
 

@@ -44,13 +44,15 @@ class Request:
 
     ``n_tokens`` is N in the tokens of the model that will run. ``payload_bytes`` is what
     crosses the link if the request is offloaded (request plus response). ``m_true`` and
-    ``truth`` are filled only in offline evaluation.
+    ``truth`` are filled only in offline evaluation. ``text`` is the source sentence where the
+    caller has it (the ``features`` length estimator reads it; the others need N only).
     """
 
     n_tokens: int
     payload_bytes: int = 0
     m_true: int | None = None
     truth: GroundTruth | None = None
+    text: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

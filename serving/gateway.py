@@ -451,7 +451,9 @@ class Gateway:
             raise RequestError(422, f"the model cannot tokenize this text: {exc}") from None
         check_length(n_tokens, self.tokenizer.max_source_tokens)
         request = Request(
-            n_tokens=n_tokens, payload_bytes=len(dumps({"text": text}).encode("utf-8"))
+            n_tokens=n_tokens,
+            payload_bytes=len(dumps({"text": text}).encode("utf-8")),
+            text=text,  # for length estimators that read the source (`features`)
         )
         state = self.snapshot()
         try:

@@ -212,3 +212,14 @@ def test_marian_int8_export_is_checked_and_translates(
     translator = load_translator(out, threads=1)
     result = translator.translate("Where is the nearest train station?")
     assert result.source_tokens == 8 and result.output_tokens >= 1
+
+
+def test_a_family_without_an_int8_step_refuses_int8_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = str(tmp_path / "q")
+    assert _export("--family", "bergamot", "--precision", "int8", "--out", out)[0] == 2
+    assert "--precision int8: the bergamot family exports fp32 only" in capsys.readouterr().err
+    assert _export("--builtin", "bergamot-en-pt", "--precision", "int8")[0] == 2
+    assert "'bergamot-en-pt' has no int8 variant" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()

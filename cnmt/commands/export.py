@@ -42,12 +42,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument(
         "--family",
-        help="model family: bilstm, gru, cn2en, marian (any registered exporter; `cnmt plugins`)",
+        help="model family: bilstm, gru, cn2en, marian, bergamot (any registered exporter; "
+        "`cnmt plugins`)",
     )
     target.add_argument(
         "--builtin",
         metavar="NAME",
-        help="export a built-in model (cn2en) into the model cache ($CNMT_CACHE), replacing it",
+        help="export a built-in model (cn2en, bergamot-en-pt, bergamot-pt-en) into the model cache "
+        "($CNMT_CACHE), replacing it",
     )
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
@@ -109,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--family: {exc}") from None
     if args.precision == "fp32" and (args.check_texts or args.check_references):
         raise ConfigError("--check-texts and --check-references go with --precision int8")
+    exporter.check_precision(args.precision)
     if args.opset is not None and args.opset < 14:
         raise ConfigError(f"--opset {args.opset}: too old; use 14 or later")
     request = ExportRequest(

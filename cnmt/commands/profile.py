@@ -54,7 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument(
-        "--model", help="an exported model directory or a built-in model name (cn2en)"
+        "--model",
+        help="an exported model directory or a built-in model name (cn2en, bergamot-en-pt, ...)",
     )
     parser.add_argument(
         "--device",

@@ -28,7 +28,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", required=True, help="model directory or built-in name (cn2en)")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="model directory or built-in name (cn2en, bergamot-en-pt, bergamot-pt-en)",
+    )
     parser.add_argument(
         "--provider",
         action="append",
