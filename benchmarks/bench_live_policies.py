@@ -17,8 +17,21 @@ requests rejected or lost; then, for each config that is not a single device, th
 mean to the better of edge-only's and cloud-only's. ``--json`` keeps every number and
 ``--plot`` draws mean and p95 against the rate.
 
+``--corpus NAME=PATH,...`` replaces the two corpora (paths relative to the data directory, or
+absolute; one sentence a line). ``--profile-scale TARGET=FACTOR`` (``edge`` or ``cloud``,
+repeatable) gives every config a copy of that device's profile with its times multiplied by
+FACTOR: a stale prior, x4 (pessimistic) or x0.25 (optimistic), that a closed loop must
+correct. ``--quota-phases 0.25,0.5,0.12`` adds, after the rates, a drift phase per config: the
+edge worker's cgroup CPU quota is rewritten to each fraction of a core in turn, mid-run (the
+gateway is not told), and ``--phase-rate`` requests/s of the first corpus run for
+``--phase-duration`` seconds in each; the table gives each config's mean per phase and its
+ratio to the better single device in the same phase. Needs the writable cgroup the edge
+worker's quota lives in (``cnmt-<launch pid>-<n>``).
+
 Usage: python benchmarks/bench_live_policies.py [--rates 10,30,60] [--duration 8]
-       [--rounds 2] [--warmup 200] [--configs NAME=CONFIG,...] [--json OUT] [--plot OUT.png]
+       [--rounds 2] [--warmup 200] [--configs NAME=CONFIG,...] [--corpus NAME=PATH,...]
+       [--profile-scale edge=4] [--quota-phases 0.25,0.5,0.12 --phase-rate 20
+       --phase-duration 8] [--json OUT] [--plot OUT.png]
 """
 
 from __future__ import annotations
@@ -38,8 +51,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yaml
 
-from cnmt.config import data_dir
+from cnmt.config import data_dir, load_config, resolve_config_path
+from cnmt.files import read_json, write_json
 from cnmt.serving.loadtest import Outcome, percentile, read_sentences, send_request
 
 DEFAULT_CONFIGS = {
@@ -86,6 +101,25 @@ class Launched:
             if "ready;" in line:
                 self.ready.set()
         self.ready.set()
+
+    def set_edge_quota(self, fraction: float) -> str:
+        """Rewrite the CPU quota of this launch's edge worker cgroup; returns its path."""
+        from cnmt.profiling.cpu_quota import default_root
+
+        found = sorted(default_root().glob(f"cnmt-{self.process.pid}-*"))
+        if not found:
+            raise RuntimeError(
+                f"no edge cgroup cnmt-{self.process.pid}-* under {default_root()}: the quota "
+                "phases need a config whose edge runs under a CPU quota"
+            )
+        group = found[-1]
+        if (group / "cpu.max").exists():  # cgroup v2: "quota period"
+            period = int((group / "cpu.max").read_text().split()[1])
+            (group / "cpu.max").write_text(f"{max(1000, round(fraction * period))} {period}")
+        else:
+            period = int((group / "cpu.cfs_period_us").read_text())
+            (group / "cpu.cfs_quota_us").write_text(str(max(1000, round(fraction * period))))
+        return str(group)
 
     def stop(self) -> None:
         self.process.terminate()
@@ -149,6 +183,19 @@ def main() -> int:
         + ",".join(f"{k}={v}" for k, v in DEFAULT_CONFIGS.items())
         + "); names edge-only and cloud-only are the single-device references",
     )
+    parser.add_argument("--corpus", help="NAME=PATH,... instead of the UN and Tatoeba sentences")
+    parser.add_argument(
+        "--profile-scale",
+        action="append",
+        default=[],
+        metavar="TARGET=FACTOR",
+        help="give every config a profile of TARGET (edge or cloud) with times x FACTOR",
+    )
+    parser.add_argument(
+        "--quota-phases", help="edge CPU quotas (fractions of a core) for the drift phase"
+    )
+    parser.add_argument("--phase-rate", type=float, default=20.0, help="requests/s per phase")
+    parser.add_argument("--phase-duration", type=float, default=8.0, help="seconds per phase")
     parser.add_argument("--json", type=Path, help="write every number here")
     parser.add_argument("--plot", type=Path, help="draw mean and p95 against the rate here")
     args = parser.parse_args()
@@ -156,16 +203,37 @@ def main() -> int:
     configs = dict(DEFAULT_CONFIGS)
     if args.configs:
         configs = dict(item.split("=", 1) for item in args.configs.split(","))
-    folder = data_dir()
-    if folder is None:
-        print("needs the data directory (CNMT_DATA) for the UN and Tatoeba sentences")
+    phases = [float(q) for q in args.quota_phases.split(",")] if args.quota_phases else []
+    if any(not q > 0 for q in phases):
+        print(f"--quota-phases: fractions of a core must be positive, got {args.quota_phases}")
         return 2
-    corpora = {name: read_sentences(folder / path, seed=7) for name, path in CORPORA.items()}
+    try:
+        scales = parse_scales(args.profile_scale)
+    except ValueError as exc:
+        print(f"--profile-scale: {exc}")
+        return 2
+    folder = data_dir()
+    paths = dict(CORPORA)
+    if args.corpus:
+        paths = dict(item.split("=", 1) for item in args.corpus.split(","))
+    if folder is None and any(not Path(p).is_absolute() for p in paths.values()):
+        print("needs the data directory (CNMT_DATA) for the corpora's sentences")
+        return 2
+    if scales:
+        scratch = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-live-{os.getpid()}"
+        configs = {name: scaled_config(c, scales, scratch) for name, c in configs.items()}
+    corpora = {
+        name: read_sentences(Path(path) if Path(path).is_absolute() else folder / path, seed=7)
+        for name, path in paths.items()
+    }
     warmup = [s for pair in zip(*corpora.values(), strict=False) for s in pair]
 
     # results[config][corpus][rate] = outcomes pooled over rounds
     pooled: dict[str, dict[str, dict[float, list[Outcome]]]] = {
         name: {c: {r: [] for r in rates} for c in corpora} for name in configs
+    }
+    phased: dict[str, dict[float, list[Outcome]]] = {
+        name: {q: [] for q in phases} for name in configs
     }
     order = list(configs)
     total = args.rounds * len(order) * len(corpora) * len(rates)
@@ -190,6 +258,18 @@ def main() -> int:
                             f"edge {s['edge_share']:.0%}",
                             flush=True,
                         )
+                first = next(iter(corpora.values()))
+                for quota in phases:
+                    group = system.set_edge_quota(quota)
+                    count = max(1, round(args.phase_rate * args.phase_duration))
+                    outcomes = asyncio.run(open_loop(system.gateway, first, args.phase_rate, count))
+                    phased[name][quota] += outcomes
+                    s = summary(outcomes)
+                    print(
+                        f"  quota {quota:g} core ({group}): mean {_f(s['mean_ms'])} ms, "
+                        f"edge {_pct(s['edge_share'])}",
+                        flush=True,
+                    )
             finally:
                 system.stop()
 
@@ -228,6 +308,22 @@ def main() -> int:
                     mean = results[name][corpus][str(rate)]["mean_ms"]
                     if mean is not None:
                         print(f"{name} / best single device ({best[0]}): {mean / best[1]:.2f}")
+    phase_results = {name: {str(q): summary(phased[name][q]) for q in phases} for name in configs}
+    if phases:
+        print(
+            f"\nEdge CPU quota drift ({args.phase_rate:g} requests/s of {next(iter(corpora))}, "
+            f"{args.phase_duration:g} s per phase; the quota rewritten mid-run)"
+        )
+        print("| config | " + " | ".join(f"{q:g} core: mean ms (x best)" for q in phases) + " |")
+        print("|---|" + "---|" * len(phases))
+        for name in configs:
+            cells = []
+            for q in phases:
+                mean = phase_results[name][str(q)]["mean_ms"]
+                best = _best_static(phase_results, str(q), None)
+                ratio = f" ({mean / best[1]:.2f}x)" if best and mean is not None else ""
+                cells.append(f"{_f(mean)}{ratio}")
+            print(f"| {name} | " + " | ".join(cells) + " |")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(
@@ -238,6 +334,12 @@ def main() -> int:
                     "duration_s": args.duration,
                     "rounds": args.rounds,
                     "warmup": args.warmup,
+                    "corpora": paths,
+                    "profile_scale": scales,
+                    "quota_phases": phases,
+                    "phase_rate": args.phase_rate,
+                    "phase_duration_s": args.phase_duration,
+                    "phases": phase_results,
                     "host": platform.node(),
                     "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
                     "results": results,
@@ -252,13 +354,68 @@ def main() -> int:
     return 0
 
 
-def _best_static(results: dict[str, Any], corpus: str, rate: str) -> tuple[str, float] | None:
+def _best_static(
+    results: dict[str, Any], corpus: str, rate: str | None
+) -> tuple[str, float] | None:
+    """The better single device's (name, mean) at ``results[name][corpus][rate]`` (or at
+    ``results[name][corpus]`` when ``rate`` is None: a quota phase)."""
+
+    def cell(name: str) -> dict[str, Any]:
+        return results[name][corpus] if rate is None else results[name][corpus][rate]
+
     means = [
-        (name, results[name][corpus][rate]["mean_ms"])
+        (name, cell(name)["mean_ms"])
         for name in SINGLE_DEVICE
-        if name in results and results[name][corpus][rate]["mean_ms"] is not None
+        if name in results and cell(name)["mean_ms"] is not None
     ]
     return min(means, key=lambda item: item[1]) if means else None
+
+
+def parse_scales(items: list[str]) -> dict[str, float]:
+    """``["edge=4"]`` -> ``{"edge": 4.0}``; ValueError naming what is wrong."""
+    scales: dict[str, float] = {}
+    for item in items:
+        target, _, factor = item.partition("=")
+        if target not in ("edge", "cloud") or not factor:
+            raise ValueError(f"expected edge=FACTOR or cloud=FACTOR, got {item!r}")
+        value = float(factor)
+        if not value > 0:
+            raise ValueError(f"the factor must be positive, got {item!r}")
+        scales[target] = value
+    return scales
+
+
+def scaled_profile(source: str, factor: float, out: Path) -> Path:
+    """A copy of the profile ``source`` whose times (fit, cells, requests) are x ``factor``."""
+    profile = read_json(Path(source), what="a device profile", fix="give an existing profile")
+    fit = profile["fit"]
+    for key in ("a_n", "a_m", "b"):
+        fit[key] *= factor
+    fit["mse"] *= factor * factor
+    for cell in profile.get("cells", []):
+        for key in ("mean_s", "std_s", "ci_s"):
+            if key in cell:
+                cell[key] *= factor
+        cell["seconds"] = [v * factor for v in cell.get("seconds", [])]
+    for request in profile.get("requests", []):
+        request["seconds"] *= factor
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, profile)
+    return out
+
+
+def scaled_config(config: str, scales: dict[str, float], scratch: Path) -> str:
+    """A config that extends ``config`` with its gateway's profiles scaled (a file path)."""
+    settings = load_config(config)["gateway"]
+    overrides = {}
+    for target, factor in scales.items():
+        source = getattr(settings, f"{target}_profile")
+        name = f"{Path(source).stem}-x{factor:g}.json"
+        overrides[f"{target}_profile"] = str(scaled_profile(source, factor, scratch / name))
+    path = scratch / f"{config.replace('/', '-')}.yaml"
+    base = str(resolve_config_path(config))
+    path.write_text(yaml.safe_dump({"extends": base, "gateway": overrides}), encoding="utf-8")
+    return str(path)
 
 
 def _f(value: float | None) -> str:

@@ -7,6 +7,7 @@ its line.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -52,6 +53,8 @@ def read_json(
         ) from None
     except RecursionError:
         raise ConfigError(f"{path}: not a {what}: JSON nested too deeply; {fix}") from None
+    except ValueError as exc:  # an integer of more digits than Python converts
+        raise ConfigError(f"{path}: not a {what}: {str(exc)[:120]}; {fix}") from None
     if format is not None:
         accepted = (format,) if isinstance(format, str) else format
         if not isinstance(data, dict) or data.get("format") not in accepted:
@@ -69,18 +72,23 @@ def _json_kind(tp: type) -> str:
     return {dict: "object", list: "array", str: "string"}.get(tp, tp.__name__)
 
 
-def write_json(path: PathLike, data: Any, *, indent: int | None = 1) -> Path:
+def write_json(path: PathLike, data: Any, *, indent: int | None = 1, strict: bool = False) -> Path:
     """Write ``data`` as UTF-8 JSON, atomically (a reader never sees half a file), creating
-    the folder if needed; ConfigError naming the path if it cannot be written."""
+    the folder if needed; ConfigError naming the path if it cannot be written. ``strict``
+    refuses (ConfigError) data holding NaN or Infinity, which are not JSON."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    text = json.dumps(data, indent=indent, ensure_ascii=False) + "\n"
+    try:
+        text = json.dumps(data, indent=indent, ensure_ascii=False, allow_nan=not strict) + "\n"
+    except ValueError as exc:
+        raise ConfigError(f"{path}: not written: the data holds {exc}") from None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # e.g. NotADirectoryError: no tmp was written
+            tmp.unlink(missing_ok=True)
         raise ConfigError(f"{path}: cannot write it: {exc.strerror or exc}") from None
     return path
 

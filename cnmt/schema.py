@@ -7,11 +7,17 @@ accepted), ``str``, ``Literal[...]``, ``X | None``, ``list[X]``, ``tuple[X, ...]
 ``dict[str, X]``, nested dataclasses, and ``Annotated[T, marker]`` where the marker has a
 ``build_value(value, path, where)`` method that does the conversion (this is how a field selects
 a registered component: :func:`cnmt.registry.component`). Fields without a default are required.
+
+Every number must be finite (YAML's ``.inf`` and ``.nan`` are refused). A numeric field may
+declare its range with :func:`ranged` (``threads: int = ranged(1, low=1, high=64)``); a value
+outside it fails naming the key, the value and the range. :func:`range_rows` lists the ranges
+of a schema, which is how docs/configuration.md's table of ranges is generated.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -26,6 +32,70 @@ class NoParams:
     """Parameters of a component that takes none."""
 
 
+RANGE_KEY = "cnmt_range"
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """Where a number may lie: ``low <= x <= high`` (``low < x`` with ``above``); a bound that
+    is None is not checked."""
+
+    low: float | None = None
+    high: float | None = None
+    above: bool = False  # the low bound is excluded
+
+    def contains(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.above else value < self.low):
+            return False
+        return self.high is None or value <= self.high
+
+    def describe(self) -> str:
+        low = "" if self.low is None else f"{_bound(self.low)} {'<' if self.above else '<='} "
+        high = "" if self.high is None else f" <= {_bound(self.high)}"
+        return f"{low}x{high}"
+
+
+def _bound(value: float) -> str:
+    return f"{value:,}" if float(value).is_integer() else f"{value:g}"
+
+
+def ranged(
+    default: Any = dataclasses.MISSING,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    above: bool = False,
+) -> Any:
+    """A dataclass field with a range (see :class:`Range`) and a default (none: required); a
+    None value of an optional field is not checked."""
+    return dataclasses.field(
+        default=default, metadata={RANGE_KEY: Range(low=low, high=high, above=above)}
+    )
+
+
+def field_range(field: dataclasses.Field[Any]) -> Range | None:
+    value = field.metadata.get(RANGE_KEY)
+    return value if isinstance(value, Range) else None
+
+
+def range_rows(cls: Any, prefix: str = "") -> list[tuple[str, str, Any, bool]]:
+    """``(key, range, default, integer)`` of every ranged field of ``cls`` and its nested
+    dataclasses (``integer``: the field takes integers only)."""
+    rows: list[tuple[str, str, Any, bool]] = []
+    hints = get_type_hints(cls, include_extras=True)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        found = field_range(f)
+        if found is not None:
+            integer = int in (hints[f.name], *get_args(hints[f.name]))
+            default = None if f.default is dataclasses.MISSING else to_plain(f.default)
+            rows.append((key, found.describe(), default, integer))
+        for option in (hints[f.name], *get_args(hints[f.name])):
+            if dataclasses.is_dataclass(option):
+                rows.extend(range_rows(option, f"{key}."))
+    return rows
+
+
 def _describe(value: Any) -> str:
     if isinstance(value, str):
         return repr(value)
@@ -37,6 +107,8 @@ def _describe(value: Any) -> str:
         return "a mapping"
     if isinstance(value, list):
         return "a list"
+    if isinstance(value, int) and value.bit_length() > 200:  # repr() refuses beyond 4,300 digits
+        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
     return repr(value)
 
 
@@ -148,6 +220,10 @@ def _convert(tp: Any, value: Any, path: str, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             fail(where, path, f"expected a number, got {_describe(value)}")
+        if isinstance(value, int) and value.bit_length() > 1000:
+            fail(where, path, f"expected a finite number, got {_describe(value)}")
+        if not math.isfinite(value):
+            fail(where, path, f"expected a finite number, got {_describe(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -175,10 +251,26 @@ def _build_dataclass(cls: Any, value: Any, path: str, where: str) -> Any:
             kwargs[name] = _convert(hints[name], value[name], sub, where)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             fail(where, sub, f"missing required key ({type_name(hints[name])})")
+    # The declared ranges first: one message for every key, naming its value and its range.
+    for name, field in fields.items():
+        limits = field_range(field)
+        converted = kwargs.get(name)
+        if (
+            limits is not None
+            and isinstance(converted, int | float)
+            and not isinstance(converted, bool)
+            and not limits.contains(converted)
+        ):
+            fail(
+                where,
+                _join(path, name),
+                f"{_describe(converted)} is out of range: {limits.describe()}",
+            )
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as exc:
-        # __post_init__ checks of a component (ranges, consistency) become config errors too.
+        # __post_init__ checks of a component (consistency, further rules) become config
+        # errors too.
         fail(where, path, str(exc))
 
 

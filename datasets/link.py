@@ -25,6 +25,7 @@ import numpy as np
 
 from cnmt.datasets.traces import RttTrace, load_trace
 from cnmt.errors import ConfigError
+from cnmt.schema import ranged
 
 DEFAULT_SAMPLE_PERIOD_S = 1.0
 DEFAULT_LOSS_TIMEOUT_S = 1.0  # RFC 6298's initial retransmission timeout
@@ -44,13 +45,13 @@ class RttSource:
     ``sample_period_s`` overrides the trace's timestamps (see the module docstring).
     """
 
-    rtt_ms: float | None = None
+    rtt_ms: float | None = ranged(None, low=0, high=60000)
     trace: str | None = None
     format: Literal["auto", "ripe-csv", "ripe-json", "plain"] = "auto"
-    start: int = 0
-    samples: int | None = None
-    sample_period_s: float | None = None
-    hours: float | None = None
+    start: int = ranged(0, low=0, high=1000000000)
+    samples: int | None = ranged(None, low=1, high=1000000000)
+    sample_period_s: float | None = ranged(None, low=0, high=86400, above=True)
+    hours: float | None = ranged(None, low=0, high=1000000, above=True)
 
     def __post_init__(self) -> None:
         if (self.rtt_ms is None) == (self.trace is None):

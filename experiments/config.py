@@ -36,7 +36,7 @@ from typing import Annotated, Any, Literal
 
 from cnmt.datasets.link import DEFAULT_LOSS_TIMEOUT_S, RttSource
 from cnmt.registry import ComponentSpec, Kind
-from cnmt.schema import fail
+from cnmt.schema import fail, ranged
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class CorpusPart:
     src: str
     tgt: str
     output_lengths: str | None = None
-    share: float | None = None
+    share: float | None = ranged(None, low=0, high=1, above=True)
 
     def __post_init__(self) -> None:
         if self.share is not None and not 0 < self.share <= 1:
@@ -60,7 +60,7 @@ class CorpusSpec:
     parts: list[CorpusPart]
     src_tokenizer: str = "words"
     tgt_tokenizer: str = "words"
-    heldout_every: int | None = None
+    heldout_every: int | None = ranged(None, low=2, high=1000000)
 
     def __post_init__(self) -> None:
         if not self.parts:
@@ -90,8 +90,8 @@ class ConnectionSpec(RttSource):
     """
 
     arrivals: Literal["spread", "interval", "poisson", "file"] = "spread"
-    interval_s: float | None = None
-    rate: float | None = None
+    interval_s: float | None = ranged(None, low=0, high=86400, above=True)
+    rate: float | None = ranged(None, low=0, high=1000000, above=True)
     arrivals_file: str | None = None
     description: str = ""
     paper_profile: Literal["CP1", "CP2"] | None = None  # the paper's profile it stands for
@@ -115,9 +115,9 @@ class LinkSpec:
     """The gateway-cloud link: bandwidth (the paper: 100 Mbps), the cost of a lost ping (one
     retransmission timeout, see :mod:`cnmt.datasets.link`) and the HTTP bytes around a text."""
 
-    bandwidth_mbps: float = 100.0
-    loss_timeout_s: float = DEFAULT_LOSS_TIMEOUT_S
-    overhead_bytes: int = 400
+    bandwidth_mbps: float = ranged(100.0, low=0, high=1000000, above=True)
+    loss_timeout_s: float = ranged(DEFAULT_LOSS_TIMEOUT_S, low=0, high=600)
+    overhead_bytes: int = ranged(400, low=0, high=1000000)
 
     def __post_init__(self) -> None:
         if self.bandwidth_mbps <= 0:
@@ -137,9 +137,9 @@ class QueueSpec:
     """
 
     enabled: bool = False
-    edge_workers: int = 1
-    cloud_workers: int = 1
-    background_rate: float = 0.0
+    edge_workers: int = ranged(1, low=1, high=4096)
+    cloud_workers: int = ranged(1, low=1, high=4096)
+    background_rate: float = ranged(0.0, low=0, high=1000000)
 
     def __post_init__(self) -> None:
         if self.edge_workers < 1 or self.cloud_workers < 1:
@@ -154,8 +154,8 @@ class DriftSpec:
     slower (its profile, and so the paper's fixed model, does not know)."""
 
     device: Literal["edge", "cloud"]
-    at_fraction: float
-    factor: float
+    at_fraction: float = ranged(low=0, high=1)
+    factor: float = ranged(low=0, high=1000, above=True)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.at_fraction <= 1.0:
@@ -189,7 +189,7 @@ class PolicySpec:
     cloud_wait_estimator: ComponentSpec | None = None
     edge_latency: ComponentSpec | None = None
     cloud_latency: ComponentSpec | None = None
-    rtt_probe_s: float | None = None
+    rtt_probe_s: float | None = ranged(None, low=0, high=86400, above=True)
 
 
 @dataclass(frozen=True)
@@ -257,8 +257,8 @@ class ReplayConfig:
     devices: DevicesSpec
     connections: dict[str, ConnectionSpec]
     policies: list[Policy] | None = None  # None: DEFAULT_POLICIES
-    requests: int = 100_000
-    seed: int = 0
+    requests: int = ranged(100_000, low=1, high=100000000)
+    seed: int = ranged(0, low=0, high=9223372036854775807)
     link: LinkSpec = field(default_factory=LinkSpec)
     default_connection: str | None = None
     # The language pair of the paper's Table I this setup stands for (``cnmt reproduce`` puts
@@ -269,7 +269,7 @@ class ReplayConfig:
     # `cnmt reproduce` also replays each connection with Poisson arrivals and queues, at the
     # rates that keep edge-only busy this share of the time, with this many requests each.
     load_sweep: list[float] = field(default_factory=list)
-    load_sweep_requests: int = 20_000
+    load_sweep_requests: int = ranged(20_000, low=1, high=100000000)
     edge_model: str | None = None  # None: the same as model
 
     @property

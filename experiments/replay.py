@@ -48,6 +48,7 @@ from cnmt.datasets.corpora import heldout_mask, read_parallel
 from cnmt.datasets.link import RttTimeline, serialisation_s
 from cnmt.datasets.traces import RttTrace
 from cnmt.errors import ConfigError
+from cnmt.experiments import convergence
 from cnmt.experiments.config import (
     ConnectionSpec,
     CorpusSpec,
@@ -685,6 +686,7 @@ def _policy_result(
             else:  # means by input length: how many inputs lengths it has seen
                 learned["length"] = {"bins": len(getattr(length, "bins", {}))}
         out["learned"] = learned
+    out.update(convergence.policy_fields(sim, batch))  # per-window totals, exploration's cost
     return out
 
 

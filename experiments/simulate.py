@@ -172,6 +172,10 @@ class Simulation:
     busy_s: dict[str, float]
     span_s: float
     background_wait_s: float = 0.0
+    # Per request, whether the decision explored (a policy with ``last_explored``, such as
+    # cnmt_explore), and the decision's expected added time when it did; None otherwise.
+    explored: np.ndarray | None = None
+    explored_expected_s: np.ndarray | None = None
 
 
 def simulate(
@@ -490,6 +494,10 @@ def _general(
     on_edge = np.zeros(count, dtype=bool)
     waits = np.zeros(count)
     predicted = np.full(count, np.nan)
+    explores = hasattr(policy, "last_explored")
+    elapses = [f for f in (getattr(lm, "elapse", None) for lm in (edge_lm, cloud_lm)) if f]
+    explored = np.zeros(count, dtype=bool) if explores else None
+    explored_s = np.zeros(count) if explores else None
     events: list[tuple[float, int, tuple[Any, ...]]] = []  # (finish time, seq, observation)
     probe_s, rtt_at = learners.rtt_probe_s, stream.rtt_at
     if probe_s is not None and rtt_at is None:
@@ -543,6 +551,8 @@ def _general(
             cloud_wait = max(0.0, cloud_free[0] - cloud_at)
             if uses_load:
                 backlog = edge_backlog.at(now)
+        for elapse in elapses:  # models whose uncertainty grows with unobserved decisions
+            elapse(now)
         e, c = edge_lm.current(), cloud_lm.current()
         state = SchedulerState(
             e,
@@ -558,10 +568,13 @@ def _general(
         else:
             request = Request(n, int(batch.payload_bytes[i]))
         edge = policy.choose(request, m, state) == Device.EDGE
+        if explored is not None and policy.last_explored:  # type: ignore[attr-defined]
+            explored[i] = True
+            explored_s[i] = policy.last_expected_added_s  # type: ignore[attr-defined,index]
         # 4. the device
         if edge:
             on_edge[i] = True
-            guess = e.a_n * n + e.a_m * m + e.b
+            guess = e.predict(n, m)
             predicted[i] = guess
             waits[i] = edge_wait
             start = now + edge_wait
@@ -572,7 +585,7 @@ def _general(
             if learn_edge or learn_length:
                 heapq.heappush(events, (done, i, ("edge", n, m_true[i], edge_s[i])))
         else:
-            guess = c.a_n * n + c.a_m * m + c.b
+            guess = c.predict(n, m)
             predicted[i] = guess
             waits[i] = cloud_wait
             own_wait = 0.0
@@ -597,4 +610,6 @@ def _general(
         busy_s=_busy(on_edge, batch, float(background.sum())),
         span_s=_span(stream, latency),
         background_wait_s=cloud.background_wait_s,
+        explored=explored,
+        explored_expected_s=explored_s,
     )

@@ -43,6 +43,7 @@ from cnmt.exporters.quantize import apply_precision, read_check
 from cnmt.files import read_json, sha256_file
 from cnmt.runtime.manifest import Manifest, write_manifest
 from cnmt.runtime.manifest import replace as replace_manifest
+from cnmt.schema import ranged
 
 FAMILY = "marian"
 # optimum-onnx's recommended minimum for Marian (it warns below); `cnmt export --opset` overrides.
@@ -82,14 +83,14 @@ class ExportValidationError(CnmtRuntimeError):
 class MarianDims:
     """Model dimensions; the defaults are those of Helsinki-NLP/opus-mt-en-zh."""
 
-    d_model: int = 512
-    encoder_layers: int = 6
-    decoder_layers: int = 6
-    attention_heads: int = 8
-    ffn_dim: int = 2048
+    d_model: int = ranged(512, low=1, high=16384)
+    encoder_layers: int = ranged(6, low=1, high=64)
+    decoder_layers: int = ranged(6, low=1, high=64)
+    attention_heads: int = ranged(8, low=1, high=256)
+    ffn_dim: int = ranged(2048, low=1, high=65536)
     # None: exactly the tokenizer's ids. opus-mt-en-zh has 65001 (two 32k spm models).
-    vocab_size: int | None = 65001
-    max_position_embeddings: int = 512
+    vocab_size: int | None = ranged(65001, low=1, high=1000000)
+    max_position_embeddings: int = ranged(512, low=1, high=65536)
     activation: Literal["swish", "relu", "gelu"] = "swish"
 
     def __post_init__(self) -> None:
@@ -120,12 +121,12 @@ class TokenizerTraining:
 
     source_files: list[str]
     target_files: list[str]
-    target_vocab_size: int = 32000
-    source_vocab_size: int | None = None
-    source_character_coverage: float = 1.0
-    target_character_coverage: float = 0.9995
+    target_vocab_size: int = ranged(32000, low=1, high=1000000)
+    source_vocab_size: int | None = ranged(None, low=1, high=1000000)
+    source_character_coverage: float = ranged(1.0, low=0, high=1, above=True)
+    target_character_coverage: float = ranged(0.9995, low=0, high=1, above=True)
     hard_vocab_limit: bool = True
-    max_sentences: int = 0  # per side; 0 = every line
+    max_sentences: int = ranged(0, low=0, high=1000000000)  # per side; 0 = every line
     source_lang: str = "en"
     target_lang: str = "zh"
 
@@ -149,9 +150,9 @@ class MarianModelConfig:
     dims: MarianDims = field(default_factory=MarianDims)
     tokenizer_dir: str | None = None
     train_tokenizer: TokenizerTraining | None = None
-    seed: int = 0
-    atol: float = 1e-3
-    validation_new_tokens: int = 16
+    seed: int = ranged(0, low=0, high=4294967295)
+    atol: float = ranged(1e-3, low=0, high=1, above=True)
+    validation_new_tokens: int = ranged(16, low=1, high=4096)
 
     def __post_init__(self) -> None:
         if (self.tokenizer_dir is None) == (self.train_tokenizer is None):

@@ -23,14 +23,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from cnmt.schema import ranged
+
 
 @dataclass(frozen=True)
 class VocabConfig:
     """Build a vocabulary from the most frequent tokens of ``corpus``."""
 
     corpus: str
-    size: int
-    max_lines: int | None = None  # read only the first lines of a large corpus
+    size: int = ranged(low=1, high=1000000)
+    max_lines: int | None = ranged(
+        None, low=1, high=1000000000
+    )  # read only the first lines of a large corpus
 
     def __post_init__(self) -> None:
         if self.size < 5:
@@ -49,15 +53,17 @@ class ModelConfig:
     target_language: str
     source_vocab: VocabConfig
     target_vocab: VocabConfig
-    hidden_size: int = 500
-    embedding_size: int | None = None  # default: hidden_size
-    layers: int = 2
+    hidden_size: int = ranged(500, low=1, high=16384)
+    embedding_size: int | None = ranged(None, low=1, high=16384)  # default: hidden_size
+    layers: int = ranged(2, low=1, high=64)
     lowercase: bool = True
     bpe_codes: str | None = None
-    max_source_tokens: int = 256
-    max_output_tokens: int = 250
-    init_range: float = 0.1  # weights ~ U(-init_range, init_range), OpenNMT-py's param_init
-    seed: int = 0
+    max_source_tokens: int = ranged(256, low=1, high=4096)
+    max_output_tokens: int = ranged(250, low=1, high=4096)
+    init_range: float = ranged(
+        0.1, low=0, high=10, above=True
+    )  # weights ~ U(-init_range, init_range), OpenNMT-py's param_init
+    seed: int = ranged(0, low=0, high=4294967295)
     description: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 

@@ -31,6 +31,10 @@ def cnmt_register_device_policies(register: Register) -> None:
     register(device_policies.OraclePolicy)
     register(device_policies.ExpectedOraclePolicy)
 
+    from cnmt.schedulers import exploration
+
+    register(exploration.ExploringPolicy)
+
 
 @hookimpl
 def cnmt_register_rtt_estimators(register: Register) -> None:
@@ -47,6 +51,10 @@ def cnmt_register_latency_models(register: Register) -> None:
 
     register(latency_models.ProfileLatency)
     register(latency_models.OnlineLatency)
+
+    from cnmt.schedulers import posterior
+
+    register(posterior.PosteriorLatency)
 
 
 # Top-level sections that select a scheduler component: key -> component kind.

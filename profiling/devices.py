@@ -13,6 +13,7 @@ from pathlib import Path
 
 from cnmt.config import builtin_config_names, load_config
 from cnmt.errors import ConfigError
+from cnmt.schema import ranged
 
 CPU_PROVIDER = "CPUExecutionProvider"
 
@@ -29,9 +30,9 @@ class DeviceSetting:
 
     name: str
     providers: tuple[str, ...] = (CPU_PROVIDER,)
-    threads: int = 1
-    cpu_quota: float | None = None
-    cpu_period_us: int = 10_000
+    threads: int = ranged(1, low=0, high=256)
+    cpu_quota: float | None = ranged(None, low=0, high=1024, above=True)
+    cpu_period_us: int = ranged(10_000, low=1000, high=1000000)
     description: str = ""
 
     def __post_init__(self) -> None:

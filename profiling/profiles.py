@@ -24,6 +24,7 @@ from cnmt.errors import ConfigError
 from cnmt.files import read_json, write_json
 from cnmt.profiling.devices import CPU_PROVIDER, DeviceSetting
 from cnmt.schedulers.base import LatencyModel
+from cnmt.schedulers.posterior import FittedLatencyModel
 
 FORMAT = "cnmt-device-profile/2"
 READ_FORMATS = ("cnmt-device-profile/1", FORMAT)
@@ -108,7 +109,9 @@ class Fit:
 
     @property
     def latency_model(self) -> LatencyModel:
-        return LatencyModel(a_n=self.a_n, a_m=self.a_m, b=self.b)
+        """The fit as a latency model, carrying its RMS residual (a posterior's prior spread)."""
+        residual = math.sqrt(self.mse) if self.mse >= 0 else math.nan
+        return FittedLatencyModel(a_n=self.a_n, a_m=self.a_m, b=self.b, residual_s=residual)
 
     def predict(self, n: np.ndarray, m: np.ndarray) -> np.ndarray:
         n, m = np.asarray(n, dtype=float), np.asarray(m, dtype=float)

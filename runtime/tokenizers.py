@@ -197,13 +197,19 @@ def remove_bpe(tokens: Iterable[str]) -> list[str]:
     return words
 
 
+def _shown(token: str, limit: int = 40) -> str:
+    """A token as a message names it: its repr, cut (one "token" can be 8,000 combining marks)."""
+    text = repr(token)
+    return text if len(text) <= limit else f"{text[: limit - 12]}... ({len(token)} chars)"
+
+
 def no_known_token(model: str, unknown: Sequence[str], shown: int = 10) -> str:
     """The message for a text none of whose tokens is in model ``model``'s source vocabulary
     (``unknown``: its tokens), naming them (as repr, so control characters stay visible)."""
     distinct = list(dict.fromkeys(unknown))
     if not distinct:
         return f"the text has no token model {model!r} can read; give a sentence to translate"
-    names = ", ".join(repr(t) for t in distinct[:shown])
+    names = ", ".join(_shown(t) for t in distinct[:shown])
     more = f" and {len(distinct) - shown} more" if len(distinct) > shown else ""
     return (
         f"the text has no token model {model!r} knows: {names}{more} "

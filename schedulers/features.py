@@ -29,6 +29,7 @@ import numpy as np
 from cnmt.errors import ConfigError
 from cnmt.files import read_json, write_json
 from cnmt.schedulers.base import LengthEstimator, Request
+from cnmt.schema import ranged
 
 FORMAT = "cnmt-feature-length/1"
 _WORDS = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]|[^\W\d_]+|\d+|[^\w\s]")
@@ -150,7 +151,7 @@ class FeaturesLength(LengthEstimator):
     @dataclass(frozen=True)
     class Params:
         model: str
-        min_tokens: float = 1.0
+        min_tokens: float = ranged(1.0, low=0, high=4096)
 
     def __init__(self, params: Any) -> None:
         super().__init__(params)

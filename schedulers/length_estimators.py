@@ -10,8 +10,15 @@ import numpy as np
 
 from cnmt.errors import CnmtRuntimeError
 from cnmt.schedulers.base import LengthEstimator, Request
-from cnmt.schedulers.learning import RecursiveLeastSquares
+from cnmt.schedulers.learning import (
+    MAX_OBSERVED_TOKENS,
+    MAX_STATE_COUNT,
+    MAX_STATE_VALUE,
+    RecursiveLeastSquares,
+    physical_tokens,
+)
 from cnmt.schedulers.length_models import LengthModel, load_length_model
+from cnmt.schema import ranged
 
 
 class LinearLength(LengthEstimator):
@@ -27,9 +34,9 @@ class LinearLength(LengthEstimator):
     @dataclass(frozen=True)
     class Params:
         model: str | None = None
-        gamma: float | None = None
-        delta: float | None = None
-        min_tokens: float = 1.0
+        gamma: float | None = ranged(None, low=0, high=100)
+        delta: float | None = ranged(None, low=-4096, high=4096)
+        min_tokens: float = ranged(1.0, low=0, high=4096)
 
         def __post_init__(self) -> None:
             direct = (self.gamma is not None, self.delta is not None)
@@ -69,6 +76,10 @@ class OnlineLinearLength(LinearLength):
     pairs spread over ``prior_tokens`` values of N (and never less than ``floor_weight``), a
     pair ``k`` translations old counts ``forgetting^k``, and a residual beyond ``clip`` times
     the running scale (which starts at ``initial_scale`` tokens) counts as that large.
+
+    A pair outside ``0..65536`` tokens is dropped and counted (:attr:`dropped`), as is one whose
+    step would make the line predict fewer than 0 tokens (or fewer than the prior does) or
+    more than 65,536 on the prior's design (``prior_tokens``).
     """
 
     name = "online_linear"
@@ -76,11 +87,11 @@ class OnlineLinearLength(LinearLength):
 
     @dataclass(frozen=True)
     class Params(LinearLength.Params):
-        forgetting: float = 0.995
-        prior_weight: float = 10.0
-        floor_weight: float = 1.0
-        clip: float = 3.0
-        initial_scale: float = 2.0
+        forgetting: float = ranged(0.995, low=0.5, high=1)
+        prior_weight: float = ranged(10.0, low=0, high=1000000, above=True)
+        floor_weight: float = ranged(1.0, low=0, high=1000000, above=True)
+        clip: float = ranged(3.0, low=0, high=1000, above=True)
+        initial_scale: float = ranged(2.0, low=0, high=4096, above=True)
         prior_tokens: tuple[float, ...] = (4.0, 16.0, 48.0)
 
         def __post_init__(self) -> None:
@@ -94,6 +105,9 @@ class OnlineLinearLength(LinearLength):
 
     def __init__(self, params: Any) -> None:
         super().__init__(params)
+        self._checked_at = tuple(params.prior_tokens)
+        self._floor = min(0.0, *(self.gamma * n + self.delta for n in self._checked_at))
+        self._dropped = 0
         self.rls = RecursiveLeastSquares(
             theta0=(self.gamma, self.delta),
             design=[(n, 1.0) for n in params.prior_tokens],
@@ -102,11 +116,28 @@ class OnlineLinearLength(LinearLength):
             forgetting=params.forgetting,
             clip=params.clip,
             initial_scale=params.initial_scale,
+            admissible=self._physical,
+        )
+
+    def _physical(self, theta: Any) -> bool:
+        gamma, delta = theta
+        if not (math.isfinite(gamma) and math.isfinite(delta)):
+            return False
+        return all(
+            self._floor <= gamma * n + delta <= MAX_OBSERVED_TOKENS for n in self._checked_at
         )
 
     def observe(self, n_tokens: int, m_tokens: int) -> None:
+        if not physical_tokens(float(n_tokens), float(m_tokens)):
+            self._dropped += 1
+            return
         self.rls.observe((float(n_tokens), 1.0), float(m_tokens))
         self.gamma, self.delta = self.rls.theta
+
+    @property
+    def dropped(self) -> int:
+        """Pairs refused: outside the physical range, or a step to an unphysical line."""
+        return self._dropped + self.rls.rejected
 
     def state(self) -> dict[str, Any]:
         return self.rls.state()
@@ -143,10 +174,10 @@ class OnlineMeanByLength(LengthEstimator):
 
     @dataclass(frozen=True)
     class Params(LinearLength.Params):
-        forgetting: float = 0.995
-        prior_weight: float = 5.0
-        exact_up_to: int = 32
-        bin_growth: float = 0.125
+        forgetting: float = ranged(0.995, low=0.5, high=1)
+        prior_weight: float = ranged(5.0, low=0, high=1000000, above=True)
+        exact_up_to: int = ranged(32, low=1, high=4096)
+        bin_growth: float = ranged(0.125, low=0, high=10, above=True)
 
         def __post_init__(self) -> None:
             super().__post_init__()
@@ -162,6 +193,7 @@ class OnlineMeanByLength(LengthEstimator):
         self.line = LinearLength(params)  # the prior: the fitted M = gamma*N + delta
         self.bins: dict[int, list[float]] = {}  # bin -> [forgetting sum of M, forgetting count]
         self.observations = 0
+        self.dropped = 0
 
     def bin_of(self, n_tokens: float) -> int:
         """The bin of an input length: N itself up to ``exact_up_to``, then geometric bins."""
@@ -178,8 +210,9 @@ class OnlineMeanByLength(LengthEstimator):
         return max(self.params.min_tokens, (weight * line + total) / (weight + count))
 
     def observe(self, n_tokens: int, m_tokens: int) -> None:
-        if n_tokens < 0 or m_tokens < 0:
-            raise ValueError(f"token counts must be >= 0, got N={n_tokens}, M={m_tokens}")
+        if not physical_tokens(float(n_tokens), float(m_tokens)):
+            self.dropped += 1  # a count no model reads or writes: not learnt
+            return
         entry = self.bins.setdefault(self.bin_of(n_tokens), [0.0, 0.0])
         lam = self.params.forgetting
         entry[0] = lam * entry[0] + float(m_tokens)
@@ -198,16 +231,25 @@ class OnlineMeanByLength(LengthEstimator):
             total, count = (float(v) for v in value)
             if not (math.isfinite(total) and math.isfinite(count)) or min(total, count) < 0:
                 raise ValueError(f"bin {key}: sum and count must be finite and >= 0")
+            if count > MAX_STATE_VALUE or total > count * MAX_OBSERVED_TOKENS:
+                raise ValueError(f"bin {key}: a mean beyond {MAX_OBSERVED_TOKENS} tokens")
+            if not (isinstance(key, str) and key.isdigit() and len(key) <= 9):
+                raise ValueError(f"bin {key[:20]!r}: expected a bin number")
             bins[int(key)] = [total, count]
+        observations = state["observations"]
+        if isinstance(observations, bool) or not isinstance(observations, int):
+            raise ValueError("observations must be an integer")
+        if not 0 <= observations <= MAX_STATE_COUNT:
+            raise ValueError(f"observations is {observations}, expected 0..{MAX_STATE_COUNT}")
         self.bins = bins
-        self.observations = int(state["observations"])
+        self.observations = observations
 
 
 @dataclass(frozen=True)
 class MeanParams:
     """``mean_tokens`` directly, or ``model: PATH`` to take the fitted file's corpus mean of M."""
 
-    mean_tokens: float | None = None
+    mean_tokens: float | None = ranged(None, low=0, high=4096, above=True)
     model: str | None = None
 
     def __post_init__(self) -> None:

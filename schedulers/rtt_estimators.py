@@ -27,7 +27,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from cnmt.schema import NoParams
+from cnmt.schema import NoParams, ranged
 
 
 class RttEstimator(abc.ABC):
@@ -58,7 +58,7 @@ def check_sample(rtt_s: float) -> float:
 
 @dataclass(frozen=True)
 class InitialParams:
-    initial_s: float = 0.1
+    initial_s: float = ranged(0.1, low=0, high=60)
 
     def __post_init__(self) -> None:
         if self.initial_s < 0:
@@ -94,8 +94,8 @@ class Ewma(RttEstimator):
 
     @dataclass(frozen=True)
     class Params:
-        alpha: float = 0.125
-        initial_s: float = 0.1
+        alpha: float = ranged(0.125, low=0, high=1, above=True)
+        initial_s: float = ranged(0.1, low=0, high=60)
 
         def __post_init__(self) -> None:
             if not 0.0 < self.alpha <= 1.0:
@@ -138,11 +138,11 @@ class WindowedMedian(RttEstimator):
 
     @dataclass(frozen=True)
     class Params:
-        window: int = 5
-        max_age_s: float | None = 30.0
-        decay_s: float = 60.0
-        stale_s: float | None = None
-        initial_s: float = 0.1
+        window: int = ranged(5, low=1, high=10000)
+        max_age_s: float | None = ranged(30.0, low=0, high=1000000, above=True)
+        decay_s: float = ranged(60.0, low=0, high=1000000, above=True)
+        stale_s: float | None = ranged(None, low=0, high=60)
+        initial_s: float = ranged(0.1, low=0, high=60)
 
         def __post_init__(self) -> None:
             if self.window < 1:

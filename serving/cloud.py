@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +35,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from cnmt.errors import CnmtError
 from cnmt.runtime.base import Translation, Translator
 from cnmt.serving import metrics as m
+from cnmt.serving.auth import bearer_auth, read_secret, server_ssl_context
 from cnmt.serving.limits import IDLE_TIMEOUT_KEY
 from cnmt.serving.protocol import (
     RequestError,
@@ -73,6 +75,8 @@ class CloudServer:
             raise ValueError("the cloud server needs at least one translator")
         self.settings = settings
         self.clock = clock
+        # Read now: a missing token file fails before the server listens.
+        self._token = read_secret(settings.token_file, settings.token_env, "cloud.token")
         self._translators = list(translators)
         self._free: asyncio.Queue[Translator] | None = None
         self._pool = ThreadPoolExecutor(
@@ -99,7 +103,10 @@ class CloudServer:
         )
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[json_errors])
+        middlewares = [json_errors]
+        if self._token is not None:
+            middlewares.append(bearer_auth((self._token,), "the cloud"))
+        app = web.Application(middlewares=middlewares)
         app[IDLE_TIMEOUT_KEY] = self.settings.idle_timeout_s
         app.router.add_post("/v1/translate", self.handle_translate)
         app.router.add_get("/health", self.handle_health)
@@ -108,6 +115,15 @@ class CloudServer:
         app.on_startup.append(self._on_startup)
         app.on_cleanup.append(self._on_cleanup)
         return app
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The server's TLS context (``tls_cert_file``...), None to serve plain HTTP."""
+        settings = self.settings
+        if settings.tls_cert_file is None or settings.tls_key_file is None:
+            return None
+        return server_ssl_context(
+            settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
+        )
 
     async def _on_startup(self, app: web.Application) -> None:
         self._free = asyncio.Queue()

@@ -3,17 +3,33 @@
 Every way an exchange can fail is one :class:`CloudFailure` with a short ``reason`` (used as a
 metric label) and a detail for the log: ``timeout`` (no complete answer within the deadline),
 ``connection`` (refused, reset, closed), ``status`` (an HTTP error other than 422) and
-``bad_response`` (an answer that is not the cloud protocol: not JSON, missing fields, wrong
-types, timestamps that go backwards). The queueing fields ``wait_s``, ``pending`` and
-``batch_size`` are optional (older clouds do not send them) but checked when present. A 422 is
-not a fault: the model refused the text, and :class:`CloudRejected` carries its message to the
-user.
+``bad_response`` (an answer that is not the cloud protocol). The queueing fields ``wait_s``,
+``pending`` and ``batch_size`` are optional (older clouds do not send them) but checked when
+present. A 422 is not a fault: the model refused the text, and :class:`CloudRejected` carries
+its message to the user.
+
+Nothing the cloud says is believed before it is checked, since the gateway learns from it
+(docs/hardening.md, "A cloud that lies"). An answer is ``bad_response`` unless
+
+- its body is at most ``max_reply_bytes`` (read incrementally: a larger one is never held
+  whole) and strict JSON (:mod:`cnmt.serving.strict_json`: bounded depth and integers, no
+  NaN or Infinity);
+- it is not a redirect: redirects are never followed (the user's text goes to the configured
+  cloud and nowhere else), a 3xx is refused;
+- each field has its type and a physically possible value: token counts within the model's
+  limits (``m_tokens`` at most ``max_output_tokens``), ``0 <= exec_s``, ``0 <= wait_s``,
+  ``0 <= sent_at - received_at``, and none of ``exec_s``, ``wait_s + exec_s`` and
+  ``sent_at - received_at`` longer than the round trip the gateway measured around them
+  (up to :data:`CLOCK_SLACK_S` and a relative :data:`CLOCK_RATE_SLACK` for two clocks' ticks).
+
+A refused answer counts against the cloud's breaker like any failed exchange, and its values
+reach no model. Error texts (a 422's, a 5xx's) are cut to :data:`MAX_ERROR_CHARS` characters.
 """
 
 from __future__ import annotations
 
-import json
 import math
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,9 +38,26 @@ from typing import Any
 import aiohttp
 
 from cnmt.datasets.link import serialisation_s
+from cnmt.runtime.manifest import MAX_TOKENS_LIMIT
+from cnmt.serving import strict_json
+from cnmt.serving.auth import client_ssl_context, read_secret
 from cnmt.serving.cloud import SERVICE
 from cnmt.serving.protocol import JSON_CONTENT_TYPE, dumps
-from cnmt.serving.settings import CLOUD_KEEPALIVE_S
+from cnmt.serving.settings import (
+    CLOUD_KEEPALIVE_S,
+    DEFAULT_MAX_REPLY_BYTES,
+    GatewaySettings,
+)
+
+# Durations the cloud measured on its clock may exceed the gateway's round trip around them
+# only by what two clocks' resolutions and rates allow.
+CLOCK_SLACK_S = 0.001
+CLOCK_RATE_SLACK = 0.001
+# A cloud's queue length and batch size: anything beyond is not a real server's.
+MAX_REPORTED_PENDING = 1_000_000
+MAX_REPORTED_BATCH = MAX_TOKENS_LIMIT
+# How much of a cloud's error text reaches the user and the log.
+MAX_ERROR_CHARS = 300
 
 
 class CloudFailure(Exception):
@@ -77,17 +110,25 @@ class CloudReply:
         return max(0.0, self.round_trip_s - in_cloud - serialisation)
 
 
+def _shown(value: Any) -> str:
+    """A value as the log shows it: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
 def _number(data: dict[str, Any], key: str) -> float:
     value = data.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise CloudFailure("bad_response", f"`{key}` is {value!r}, expected a finite number")
+        raise CloudFailure("bad_response", f"`{key}` is {_shown(value)}, expected a finite number")
     return float(value)
 
 
-def _count(data: dict[str, Any], key: str) -> int:
+def _count(data: dict[str, Any], key: str, maximum: int = MAX_TOKENS_LIMIT) -> int:
     value = data.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise CloudFailure("bad_response", f"`{key}` is {value!r}, expected a token count")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
+        raise CloudFailure(
+            "bad_response", f"`{key}` is {_shown(value)}, expected a count in 0..{maximum}"
+        )
     return value
 
 
@@ -100,47 +141,76 @@ def _optional_seconds(data: dict[str, Any], key: str) -> float | None:
     return value
 
 
-def _optional_count(data: dict[str, Any], key: str, minimum: int) -> int | None:
+def _optional_count(data: dict[str, Any], key: str, minimum: int, maximum: int) -> int | None:
     if key not in data:
         return None
-    value = _count(data, key)
+    value = _count(data, key, maximum)
     if value < minimum:
         raise CloudFailure("bad_response", f"`{key}` is {value!r}, expected at least {minimum}")
     return value
 
 
-def parse_reply(body: bytes, round_trip_s: float, request_bytes: int = 0) -> CloudReply:
+def parse_reply(
+    body: bytes,
+    round_trip_s: float,
+    request_bytes: int = 0,
+    max_output_tokens: int = MAX_TOKENS_LIMIT,
+) -> CloudReply:
+    """The reply of one exchange that took ``round_trip_s`` on the gateway's clock, checked
+    (see the module docstring); CloudFailure ``bad_response`` naming the first breach."""
     try:
-        data = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CloudFailure("bad_response", f"not JSON ({exc}): {body[:80]!r}") from None
+        data = strict_json.loads(body)
+    except strict_json.StrictJsonError as exc:
+        raise CloudFailure("bad_response", f"not strict JSON: {exc}") from None
     if not isinstance(data, dict):
         raise CloudFailure("bad_response", f"expected a JSON object, got {type(data).__name__}")
     text = data.get("translation")
     if not isinstance(text, str):
-        raise CloudFailure("bad_response", f"`translation` is {text!r}, expected a string")
+        raise CloudFailure("bad_response", f"`translation` is {_shown(text)}, expected a string")
     reply = CloudReply(
         text=text,
         n_tokens=_count(data, "n_tokens"),
-        m_tokens=_count(data, "m_tokens"),
+        m_tokens=_count(data, "m_tokens", max_output_tokens),
         exec_s=_number(data, "exec_s"),
         received_at=_number(data, "received_at"),
         sent_at=_number(data, "sent_at"),
         round_trip_s=round_trip_s,
         wire_bytes=request_bytes + len(body),
         wait_s=_optional_seconds(data, "wait_s"),
-        pending=_optional_count(data, "pending", 0),
-        batch_size=_optional_count(data, "batch_size", 1),
+        pending=_optional_count(data, "pending", 0, MAX_REPORTED_PENDING),
+        batch_size=_optional_count(data, "batch_size", 1, MAX_REPORTED_BATCH),
     )
+    _check_durations(reply)
+    return reply
+
+
+def _check_durations(reply: CloudReply) -> None:
+    """The cloud's own durations are parts of the round trip measured around them."""
+    if reply.exec_s < 0:
+        raise CloudFailure("bad_response", f"`exec_s` is {reply.exec_s:g}, expected >= 0")
     if reply.server_s < 0:
         raise CloudFailure("bad_response", "`sent_at` is earlier than `received_at`")
-    return reply
+    limit = reply.round_trip_s * (1.0 + CLOCK_RATE_SLACK) + CLOCK_SLACK_S
+    parts = {
+        "`exec_s`": reply.exec_s,
+        "`sent_at - received_at`": reply.server_s,
+        "`wait_s + exec_s`": (reply.wait_s or 0.0) + reply.exec_s,
+    }
+    for name, seconds in parts.items():
+        if seconds > limit:
+            raise CloudFailure(
+                "bad_response",
+                f"{name} is {seconds:.6g} s, longer than the whole round trip "
+                f"({reply.round_trip_s:.6g} s) the gateway measured",
+            )
 
 
 class CloudClient:
     """Talks to one cloud base URL over a keep-alive connection pool.
 
-    ``timer`` measures round trips (a monotonic clock); ``timeout_s`` bounds a whole exchange.
+    ``timer`` measures round trips (a monotonic clock); ``timeout_s`` bounds a whole exchange;
+    an answer larger than ``max_reply_bytes`` or with more than ``max_output_tokens`` output
+    tokens is refused (the module docstring lists every check).
     """
 
     def __init__(
@@ -149,19 +219,61 @@ class CloudClient:
         timeout_s: float,
         timer: Callable[[], float] = time.perf_counter,
         probe_timeout_s: float = 2.0,
+        *,
+        max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
+        max_output_tokens: int = MAX_TOKENS_LIMIT,
+        token: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         self.probe_timeout_s = probe_timeout_s
+        self.max_reply_bytes = max_reply_bytes
+        self.max_output_tokens = max_output_tokens
+        self.ssl_context = ssl_context
+        # The token goes in every request's headers and nowhere else (no log, no repr).
+        self._headers = {} if token is None else {"Authorization": f"Bearer {token}"}
         self.timer = timer
         self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def for_gateway(
+        cls, base_url: str, settings: GatewaySettings, model: object = None
+    ) -> CloudClient:
+        """The client a gateway with ``settings`` uses; ``model`` (a loaded Translator of the
+        gateway's model) bounds the output tokens an answer may report to its own limit."""
+        manifest = getattr(model, "manifest", None)
+        limit = getattr(model, "max_output_tokens", None) or getattr(
+            manifest, "max_output_tokens", None
+        )
+        context = None
+        if base_url.startswith("https://"):
+            context = client_ssl_context(
+                settings.cloud_ca_file,
+                settings.cloud_client_cert_file,
+                settings.cloud_client_key_file,
+            )
+        return cls(
+            base_url,
+            settings.cloud_timeout_s,
+            probe_timeout_s=settings.probe_timeout_s,
+            max_reply_bytes=settings.max_reply_bytes,
+            max_output_tokens=limit if isinstance(limit, int) else MAX_TOKENS_LIMIT,
+            token=read_secret(
+                settings.cloud_token_file, settings.cloud_token_env, "gateway.cloud_token"
+            ),
+            ssl_context=context,
+        )
 
     async def start(self) -> None:
         # No limit per host: the gateway's max_cloud_exchanges bounds the connections. An idle
         # connection is closed well before the cloud's idle timeout closes it (CLOUD_KEEPALIVE_S
         # < the cloud's idle_timeout_s), so no request goes out on a connection being closed.
         connector = aiohttp.TCPConnector(
-            limit=0, force_close=False, keepalive_timeout=CLOUD_KEEPALIVE_S
+            limit=0,
+            force_close=False,
+            keepalive_timeout=CLOUD_KEEPALIVE_S,
+            ssl=self.ssl_context if self.ssl_context is not None else True,
         )
         self._session = aiohttp.ClientSession(connector=connector)
 
@@ -184,21 +296,28 @@ class CloudClient:
             async with self.session.post(
                 f"{self.base_url}/v1/translate",
                 data=payload,
-                headers={"Content-Type": JSON_CONTENT_TYPE},
+                headers={"Content-Type": JSON_CONTENT_TYPE, **self._headers},
                 timeout=timeout,
+                allow_redirects=False,
             ) as response:
-                body = await response.read()
                 status = response.status
+                if 300 <= status < 400:  # the text goes to the configured cloud only
+                    raise CloudFailure(
+                        "bad_response", f"HTTP {status}: a redirect (never followed)"
+                    )
+                body = await strict_json.read_limited(response, self.max_reply_bytes)
         except TimeoutError:
             raise CloudFailure("timeout", f"no answer within {self.timeout_s:g} s") from None
+        except strict_json.BodyTooLarge as exc:
+            raise CloudFailure("bad_response", f"HTTP {status}: {exc}") from None
         except aiohttp.ClientError as exc:
-            raise CloudFailure("connection", f"{type(exc).__name__}: {exc}") from None
+            raise CloudFailure("connection", _short(f"{type(exc).__name__}: {exc}")) from None
         round_trip = self.timer() - started
         if status == 422:
             raise CloudRejected(_error_message(body))
         if status != 200:
             raise CloudFailure("status", f"HTTP {status}: {_error_message(body)}")
-        return parse_reply(body, round_trip, len(payload))
+        return parse_reply(body, round_trip, len(payload), self.max_output_tokens)
 
     async def probe(self) -> bool:
         """True if ``GET /health`` answers as a C-NMT cloud server does."""
@@ -208,22 +327,36 @@ class CloudClient:
         """``GET /health``'s answer if it is a C-NMT cloud server's (``status`` ok), else None."""
         timeout = aiohttp.ClientTimeout(total=self.probe_timeout_s)
         try:
-            async with self.session.get(f"{self.base_url}/health", timeout=timeout) as response:
+            async with self.session.get(
+                f"{self.base_url}/health",
+                headers=self._headers,
+                timeout=timeout,
+                allow_redirects=False,
+            ) as response:
                 if response.status != 200:
                     return None
-                data = json.loads(await response.read())
-        except (TimeoutError, aiohttp.ClientError, ValueError):
+                data = strict_json.loads(await strict_json.read_limited(response, MAX_HEALTH_BYTES))
+        except (TimeoutError, aiohttp.ClientError, strict_json.StrictJsonError):
             return None
         if isinstance(data, dict) and data.get("service") == SERVICE and data.get("status") == "ok":
             return data
         return None
 
 
+# A /health answer is a few fields.
+MAX_HEALTH_BYTES = 64 * 1024
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= MAX_ERROR_CHARS else f"{text[: MAX_ERROR_CHARS - 3]}..."
+
+
 def _error_message(body: bytes) -> str:
+    """A cloud's error text for the user and the log: its ``error`` field, cut short."""
     try:
-        data = json.loads(body.decode("utf-8"))
+        data = strict_json.loads(body)
         if isinstance(data, dict) and isinstance(data.get("error"), str):
-            return data["error"]
-    except (UnicodeDecodeError, json.JSONDecodeError):
+            return _short(data["error"])
+    except strict_json.StrictJsonError:
         pass
-    return body[:200].decode("utf-8", "replace")
+    return _short(body[:MAX_ERROR_CHARS].decode("utf-8", "replace"))

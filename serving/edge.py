@@ -13,6 +13,15 @@ on top of the model's own time, with no thread hand-offs. Texts are sent one at 
 device translates one at a time anyway), so a write never waits on a full pipe. If the worker
 dies, the next translation starts a new one and retries once.
 
+A worker that cannot load its model when restarted (the model cache corrupted under a running
+gateway, a disk gone) is the edge's fault, not the text's: the translation fails with
+:class:`EdgeFailure` (the gateway sends it to the cloud), :attr:`EdgeWorker.up` turns false
+(the gateway's ``/ready`` says so), the failure is logged at ERROR and counted
+(:attr:`EdgeWorker.load_failures`), and the next restart waits an exponentially growing
+backoff (``restart_backoff_s`` doubling up to ``max_restart_backoff_s``), during which local
+translations fail at once instead of spawning a process per request. The first success
+resets it.
+
 The worker knows its own load: each translation is queued with the gateway's predicted
 execution time, and :meth:`EdgeWorker.backlog_s` sums what is left of them (the running one's
 prediction minus the time it has run, never below zero, plus every queued one's): the edge
@@ -32,6 +41,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from cnmt.errors import CnmtError, CnmtRuntimeError
 from cnmt.runtime.base import Translation, Translator
@@ -122,8 +134,16 @@ class EdgeWorker:
         allow_unthrottled: bool = False,
         start_timeout_s: float = 600.0,
         timer: Callable[[], float] = time.perf_counter,
+        restart_backoff_s: float = 1.0,
+        max_restart_backoff_s: float = 60.0,
     ) -> None:
         self.factory = factory
+        self.restart_backoff_s = restart_backoff_s
+        self.max_restart_backoff_s = max_restart_backoff_s
+        self.load_failures = 0  # restarts whose worker could not load its model
+        self.down_reason: str | None = None  # why the last restart failed, until one succeeds
+        self._backoff_s = 0.0
+        self._next_restart_at = 0.0
         self.quota_spec = quota
         self.allow_unthrottled = allow_unthrottled
         self.start_timeout_s = start_timeout_s
@@ -148,6 +168,11 @@ class EdgeWorker:
     @property
     def started(self) -> bool:
         return self._conn is not None
+
+    @property
+    def up(self) -> bool:
+        """False from a restart that could not load the model until one that could."""
+        return self.down_reason is None
 
     @property
     def queued(self) -> int:
@@ -329,12 +354,43 @@ class EdgeWorker:
         async with self._restart_lock:
             if generation != self._generation and self._conn is not None:
                 return  # another request already restarted it
+            wait_s = self._next_restart_at - self.timer()
+            if self.down_reason is not None and wait_s > 0:
+                raise EdgeFailure(
+                    f"the edge worker is down ({self.down_reason}); next restart in {wait_s:.1f} s"
+                )
             old, self._process = self._process, None
             if old is not None:
                 self._detach(_WorkerDied("restarting"))
                 await asyncio.get_running_loop().run_in_executor(None, _stop_process, old, None)
             self.restarts += 1
-            await self._spawn()
+            try:
+                await self._spawn()
+            except (CnmtError, OSError) as exc:
+                self._restart_failed(exc)
+                raise EdgeFailure(
+                    f"the edge worker could not be restarted: {self.down_reason}"
+                ) from None
+            if self.down_reason is not None:
+                log.warning(
+                    "the edge worker is up again after %d failed restarts", self.load_failures
+                )
+            self.down_reason, self._backoff_s = None, 0.0
+
+    def _restart_failed(self, exc: BaseException) -> None:
+        self.load_failures += 1
+        self._backoff_s = min(
+            self.max_restart_backoff_s, self._backoff_s * 2 or self.restart_backoff_s
+        )
+        self._next_restart_at = self.timer() + self._backoff_s
+        reason = str(exc)
+        self.down_reason = reason if len(reason) <= 300 else f"{reason[:297]}..."
+        log.error(
+            "the edge worker could not load its model after a restart: %s; local translations "
+            "go to the cloud, next restart in %g s",
+            self.down_reason,
+            self._backoff_s,
+        )
 
 
 def _first_message(conn: Any, process: Any, timeout_s: float) -> tuple[str, Any]:
@@ -364,3 +420,28 @@ def _stop_process(process: Any, conn: Any, timeout_s: float = 5.0) -> None:
         process.join(timeout_s)
     if conn is not None:
         conn.close()
+
+
+class EdgeWorkerMetrics(Collector):
+    """The worker's restarts, failed restarts and whether it is up, read when scraped."""
+
+    def __init__(self, edge: EdgeWorker) -> None:
+        self.edge = edge
+
+    def collect(self) -> Any:
+        yield CounterMetricFamily(
+            "cnmt_gateway_edge_restarts",
+            "Times the local translation worker died and was started again.",
+            value=self.edge.restarts,
+        )
+        yield CounterMetricFamily(
+            "cnmt_gateway_edge_load_failures",
+            "Restarts of the local worker that could not load its model (an edge fault: its "
+            "requests go to the cloud while it is down).",
+            value=self.edge.load_failures,
+        )
+        yield GaugeMetricFamily(
+            "cnmt_gateway_edge_up",
+            "1 while the local worker can translate, 0 while its model fails to load.",
+            value=1.0 if self.edge.up else 0.0,
+        )

@@ -73,6 +73,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import re
 import statistics
 import time
@@ -103,11 +104,13 @@ from cnmt.schedulers.cloud_backlog import OwnCloudBacklog
 from cnmt.schedulers.latency_models import LatencyEstimator
 from cnmt.schedulers.rtt_estimators import RttEstimator
 from cnmt.serving import metrics as m
+from cnmt.serving.calibration import EdgeCalibration
 from cnmt.serving.cloud_client import CloudClient, CloudFailure, CloudRejected
 from cnmt.serving.cloud_health import CloudHealth
 from cnmt.serving.decision_log import log_decision
-from cnmt.serving.edge import EdgeFailure, EdgeWorker
-from cnmt.serving.learned_state import Part, save
+from cnmt.serving.edge import EdgeFailure, EdgeWorker, EdgeWorkerMetrics
+from cnmt.serving.exploration_metrics import ExplorationMetrics
+from cnmt.serving.learned_state import Part, StateLock, save
 from cnmt.serving.limits import IDLE_TIMEOUT_KEY
 from cnmt.serving.logs import escape_controls
 from cnmt.serving.protocol import (
@@ -143,7 +146,10 @@ def request_id(header: str | None) -> str:
 
 
 def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000.0, 3)
+    """Milliseconds for an answer; None for no value (and for a non-finite one: strict JSON)."""
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    return round(seconds * 1000.0, 3)
 
 
 class Gateway:
@@ -165,6 +171,7 @@ class Gateway:
         cloud_latency: LatencyEstimator,
         settings: GatewaySettings,
         state_parts: Sequence[Part] = (),
+        state_lock: StateLock | None = None,
         devices: dict[Device, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         timer: Callable[[], float] = time.perf_counter,
@@ -180,6 +187,7 @@ class Gateway:
         self.latency = {Device.EDGE: edge_latency, Device.CLOUD: cloud_latency}
         self.settings = settings
         self.state_parts = list(state_parts)
+        self.state_lock = state_lock  # held until close(): one gateway per state file
         self.devices = devices or {Device.EDGE: "edge", Device.CLOUD: "cloud"}
         self.clock = clock
         self.timer = timer
@@ -190,6 +198,7 @@ class Gateway:
             device: deque(maxlen=RECENT_ERRORS) for device in Device
         }
         self._saver: asyncio.Task[None] | None = None
+        self.calibration: EdgeCalibration | None = None
         self._init_metrics()
         self.cloud_health = self._new_cloud_health()
 
@@ -313,6 +322,7 @@ class Gateway:
             registry=r,
         )
         r.register(_LearnedModels(self))
+        r.register(ExplorationMetrics(self))
         self.m_cloud_healthy = Gauge(
             "cnmt_gateway_cloud_healthy",
             "1 while the cloud is considered healthy, else 0.",
@@ -336,7 +346,7 @@ class Gateway:
             registry=r,
         )
         self.m_cloud_in_flight.set_function(lambda: len(self.cloud_health.in_flight))
-        r.register(_EdgeRestarts(self.edge))
+        r.register(EdgeWorkerMetrics(self.edge))
         r.register(_ModelWarnings())
         self.m_rtt_estimate.set(self.rtt_estimator.estimate(self.clock()))
 
@@ -367,16 +377,21 @@ class Gateway:
             self.cloud_health.start()
         if self.settings.state_file is not None and self.state_parts:
             self._saver = asyncio.get_running_loop().create_task(self._save_periodically())
+        self.calibration = EdgeCalibration.start_for(self)  # None unless calibrate_idle_s
         self.ready = True
 
     async def close(self) -> None:
         self.ready = False
+        if self.calibration is not None:
+            await self.calibration.close()
         if self._saver is not None:
             self._saver.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._saver
             self._saver = None
         self.save_state()
+        if self.state_lock is not None:
+            self.state_lock.release()
         await self.cloud_health.close()
         if self.cloud is not None:
             await self.cloud.close()
@@ -455,6 +470,9 @@ class Gateway:
             payload_bytes=len(dumps({"text": text}).encode("utf-8")),
             text=text,  # for length estimators that read the source (`features`)
         )
+        now = self.clock()
+        for estimator in self.latency.values():  # a posterior widens while unobserved
+            getattr(estimator, "elapse", lambda _: None)(now)
         state = self.snapshot()
         try:
             m_estimated = float(self.length_estimator.estimate(request))
@@ -606,6 +624,11 @@ class Gateway:
             return json_response(
                 {"ready": False, "error": "the local worker is starting"}, status=503
             )
+        if not self.edge.up:
+            return json_response(
+                {"ready": False, "error": f"the local worker is down: {self.edge.down_reason}"},
+                status=503,
+            )
         return json_response({"ready": True})
 
     def models(self) -> dict[str, Any]:
@@ -623,11 +646,16 @@ class Gateway:
                 "component": estimator.name,
                 "learns": estimator.learns,
                 "observations": estimator.observations,
+                "dropped": estimator.dropped,
                 "current": _coefficients(estimator.current()),
                 "prior": _coefficients(estimator.prior),
                 "recent_requests": len(errors),
                 "median_abs_relative_error": (
                     round(statistics.median(errors), 4) if errors else None
+                ),
+                # a posterior's: observations refused as impossible, and its speed's spread
+                "speed_sd": (
+                    round(estimator.scale_sd(), 4) if hasattr(estimator, "scale_sd") else None
                 ),
             }
         length: dict[str, Any] = {
@@ -638,9 +666,11 @@ class Gateway:
             value = getattr(self.length_estimator, key, None)
             if isinstance(value, int | float):
                 length[key] = round(float(value), 6)
+        exploration = getattr(self.device_policy, "exploration", None)
         return {
             "latency": latency,
             "length": length,
+            "exploration": exploration.as_dict() if exploration is not None else None,
             "rtt_estimate_ms": _ms(state.link.rtt_s),
             "cloud_wait_estimate_ms": _ms(state.cloud_wait_s),
             "edge_backlog_ms": _ms(state.edge_backlog_s),
@@ -721,13 +751,21 @@ class _LearnedModels(Collector):
             "Requests each device's latency model has learnt from (0 for a fixed profile).",
             labels=["device"],
         )
+        dropped = CounterMetricFamily(
+            "cnmt_gateway_latency_model_dropped",
+            "Observations each device's latency model refused: outside the physical range, or "
+            "a step that would have made the model unphysical.",
+            labels=["device"],
+        )
         for device, estimator in self.gateway.latency.items():
             model = estimator.current()
             for name, value in (("a_n", model.a_n), ("a_m", model.a_m), ("b", model.b)):
                 coefficients.add_metric([device.value, name], value)
             observations.add_metric([device.value], estimator.observations)
+            dropped.add_metric([device.value], estimator.dropped)
         yield coefficients
         yield observations
+        yield dropped
 
 
 class _ModelWarnings(Collector):
@@ -744,17 +782,3 @@ class _ModelWarnings(Collector):
         for (model, kind), count in sorted(MODEL_WARNINGS.totals().items()):
             family.add_metric([model, kind], count)
         yield family
-
-
-class _EdgeRestarts(Collector):
-    """``cnmt_gateway_edge_restarts_total``, read from the worker's own count when scraped."""
-
-    def __init__(self, edge: EdgeWorker) -> None:
-        self.edge = edge
-
-    def collect(self) -> Any:
-        yield CounterMetricFamily(
-            "cnmt_gateway_edge_restarts",
-            "Times the local translation worker died and was started again.",
-            value=self.edge.restarts,
-        )

@@ -16,6 +16,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from aiohttp import web
 
 from cnmt.config import Config
 from cnmt.errors import CnmtError, CnmtRuntimeError, ConfigError
+from cnmt.serving.auth import bearer_auth, read_keys
 from cnmt.serving.limits import HardenedAppRunner
 from cnmt.serving.logs import configure_logging
 from cnmt.serving.settings import CloudSettings, GatewaySettings, LinkSettings, split_host_port
@@ -37,7 +39,11 @@ SHUTDOWN_GRACE_S = 10.0
 
 
 async def serve_app(
-    app: web.Application, host: str, port: int, reuse_port: bool = False
+    app: web.Application,
+    host: str,
+    port: int,
+    reuse_port: bool = False,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> tuple[web.AppRunner, int]:
     """Run ``app`` on ``host:port`` (0 = a free port); returns the runner and the bound port.
     The app's startup hooks run here, so their errors surface here."""
@@ -48,7 +54,9 @@ async def serve_app(
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
+        site = web.TCPSite(
+            runner, host, port, reuse_port=reuse_port or None, ssl_context=ssl_context
+        )
         await site.start()
     except OSError as exc:
         await runner.cleanup()
@@ -60,8 +68,8 @@ async def serve_app(
     return runner, int(bound)
 
 
-def url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+def url(host: str, port: int, scheme: str = "http") -> str:
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 def prepare_model(model: str) -> None:
@@ -111,11 +119,13 @@ async def _cloud_process_serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
+        server = CloudServer(translators, settings)
         runner, port = await serve_app(
-            CloudServer(translators, settings).app(),
+            server.app(),
             settings.host,
             settings.port,
             settings.reuse_port,
+            server.ssl_context(),
         )
     except CnmtError as exc:
         conn.send(("error", f"cloud: {exc}"))
@@ -340,7 +350,7 @@ def build_gateway(
     from cnmt.serving.cloud_client import CloudClient
     from cnmt.serving.edge import EdgeWorker, QuotaSpec
     from cnmt.serving.gateway import Gateway
-    from cnmt.serving.learned_state import learning_parts, restore
+    from cnmt.serving.learned_state import learning_parts, lock, restore
 
     specs = scheduler_specs(config)  # a bad one fails before anything is read
     models = settings.models
@@ -372,7 +382,9 @@ def build_gateway(
         length_estimator=parts["length_estimator"],
     )
     restored: list[str] = []
+    state_lock = None
     if settings.state_file is not None and state_parts:
+        state_lock = lock(settings.state_file)  # one gateway per state file
         restored = restore(settings.state_file, state_parts)
     device = edge_profile.device
     if device.threads != settings.threads:
@@ -395,11 +407,7 @@ def build_gateway(
         threads=settings.threads,
     )
     edge = EdgeWorker(factory, quota, allow_unthrottled=settings.allow_unthrottled)
-    cloud = (
-        CloudClient(cloud_url, settings.cloud_timeout_s, probe_timeout_s=settings.probe_timeout_s)
-        if cloud_url
-        else None
-    )
+    cloud = CloudClient.for_gateway(cloud_url, settings, tokenizer) if cloud_url else None
     learning = [part.key for part in state_parts]
     say(
         f"gateway: model {settings.model}, edge {edge_profile.label}"
@@ -422,6 +430,7 @@ def build_gateway(
         cloud_latency=parts["cloud_latency"],
         settings=settings,
         state_parts=state_parts,
+        state_lock=state_lock,
         devices={Device.EDGE: edge_profile.device.name, Device.CLOUD: cloud_profile.device.name},
     )
 
@@ -571,14 +580,16 @@ class System:
                     cloud_cfg.threads,
                     cloud_cfg.workers,
                 )
+                server = CloudServer(translators, cloud_cfg)
                 self._cloud_runner, port = await serve_app(
-                    CloudServer(translators, cloud_cfg).app(),
+                    server.app(),
                     cloud_cfg.host,
                     cloud_cfg.port,
                     cloud_cfg.reuse_port,
+                    server.ssl_context(),
                 )
             cloud_address = (cloud_cfg.host, port)
-            cloud_url = url(cloud_cfg.host, port)
+            cloud_url = url(cloud_cfg.host, port, cloud_cfg.scheme)
             self.say(f"cloud:   {cloud_url}  ({describe_cloud(cloud_cfg)})")
         if link_cfg is not None:
             upstream = (
@@ -589,7 +600,9 @@ class System:
             assert upstream is not None
             self._link = build_link(link_cfg, upstream, timeline)
             await self._link.start()
-            link_url = url(link_cfg.host, self._link.port)
+            # The link forwards bytes: TLS between the gateway and the cloud passes through it.
+            scheme = cloud_cfg.scheme if cloud_cfg is not None else "http"
+            link_url = url(link_cfg.host, self._link.port, scheme)
             bandwidth = f", {link_cfg.bandwidth_mbps:g} Mbit/s" if link_cfg.bandwidth_mbps else ""
             self.say(
                 f"link:    {link_url} -> {upstream[0]}:{upstream[1]}  "
@@ -602,13 +615,15 @@ class System:
             target = gateway_cfg.cloud_url or link_url or cloud_url
             assert target is not None
             self.gateway.attach_cloud(
-                CloudClient(
-                    target, gateway_cfg.cloud_timeout_s, probe_timeout_s=gateway_cfg.probe_timeout_s
-                )
+                CloudClient.for_gateway(target, gateway_cfg, self.gateway.tokenizer)
             )
-            self._gateway_runner, port = await serve_app(
-                self.gateway.app(), gateway_cfg.host, gateway_cfg.port
+            app = self.gateway.app()
+            keys = read_keys(
+                gateway_cfg.api_keys_file, gateway_cfg.api_keys_env, "gateway.api_keys"
             )
+            if keys:
+                app.middlewares.append(bearer_auth(keys, "the gateway"))
+            self._gateway_runner, port = await serve_app(app, gateway_cfg.host, gateway_cfg.port)
             gateway_url = url(gateway_cfg.host, port)
             edge = self.gateway.edge
             mode = "throttled" if edge.throttled else "unthrottled"

@@ -12,6 +12,10 @@ gateway's config; otherwise that part starts from its prior and the log says why
 is missing starts everything from the priors; a file that cannot be read is an error that
 names it (delete it or fix ``state_file``), never silently replaced.
 
+One file belongs to one gateway: :func:`lock` takes an exclusive ``fcntl`` lock on a sidecar
+``.NAME.lock`` beside it for as long as the gateway runs, and a second gateway given the same
+``state_file`` fails at start naming the file, instead of the two overwriting each other.
+
 The file (format ``cnmt-gateway-state/1``)::
 
     {"format": "cnmt-gateway-state/1", "saved_at": "2026-11-30T23:50:00+00:00",
@@ -24,7 +28,9 @@ The file (format ``cnmt-gateway-state/1``)::
 from __future__ import annotations
 
 import datetime
+import fcntl
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -79,11 +85,48 @@ def learning_parts(
     return [part for part in parts if getattr(part.learner, "learns", False)]
 
 
+class StateLock:
+    """The exclusive hold of one gateway on its state file (see :func:`lock`)."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the lock
+            self._fd = None
+
+
+def lock(path: str | Path) -> StateLock:
+    """Hold ``path`` for this gateway until :meth:`StateLock.release` (or the process ends);
+    ConfigError if another gateway holds it or the lock file cannot be made."""
+    path = Path(path)
+    lock_path = path.with_name(f".{path.name}.lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise ConfigError(
+            f"gateway.state_file {path}: cannot make its lock file {lock_path}: "
+            f"{exc.strerror or exc}; point state_file into a writable folder"
+        ) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError(
+            f"gateway.state_file {path} is in use by another gateway (it holds {lock_path}); "
+            "give each gateway its own state_file"
+        ) from None
+    return StateLock(path, fd)
+
+
 def save(path: str | Path, parts: list[Part]) -> None:
     """Write every part's state (atomically: a crash mid-write leaves the previous file)."""
     saved = {part.key: {**part.owner(), "state": part.learner.state()} for part in parts}
     now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    write_json(path, {"format": FORMAT, "saved_at": now, "parts": saved})
+    write_json(path, {"format": FORMAT, "saved_at": now, "parts": saved}, strict=True)
 
 
 def restore(path: str | Path, parts: list[Part]) -> list[str]:
@@ -121,7 +164,7 @@ def restore(path: str | Path, parts: list[Part]) -> list[str]:
             continue
         try:
             part.learner.restore(entry["state"])
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise ConfigError(
                 f"{path}: parts.{part.key}.state does not fit {part.learner.name!r}: {exc}; "
                 "delete the file to start from the priors"

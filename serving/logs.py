@@ -7,6 +7,11 @@ log line; :class:`EscapingFormatter` writes them as escapes (``\\x1b``, ``\\n``)
 of the system logs through it: `cnmt launch` and `cnmt demo`, the cloud child and the edge
 worker (:func:`configure_logging`).
 
+A message is also cut to :data:`MAX_MESSAGE_CHARS` characters, saying how many were left out:
+a request can make a model drop thousands of tokens, and one warning must not write 16 KB per
+request. Messages name counts, not lists; this bound is for those that do not (yet). A
+traceback below a message is kept whole.
+
 Two formats: text for people, and JSON lines for machines (`cnmt launch --log-format json`, or
 ``CNMT_LOG_FORMAT=json``, which the child processes inherit): one object per record with its
 time, level, logger and message, plus the record's structured ``fields`` (the gateway's
@@ -27,6 +32,8 @@ LOG_FORMAT_ENV = "CNMT_LOG_FORMAT"
 
 # C0 and C1 control characters and DEL; a line feed too (one log record, one line).
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Long enough for any message of the project's own, short enough for a terminal line or two.
+MAX_MESSAGE_CHARS = 400
 
 
 def escape_controls(text: str) -> str:
@@ -36,11 +43,20 @@ def escape_controls(text: str) -> str:
 
 
 class EscapingFormatter(logging.Formatter):
-    """A log formatter that writes control characters in messages as escapes."""
+    """A log formatter that writes control characters in messages as escapes and cuts long
+    messages (see the module docstring)."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
-        record.message = escape_controls(record.message)
+        record.message = bounded(escape_controls(record.message))
         return super().formatMessage(record)
+
+
+def bounded(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``message`` cut to ``limit`` characters, ending with how many were left out."""
+    if len(message) <= limit:
+        return message
+    kept = limit - 40
+    return f"{message[:kept]}... ({len(message) - kept:,} more characters)"
 
 
 class JsonLinesFormatter(logging.Formatter):
@@ -60,7 +76,7 @@ class JsonLinesFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "process": self.process,
-            "message": record.getMessage(),
+            "message": bounded(record.getMessage()),
         }
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):

@@ -46,7 +46,8 @@ class RequestError(Exception):
 
 
 def dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False)
+    """Strict JSON (a NaN or Infinity is a bug, refused with ValueError, never sent)."""
+    return json.dumps(obj, ensure_ascii=False, allow_nan=False)
 
 
 def json_response(

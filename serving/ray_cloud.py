@@ -45,6 +45,7 @@ from starlette.responses import Response
 
 from cnmt.errors import CnmtError, CnmtRuntimeError
 from cnmt.runtime.base import Translation
+from cnmt.serving.auth import OPEN_PATHS, authorized, read_secret
 from cnmt.serving.cloud import SERVICE
 from cnmt.serving.protocol import (
     JSON_CONTENT_TYPE,
@@ -127,9 +128,16 @@ class TranslationReplica:
     """
 
     def __init__(
-        self, model: str, providers: Sequence[str], threads: int, max_body_bytes: int
+        self,
+        model: str,
+        providers: Sequence[str],
+        threads: int,
+        max_body_bytes: int,
+        token: str | None = None,
     ) -> None:
         from cnmt.runtime import load_translator
+
+        self._token = token  # the cloud's bearer token (cnmt.serving.auth), None: open
 
         self._translator = load_translator(model, providers=list(providers), threads=threads)
         self._max_body_bytes = max_body_bytes
@@ -159,6 +167,16 @@ class TranslationReplica:
                 405,
                 {"Allow": routes[path]},
             )
+        if self._token is not None and path not in OPEN_PATHS:
+            if not authorized(request.headers.get("authorization"), (self._token,)):
+                return _json(
+                    {
+                        "error": "missing or wrong credentials; send `Authorization: Bearer "
+                        "<token>` with the cloud's token"
+                    },
+                    401,
+                    {"WWW-Authenticate": 'Bearer realm="the cloud"'},
+                )
         if path == "/v1/translate":
             return await self._translate(request)
         # A replica receives traffic only once its constructor (the model load) has finished,
@@ -272,8 +290,11 @@ def deployment_app(settings: CloudSettings) -> Any:
             "max_replicas": cfg.autoscaling.max_replicas,
             "target_ongoing_requests": cfg.autoscaling.target_ongoing_requests,
         }
+    # The token travels to the replicas as an init argument (they may run on other nodes,
+    # where the driver's token file is not).
+    token = read_secret(settings.token_file, settings.token_env, "cloud.token")
     return TranslationReplica.options(**options).bind(
-        settings.model, list(settings.providers), settings.threads, settings.max_body_bytes
+        settings.model, list(settings.providers), settings.threads, settings.max_body_bytes, token
     )
 
 

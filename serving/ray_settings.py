@@ -10,15 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from cnmt.schema import ranged
+
 
 @dataclass(frozen=True)
 class RayAutoscaling:
     """Ray Serve's autoscaler: between ``min_replicas`` and ``max_replicas`` replicas, aiming at
     ``target_ongoing_requests`` requests inside each replica."""
 
-    min_replicas: int = 1
-    max_replicas: int = 2
-    target_ongoing_requests: float = 8.0
+    min_replicas: int = ranged(1, low=0, high=1024)
+    max_replicas: int = ranged(2, low=1, high=1024)
+    target_ongoing_requests: float = ranged(8.0, low=0, high=100000, above=True)
 
     def __post_init__(self) -> None:
         if self.min_replicas < 0:
@@ -53,17 +55,17 @@ class RayCloudSettings:
     """
 
     address: str | None = None
-    num_cpus: int | None = None
+    num_cpus: int | None = ranged(None, low=1, high=4096)
     app_name: str = "cnmt-cloud"
-    num_replicas: int = 1
+    num_replicas: int = ranged(1, low=1, high=1024)
     autoscaling: RayAutoscaling | None = None
-    num_cpus_per_replica: float = 1.0
-    num_gpus_per_replica: float = 0.0
-    max_batch_size: int = 8
-    batch_wait_timeout_s: float = 0.005
-    max_ongoing_requests: int = 32
-    health_check_period_s: float = 2.0
-    health_check_timeout_s: float = 10.0
+    num_cpus_per_replica: float = ranged(1.0, low=0, high=1024)
+    num_gpus_per_replica: float = ranged(0.0, low=0, high=64)
+    max_batch_size: int = ranged(8, low=1, high=4096)
+    batch_wait_timeout_s: float = ranged(0.005, low=0, high=60)
+    max_ongoing_requests: int = ranged(32, low=1, high=100000)
+    health_check_period_s: float = ranged(2.0, low=0, high=3600, above=True)
+    health_check_timeout_s: float = ranged(10.0, low=0, high=3600, above=True)
 
     def __post_init__(self) -> None:
         if self.address is not None:

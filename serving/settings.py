@@ -7,11 +7,14 @@ components the gateway uses are the usual component sections (``length_estimator
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
 from cnmt.datasets.link import DEFAULT_LOSS_TIMEOUT_S, RttSource
+from cnmt.schema import ranged
 from cnmt.serving.ray_settings import RayCloudSettings
 
 CPU = "CPUExecutionProvider"
@@ -23,11 +26,24 @@ DEFAULT_BODY_TIMEOUT_S = 10.0
 # idle connection open longer, or a request may go out on a connection it is closing.
 CLOUD_KEEPALIVE_S = 4.0
 MIN_CLOUD_IDLE_TIMEOUT_S = 5.0
+# The largest cloud answer a gateway reads: a translation of at most 4,096 tokens is a few
+# tens of KB; anything near this is not a real answer (cnmt.serving.cloud_client).
+DEFAULT_MAX_REPLY_BYTES = 1024 * 1024
 
 
 def _check_port(port: int) -> None:
     if not 0 <= port <= 65535:
         raise ValueError(f"port {port} out of range 0..65535 (0 = any free port)")
+
+
+def _check_pair(key_a: str, a: str | None, key_b: str, b: str | None) -> None:
+    if (a is None) != (b is None):
+        raise ValueError(f"{key_a} and {key_b} go together: give both or neither")
+
+
+def _check_one_of(key_a: str, a: str | None, key_b: str, b: str | None) -> None:
+    if a is not None and b is not None:
+        raise ValueError(f"give {key_a} or {key_b}, not both")
 
 
 def _check_positive(**values: float) -> None:
@@ -68,41 +84,65 @@ class GatewaySettings:
     FIFO servers (set it to how many requests the cloud runs at once), plus what the cloud-wait
     estimator learnt the other clients add. ``state_file`` keeps what the learning
     components have learnt across restarts, written every ``state_save_s`` seconds and on
-    shutdown (:mod:`cnmt.serving.learned_state`).
+    shutdown (:mod:`cnmt.serving.learned_state`). With ``calibrate_idle_s``, an idle gateway
+    whose edge model has observed nothing for ``calibrate_stale_s`` translates
+    ``calibration_text`` once on the edge and learns from it (:mod:`cnmt.serving.calibration`).
     """
 
     edge_profile: str
     cloud_profile: str
     host: str = "127.0.0.1"
-    port: int = 8080
+    port: int = ranged(8080, low=0, high=65535)
     model: str = "cn2en"
     cloud_model: str | None = None  # None: the same as model
     providers: tuple[str, ...] = (CPU,)
-    threads: int = 1
+    threads: int = ranged(1, low=1, high=64)
     cloud_url: str | None = None
-    cloud_timeout_s: float = 2.0
-    max_pending: int = 32
-    retry_after_s: int = 1
-    max_body_bytes: int = 16384
+    cloud_timeout_s: float = ranged(2.0, low=0, high=600, above=True)
+    max_pending: int = ranged(32, low=1, high=100000)
+    retry_after_s: int = ranged(1, low=1, high=3600)
+    max_body_bytes: int = ranged(16384, low=1, high=16777216)
     allow_unthrottled: bool = False
-    probe_initial_s: float = 0.25
-    probe_max_s: float = 5.0
-    bandwidth_mbps: float = 100.0
-    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
-    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
-    max_cloud_exchanges: int = 16
-    breaker_slow_s: float | None = None  # None: half of cloud_timeout_s
-    breaker_slow_count: int = 3
-    health_interval_s: float = 2.0
-    probe_timeout_s: float = 1.0
+    probe_initial_s: float = ranged(0.25, low=0.001, high=600)
+    probe_max_s: float = ranged(5.0, low=0.001, high=3600)
+    bandwidth_mbps: float = ranged(100.0, low=0, high=1000000, above=True)
+    idle_timeout_s: float = ranged(DEFAULT_IDLE_TIMEOUT_S, low=0.1, high=3600)
+    body_timeout_s: float = ranged(DEFAULT_BODY_TIMEOUT_S, low=0.1, high=3600)
+    max_cloud_exchanges: int = ranged(16, low=1, high=10000)
+    breaker_slow_s: float | None = ranged(
+        None, low=0, high=600, above=True
+    )  # None: half of cloud_timeout_s
+    breaker_slow_count: int = ranged(3, low=1, high=1000)
+    health_interval_s: float = ranged(2.0, low=0.01, high=3600)
+    probe_timeout_s: float = ranged(1.0, low=0.01, high=600)
     learn_from_probes: bool = False
-    cloud_workers: int = 1
+    cloud_workers: int = ranged(1, low=1, high=4096)
     state_file: str | None = None
-    state_save_s: float = 60.0
+    state_save_s: float = ranged(60.0, low=1, high=86400)
+    max_reply_bytes: int = ranged(DEFAULT_MAX_REPLY_BYTES, low=1024, high=67108864)
+    cloud_ca_file: str | None = None
+    cloud_client_cert_file: str | None = None
+    cloud_client_key_file: str | None = None
+    cloud_token_file: str | None = None
+    cloud_token_env: str | None = None
+    api_keys_file: str | None = None
+    api_keys_env: str | None = None
+    allow_unauthenticated: bool = False
+    # Idle calibration of the edge (cnmt.serving.calibration); None: off.
+    calibrate_idle_s: float | None = ranged(None, low=0.01, high=86400)
+    calibrate_stale_s: float = ranged(30.0, low=0.01, high=86400)
+    calibration_text: str = "你好。"
 
     def __post_init__(self) -> None:
         _check_port(self.port)
+        if self.calibrate_idle_s is not None and not self.calibrate_idle_s > 0:
+            raise ValueError(
+                f"calibrate_idle_s must be positive or null, got {self.calibrate_idle_s}"
+            )
+        if not self.calibrate_stale_s > 0 or not self.calibration_text.strip():
+            raise ValueError("calibrate_stale_s must be positive, calibration_text not empty")
         _check_positive(
+            max_reply_bytes=self.max_reply_bytes,
             state_save_s=self.state_save_s,
             threads=self.threads,
             cloud_timeout_s=self.cloud_timeout_s,
@@ -130,6 +170,20 @@ class GatewaySettings:
             )
         if self.cloud_url is not None:
             check_http_url(self.cloud_url, "cloud_url")
+        if self.state_file is not None:
+            check_state_path(self.state_file)
+        _check_pair(
+            "cloud_client_cert_file",
+            self.cloud_client_cert_file,
+            "cloud_client_key_file",
+            self.cloud_client_key_file,
+        )
+        _check_one_of(
+            "cloud_token_file", self.cloud_token_file, "cloud_token_env", self.cloud_token_env
+        )
+        _check_one_of("api_keys_file", self.api_keys_file, "api_keys_env", self.api_keys_env)
+        guarded = self.api_keys_file is not None or self.api_keys_env is not None
+        check_exposure("host", self.host, guarded, self.allow_unauthenticated)
 
     @property
     def models(self) -> dict[str, str]:
@@ -166,22 +220,43 @@ class CloudSettings:
     """
 
     host: str = "127.0.0.1"
-    port: int = 8081
+    port: int = ranged(8081, low=0, high=65535)
     model: str = "cn2en"
     providers: tuple[str, ...] = (CPU,)
-    threads: int = 1
-    workers: int = 1
-    max_pending: int = 64
-    retry_after_s: int = 1
-    max_body_bytes: int = 16384
+    threads: int = ranged(1, low=1, high=64)
+    workers: int = ranged(1, low=1, high=256)
+    max_pending: int = ranged(64, low=1, high=100000)
+    retry_after_s: int = ranged(1, low=1, high=3600)
+    max_body_bytes: int = ranged(16384, low=1, high=16777216)
     reuse_port: bool = False
-    idle_timeout_s: float = 30.0
-    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    idle_timeout_s: float = ranged(30.0, low=5, high=3600)
+    body_timeout_s: float = ranged(DEFAULT_BODY_TIMEOUT_S, low=0.1, high=3600)
     engine: Literal["aiohttp", "ray"] = "aiohttp"
     ray: RayCloudSettings | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_client_ca_file: str | None = None
+    token_file: str | None = None
+    token_env: str | None = None
+    allow_unauthenticated: bool = False
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert_file is not None else "http"
 
     def __post_init__(self) -> None:
         _check_port(self.port)
+        _check_pair("tls_cert_file", self.tls_cert_file, "tls_key_file", self.tls_key_file)
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file needs tls_cert_file and tls_key_file (TLS)")
+        if self.engine == "ray" and self.tls_cert_file is not None:
+            raise ValueError(
+                "tls_cert_file: TLS is served by engine: aiohttp only; put a TLS-terminating "
+                "proxy in front of a Ray cloud, and protect it with token_file"
+            )
+        _check_one_of("token_file", self.token_file, "token_env", self.token_env)
+        guarded = self.token_file is not None or self.token_env is not None
+        check_exposure("host", self.host, guarded, self.allow_unauthenticated)
         if self.engine == "aiohttp" and self.ray is not None:
             raise ValueError("ray: only used with engine: ray (set engine: ray or remove it)")
         if self.engine == "ray":
@@ -221,10 +296,10 @@ class LinkSettings(RttSource):
     """
 
     host: str = "127.0.0.1"
-    port: int = 8082
+    port: int = ranged(8082, low=0, high=65535)
     upstream: str | None = None
-    bandwidth_mbps: float | None = None
-    loss_timeout_s: float = DEFAULT_LOSS_TIMEOUT_S
+    bandwidth_mbps: float | None = ranged(None, low=0, high=1000000, above=True)
+    loss_timeout_s: float = ranged(DEFAULT_LOSS_TIMEOUT_S, low=0, high=600)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -235,6 +310,44 @@ class LinkSettings(RttSource):
             raise ValueError(f"loss_timeout_s must be >= 0, got {self.loss_timeout_s}")
         if self.upstream is not None:
             split_host_port(self.upstream, "upstream")
+
+
+def check_state_path(value: str) -> None:
+    """A state file the gateway can write: not a folder, and the nearest existing folder above
+    it a folder (a regular file there would make every save fail)."""
+    path = Path(value)
+    if path.is_dir():
+        raise ValueError(f"state_file: {value} is a folder; give a file path inside it")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(
+                    f"state_file: {value}: {parent} is a file, not a folder; point "
+                    "state_file into a folder"
+                )
+            return
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach (127.0.0.0/8, ::1, ``localhost``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def check_exposure(key: str, host: str, authenticated: bool, allow_unauthenticated: bool) -> None:
+    """ValueError (a config error) for a server on a non-loopback address that nobody guards."""
+    if authenticated or allow_unauthenticated or is_loopback(host):
+        return
+    raise ValueError(
+        f"{key}: listening on {host} without authentication lets anyone who can reach it use it; "
+        "set a token (cloud: token_file or token_env; gateway: api_keys_file or api_keys_env), "
+        "or set allow_unauthenticated: true if a firewall or a private network keeps strangers "
+        "out"
+    )
 
 
 def split_host_port(value: str, key: str) -> tuple[str, int]:

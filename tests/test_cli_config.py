@@ -94,7 +94,7 @@ def test_components_are_built_with_typed_params_and_defaults(tmp_path):
             [
                 "device_policy.name",
                 "unknown device policy 'cnmtt'",
-                "cloud, cnmt, cnmt_load, edge, naive, oracle, oracle_expected",
+                "cloud, cnmt, cnmt_explore, cnmt_load, edge, naive, oracle, oracle_expected",
             ],
         ),
         (

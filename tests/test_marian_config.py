@@ -44,7 +44,10 @@ def test_small_marian_config_extends_the_full_one() -> None:
             "marian:\n  tokenizer_dir: /tmp/tok\n  dims: {layers: 3}\n",
             "marian.dims.layers: unknown key",
         ),
-        ("marian:\n  tokenizer_dir: /tmp/tok\n  atol: 0\n", "atol must be positive"),
+        (
+            "marian:\n  tokenizer_dir: /tmp/tok\n  atol: 0\n",
+            "marian.atol: 0.0 is out of range: 0 < x <= 1",
+        ),
     ],
 )
 def test_bad_marian_config_names_the_key_and_the_problem(

@@ -576,3 +576,55 @@ def test_the_ray_cloud_joins_an_existing_cluster_and_leaves_it_running(
         wait_for(
             lambda: not alive(set(tree)), 30, f"the cluster's processes gone: {alive(set(tree))}"
         )
+
+
+# --- the cloud's bearer token on the Ray route ------------------------------------------------
+
+
+def _request(path: str, method: str, authorization: str | None) -> Any:
+    from starlette.requests import Request
+
+    headers = [(b"content-type", b"application/json")]
+    if authorization is not None:
+        headers.append((b"authorization", authorization.encode()))
+    body = json.dumps({"text": "hallo welt"}).encode()
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "headers": headers,
+        "query_string": b"",
+        "scheme": "http",
+        "server": ("127.0.0.1", 80),
+        "root_path": "",
+    }
+    return Request(scope, receive)
+
+
+def test_a_ray_replica_with_a_token_answers_401_without_it(model: Path) -> None:
+    """The replica's own check (the Ray route has no aiohttp middleware): a missing or wrong
+    token gets 401 with ``WWW-Authenticate``; the probes' ``/health`` needs none."""
+    from cnmt.serving.ray_cloud import TranslationReplica
+
+    replica = TranslationReplica.func_or_class(
+        str(model), ["CPUExecutionProvider"], 1, 16384, "t0k"
+    )
+
+    async def body() -> list[tuple[int, str | None]]:
+        out = []
+        for path, method, auth in (
+            ("/v1/translate", "POST", None),
+            ("/v1/translate", "POST", "Bearer wrong"),
+            ("/health", "GET", None),
+        ):
+            response = await replica(_request(path, method, auth))
+            out.append((response.status_code, response.headers.get("www-authenticate")))
+        return out
+
+    statuses = run(body())
+    assert [status for status, _ in statuses] == [401, 401, 200]
+    assert statuses[0][1] is not None and statuses[0][1].startswith("Bearer")

@@ -319,7 +319,7 @@ def test_unknown_policy_name_is_a_config_error_listing_the_valid_ones(tmp_path, 
     assert main(["replay", str(config)]) == 2
     err = capsys.readouterr().err
     assert "replay.policies[1].name" in err
-    known = "cloud, cnmt, cnmt_load, edge, naive, oracle, oracle_expected"
+    known = "cloud, cnmt, cnmt_explore, cnmt_load, edge, naive, oracle, oracle_expected"
     assert f"unknown device policy 'fastest'; known: {known}" in err
 
 
@@ -479,6 +479,40 @@ def test_extrapolating_a_falling_profile_never_gives_free_or_negative_work(tmp_p
     drawn = sampler.sample(np.array([200, 400]), np.array([1, 1]), np.random.default_rng(0))
     assert (drawn > 0).all()
     assert drawn.tolist() == pytest.approx([sampler.floor_s] * 2)
+
+
+def test_a_stale_prior_is_corrected_by_the_exploring_closed_loop_and_its_cost_reported(tmp_path):
+    """The edge really runs 4x faster than its profile says, from the first request: the paper's
+    rule never finds out; the posterior closed loop tries the edge, learns it, and after the
+    first window is nearer the Oracle. The replay keeps the per-window totals and what exploring
+    cost, and the convergence table reads them."""
+    from cnmt.experiments.convergence import WINDOW, scenario_rows, window_gaps
+
+    explore = {
+        "name": "cnmt_explore",
+        "label": "explore",
+        "edge_latency": {"name": "posterior"},
+        "cloud_latency": {"name": "posterior"},
+    }
+    config = write_config(
+        tmp_path,
+        policies=["oracle", "cnmt", explore],
+        extra={"drift": [{"device": "edge", "at_fraction": 0.0, "factor": 0.25}]},
+    )
+    result = replay(load_config(config)).result
+    policies = result["policies"]
+    for p in policies.values():
+        assert len(p["window_total_s"]) == 3000 // WINDOW
+        assert sum(p["window_total_s"]) == pytest.approx(p["total_s"], rel=1e-9)
+    assert "exploration" not in policies["cnmt"]
+    cost = policies["explore"]["exploration"]
+    assert 0 < cost["requests"] <= 5 + 0.02 * 3000  # the budget and its burst
+    assert cost["requests"] == cost["to_edge"] + cost["to_cloud"] == sum(cost["per_window"])
+    assert policies["explore"]["share_edge"] > policies["cnmt"]["share_edge"] + 0.1
+    rows = {row["label"]: row for row in scenario_rows(result, ["cnmt", "explore"])}
+    assert rows["explore"]["gap_after_settle_pct"] < rows["cnmt"]["gap_after_settle_pct"] / 2
+    assert rows["cnmt"]["explored_share"] is None
+    assert window_gaps(result, "explore")[-1] < window_gaps(result, "cnmt")[-1]
 
 
 def test_load_sweep_lines_that_coincide_stay_apart_and_say_which_they_lie_on() -> None:

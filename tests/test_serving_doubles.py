@@ -31,6 +31,7 @@ from cnmt.registry import get_components
 from cnmt.runtime.base import Translation, Translator
 from cnmt.schedulers.base import LatencyModel
 from cnmt.schedulers.defaults import DEFAULT_COMPONENTS
+from cnmt.serving.auth import bearer_auth, read_keys
 from cnmt.serving.cloud import CloudServer
 from cnmt.serving.cloud_client import CloudClient
 from cnmt.serving.edge import EdgeWorker
@@ -134,12 +135,16 @@ async def start_cloud(
     max_pending: int = 64,
     label: str = "cloud",
     translator: Translator | None = None,
+    **settings: Any,
 ) -> tuple[web.AppRunner, str]:
-    """A cloud server with a scripted model in this event loop; returns its runner and URL."""
-    settings = CloudSettings(port=port, max_pending=max_pending)
-    server = CloudServer([translator or ScriptedTranslator(delay_s, label=label)], settings)
-    runner, bound = await serve_app(server.app(), "127.0.0.1", port)
-    return runner, url("127.0.0.1", bound)
+    """A cloud server with a scripted model in this event loop; returns its runner and URL
+    (``https://`` with ``tls_cert_file``)."""
+    config = CloudSettings(port=port, max_pending=max_pending, **settings)
+    server = CloudServer([translator or ScriptedTranslator(delay_s, label=label)], config)
+    runner, bound = await serve_app(
+        server.app(), "127.0.0.1", port, ssl_context=server.ssl_context()
+    )
+    return runner, url("127.0.0.1", bound, config.scheme)
 
 
 def _cloud_process_main(conn: Any, port: int, delay_s: float) -> None:
@@ -260,11 +265,7 @@ async def start_gateway(
     gateway = Gateway(
         tokenizer=ScriptedTranslator(),
         edge=edge,
-        cloud=(
-            CloudClient(cloud_url, config.cloud_timeout_s, probe_timeout_s=config.probe_timeout_s)
-            if cloud_url
-            else None
-        ),
+        cloud=CloudClient.for_gateway(cloud_url, config) if cloud_url else None,
         length_estimator=length_estimator,
         device_policy=scheduler("device_policy", policy),
         rtt_estimator=scheduler("rtt_estimator", rtt[0], **rtt[1]),
@@ -275,8 +276,20 @@ async def start_gateway(
         state_parts=parts,
         clock=clock,
     )
-    runner, bound = await serve_app(gateway.app(), "127.0.0.1", 0)
+    app = gateway.app()
+    keys = read_keys(config.api_keys_file, config.api_keys_env, "gateway.api_keys")
+    if keys:  # as cnmt launch does
+        app.middlewares.append(bearer_auth(keys, "the gateway"))
+    runner, bound = await serve_app(app, "127.0.0.1", 0)
     return GatewayHandle(gateway, runner, url("127.0.0.1", bound))
+
+
+def model_unless(marker: str) -> Translator:
+    """A translator factory that fails, as a corrupted model cache does, while ``marker``
+    exists (so a restarted worker cannot load what the first one did)."""
+    if os.path.exists(marker):
+        raise ConfigError(f"{marker}/encoder.onnx: onnxruntime cannot load this graph")
+    return ScriptedTranslator(label="edge")
 
 
 def broken_model() -> Translator:

@@ -194,8 +194,8 @@ def test_a_link_alone_needs_its_upstream(
     [
         ("link: {upstream: 'nowhere', rtt_ms: 5}", "expected host:port"),
         ("link: {upstream: '127.0.0.1:1', rtt_ms: 5, trace: t.csv}", "exactly one of rtt_ms"),
-        ("cloud: {port: 70000}", "port 70000 out of range"),
-        ("cloud: {workers: 0}", "workers must be positive"),
+        ("cloud: {port: 70000}", "cloud.port: 70000 is out of range: 0 <= x <= 65,535"),
+        ("cloud: {workers: 0}", "cloud.workers: 0 is out of range: 1 <= x <= 256"),
         (
             "gateway: {edge_profile: e, cloud_profile: c, cloud_url: 'ftp://x'}",
             "expected an http:// URL",
