@@ -2,10 +2,11 @@
 
 Scores are sacrebleu's corpus BLEU and chrF (its default settings and signatures) between the
 model's detokenized output and the raw references. What "detokenized" needs depends on the
-family: Bergamot and Marian produce text (sentencepiece decoding); the word-level families
-(cn2en, GRU, BiLSTM) produce lowercased tokens joined by spaces, so their punctuation is
-attached back (:func:`detokenize_words`) and both metrics run case-insensitively (``lowercase``
-in the result). Chinese targets use sacrebleu's ``zh`` tokenizer for BLEU.
+family: Bergamot, Marian and a GRU with SentencePiece models (the trained gru-fr-en) produce
+text (sentencepiece decoding); the word-level families (cn2en, a GRU with word vocabularies,
+BiLSTM) produce lowercased tokens joined by spaces, so their punctuation is attached back
+(:func:`detokenize_words`) and both metrics run case-insensitively (``lowercase`` in the
+result). Chinese targets use sacrebleu's ``zh`` tokenizer for BLEU.
 
 The length statistics are those the scheduler cares about: mean N, mean M, M against the
 reference's length in the same model tokens, and the least-squares fit ``M = gamma*N + delta``
@@ -125,7 +126,8 @@ def evaluate(
     """Translate ``sources`` one by one and score them against ``references``."""
     manifest = translator.manifest
     family = manifest.family
-    word_level = family in WORD_FAMILIES
+    # A GRU trained with SentencePiece (the built-in gru-fr-en) writes cased, detokenized text.
+    word_level = family in WORD_FAMILIES and "target_spm" not in manifest.files
     target_language = str(manifest.extra.get("target_language", ""))
     hypotheses: list[str] = []
     kept_refs: list[str] = []

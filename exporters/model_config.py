@@ -97,6 +97,8 @@ class Built:
     max_output_tokens: int
     extra: dict[str, Any] = field(default_factory=dict)
     bpe_codes: Path | None = None
+    # More files of the export by manifest role: (file name, contents), e.g. tokenizer models.
+    assets: dict[str, tuple[str, bytes]] = field(default_factory=dict)
 
 
 def config_extra(config: ModelConfig | None) -> dict[str, Any]:

@@ -156,6 +156,9 @@ def load_opennmt_checkpoint(path: Path, config: ModelConfig | None) -> Built:
         layers=layers,
         weights=f"OpenNMT-py checkpoint {path.name}",
     )
+    # What `cnmt.training.opennmt` adds: its recipe (data, seed, time), kept in the manifest.
+    if isinstance(checkpoint.get("cnmt_training"), dict):
+        extra["training"] = checkpoint["cnmt_training"]
     return Built(
         model=model,
         name=config.name if config else path.stem,

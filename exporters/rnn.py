@@ -106,8 +106,17 @@ class RnnExporter(Exporter):
         Vocabulary(built.target_tokens).save(folder / "target_vocab.json")
         files = {"source_vocab": "source_vocab.json", "target_vocab": "target_vocab.json"}
         if built.bpe_codes is not None:
+            if not Path(built.bpe_codes).is_file():
+                raise ConfigError(
+                    f"the BPE codes {built.bpe_codes} do not exist: they are read from the data "
+                    "directory (set CNMT_DATA to the folder holding tokenizers/, or give the "
+                    "model config's tokenizer.bpe_codes)"
+                )
             shutil.copyfile(built.bpe_codes, folder / "bpe.codes")
             files["bpe_codes"] = "bpe.codes"
+        for role, (file_name, contents) in built.assets.items():
+            (folder / file_name).write_bytes(contents)
+            files[role] = file_name
         graphs = built.model.graphs()
         examples = built.model.example_inputs()
         for graph in self.spec.graphs:
@@ -375,7 +384,9 @@ def build_from_config(config: ModelConfig, make_model: Callable[[int, int], Any]
 
 
 class BiLstmExporter(RnnExporter):
-    """OpenNMT-py style BiLSTM, from a `model` config (random weights) or an OpenNMT-py .pt."""
+    """OpenNMT-py style BiLSTM: random weights from a `model` config, an OpenNMT-py .pt (with
+    a config for the tokenizer settings), or ``--pretrained bilstm-de-en`` (the packaged trained
+    model, the built-in)."""
 
     family = "bilstm"
     name = "bilstm"
@@ -384,18 +395,21 @@ class BiLstmExporter(RnnExporter):
 
     def build(self, request: ExportRequest) -> Built:
         from cnmt.exporters import rnn_models
+        from cnmt.exporters.gru_trained import packaged_checkpoint
+        from cnmt.exporters.opennmt import load_opennmt_checkpoint
 
+        if request.pretrained is not None:
+            # The packaged OpenNMT-py model; its tokenizer settings are models/bilstm-de-en's
+            # (lowercase, Moses-like, the IWSLT'14 BPE codes from the data directory).
+            checkpoint = packaged_checkpoint(self.family, request.pretrained)
+            from cnmt.config import resolve_config_path
+
+            config_path = request.config or resolve_config_path(f"models/{request.pretrained}")
+            config = load_model_config(Path(config_path), self.family)
+            return load_opennmt_checkpoint(checkpoint, config)
         config = load_model_config(request.config, self.family) if request.config else None
         if request.checkpoint is not None:
-            from cnmt.exporters.opennmt import load_opennmt_checkpoint
-
             return load_opennmt_checkpoint(Path(request.checkpoint), config)
-        if request.pretrained is not None:
-            raise ConfigError(
-                "--pretrained: the bilstm family has no pretrained models to fetch; give "
-                "--config models/bilstm-de-en (random weights) or --checkpoint MODEL.pt "
-                "(OpenNMT-py)"
-            )
         if config is None:
             raise ConfigError(
                 "the bilstm family needs --config FILE (e.g. --config models/bilstm-de-en) or "
@@ -410,7 +424,9 @@ class BiLstmExporter(RnnExporter):
 
 
 class GruExporter(RnnExporter):
-    """GRU encoder-decoder without attention (seq2seq tutorial), from a `model` config."""
+    """GRU encoder-decoder without attention (seq2seq tutorial): random weights from a `model`
+    config, or trained weights (a `cnmt.training.gru` checkpoint; ``--pretrained gru-fr-en``
+    is the one the package ships, the built-in model)."""
 
     family = "gru"
     name = "gru"
@@ -419,14 +435,25 @@ class GruExporter(RnnExporter):
 
     def build(self, request: ExportRequest) -> Built:
         from cnmt.exporters import rnn_models
+        from cnmt.exporters.gru_trained import load_gru_checkpoint, packaged_checkpoint
 
-        if request.checkpoint is not None or request.pretrained is not None:
+        sources = [request.config, request.checkpoint, request.pretrained]
+        if sum(s is not None for s in sources) > 1:
             raise ConfigError(
-                "the gru family exports models built from --config (random weights); for the "
-                "trained ZH->EN GRU of the cn2en package use --family cn2en"
+                "the gru family takes one of --config (random weights), --checkpoint (trained "
+                "weights) and --pretrained NAME (the packaged trained weights)"
             )
+        if request.checkpoint is not None:
+            return load_gru_checkpoint(Path(request.checkpoint))
+        if request.pretrained is not None:
+            return load_gru_checkpoint(packaged_checkpoint(self.family, request.pretrained))
         if request.config is None:
-            raise ConfigError("the gru family needs --config FILE (e.g. --config models/gru-fr-en)")
+            raise ConfigError(
+                "the gru family needs --config FILE (random weights, e.g. --config "
+                "models/gru-fr-en), --checkpoint FILE (trained by `scripts/train-gru-fr-en`) or "
+                "--pretrained gru-fr-en (the packaged trained FR-EN model); the trained ZH->EN "
+                "GRU of the cn2en package is --family cn2en"
+            )
         config = load_model_config(request.config, self.family)
         return build_from_config(
             config,

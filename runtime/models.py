@@ -2,8 +2,9 @@
 
 A *model directory* is what ``cnmt export`` writes: ONNX graphs, vocabulary files and a
 ``manifest.json`` whose ``family`` selects the Translator class registered through the
-``cnmt_register_translators`` hook. A *built-in model* (``cn2en``) is a model directory in the
-cache (``$CNMT_CACHE``, else ``~/.cache/cnmt``), written once by the family's exporter
+``cnmt_register_translators`` hook. A *built-in model* (``cn2en``, ``gru-fr-en``,
+``bilstm-de-en``) is a model directory in the cache (``$CNMT_CACHE``, else ``~/.cache/cnmt``),
+written once by the family's exporter
 (:func:`cnmt.exporters.builtins.ensure_exported`; the commands that open models do it on first
 use). This module only opens what is exported: it never imports an exporter or torch.
 """
@@ -46,6 +47,22 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         family="cn2en",
         description="cn2en quantized to int8 weights (ONNX Runtime dynamic quantization)",
         precision="int8",
+    ),
+    "gru-fr-en": BuiltinModel(
+        name="gru-fr-en",
+        family="gru",
+        description="the paper's FR-EN GRU, trained on Tatoeba FR-EN (scripts/train-gru-fr-en)",
+        pretrained="gru-fr-en",
+    ),
+    "bilstm-de-en": BuiltinModel(
+        name="bilstm-de-en",
+        family="bilstm",
+        description=(
+            "the paper's DE-EN BiLSTM, trained with OpenNMT-py on Tatoeba DE-EN "
+            "(scripts/train-bilstm-de-en); its export reads the IWSLT'14 BPE codes from the data "
+            "directory"
+        ),
+        pretrained="bilstm-de-en",
     ),
     **{
         f"bergamot-{pair}": BuiltinModel(

@@ -33,6 +33,7 @@ from cnmt.runtime.session import SessionConfig, create_session, resolve_config
 from cnmt.runtime.tokenizers import (
     Bpe,
     Cn2enTokenizer,
+    SentencePieceTokenizer,
     TextCodec,
     Vocabulary,
     WordTokenizer,
@@ -125,6 +126,8 @@ class RnnTranslator(Translator):
             if "bpe_codes" in manifest.files
             else None
         )
+        if "source_spm" in manifest.files or "target_spm" in manifest.files:
+            return cls._sentencepiece_codecs(model_dir, manifest, source_vocab, target_vocab)
         lowercase = bool(extra.get("lowercase", True))
         source = TextCodec(
             WordTokenizer(str(extra.get("source_language", "")), lowercase),
@@ -139,6 +142,35 @@ class RnnTranslator(Translator):
             bpe,
         )
         return source, target
+
+    @classmethod
+    def _sentencepiece_codecs(
+        cls,
+        model_dir: Path,
+        manifest: Manifest,
+        source_vocab: Vocabulary,
+        target_vocab: Vocabulary,
+    ) -> tuple[TextCodec, TextCodec]:
+        """Raw text <-> the pieces of one SentencePiece model per side (no word splitting,
+        no lowercasing: the models were trained on raw text)."""
+        fix = f"export the model again with `cnmt export --family {cls.family}`"
+        codecs = []
+        for side, vocab in (("source", source_vocab), ("target", target_vocab)):
+            if f"{side}_spm" not in manifest.files:
+                raise ConfigError(
+                    f"{model_dir}: manifest.json names a sentencepiece model for one side only "
+                    f"(files.{side}_spm is missing); {fix}"
+                )
+            path = file_path(model_dir, manifest, f"{side}_spm")
+            tokenizer = SentencePieceTokenizer(path, fix)
+            pieces = tokenizer.processor.get_piece_size()
+            if pieces != len(vocab):
+                raise ConfigError(
+                    f"{path}: the sentencepiece model has {pieces} pieces but the {side} "
+                    f"vocabulary has {len(vocab)}; {fix}"
+                )
+            codecs.append(TextCodec(tokenizer, vocab, manifest.special_tokens.get("unk")))
+        return codecs[0], codecs[1]
 
     def _check_graph_names(self) -> None:
         for role, session, names in (
@@ -337,7 +369,8 @@ class RnnTranslator(Translator):
 
 
 class GruTranslator(RnnTranslator):
-    """GRU encoder-decoder without attention (PyTorch seq2seq tutorial), word vocabularies."""
+    """GRU encoder-decoder without attention (PyTorch seq2seq tutorial): word (+ BPE)
+    vocabularies, or one SentencePiece model per side (the trained FR-EN model)."""
 
     family = "gru"
     name = "gru"

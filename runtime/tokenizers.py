@@ -1,6 +1,6 @@
 """Tokenizers and vocabularies of the RNN families (pure Python, shared with the exporters).
 
-Two tokenizers:
+Three tokenizers:
 
 - :class:`Cn2enTokenizer` reproduces the cn2en package's preprocessing exactly: lowercase, put
   spaces around every character that is not an ASCII letter, apostrophe, double quote or space
@@ -9,6 +9,9 @@ Two tokenizers:
 - :class:`WordTokenizer` approximates the Moses tokenizer that prepared IWSLT'14 (lowercase,
   punctuation split off, language-specific apostrophes, ``& ' "`` escaped as XML entities),
   optionally followed by subword-nmt BPE (:class:`Bpe`). Unknown tokens map to ``<unk>``.
+- :class:`SentencePieceTokenizer` splits raw text into the pieces of a SentencePiece model and
+  joins pieces back into detokenized text (the trained GRU FR-EN); its pieces, in id order, are
+  the vocabulary.
 """
 
 from __future__ import annotations
@@ -109,6 +112,34 @@ def unescape(text: str) -> str:
     for raw, entity in reversed(_ENTITIES):
         text = text.replace(entity, raw)
     return text
+
+
+class SentencePieceTokenizer:
+    """Pieces of a SentencePiece model (``sentencepiece`` imported on first use)."""
+
+    def __init__(self, path: str | os.PathLike[str], fix: str) -> None:
+        try:
+            import sentencepiece
+        except ImportError as exc:
+            raise ConfigError(
+                f"{path}: this model's tokenizer needs sentencepiece ({exc}); install it with: "
+                "pip install 'sentencepiece>=0.2'"
+            ) from None
+        if not os.path.isfile(path):
+            raise ConfigError(f"{path}: sentencepiece model not found; {fix}")
+        self.processor = sentencepiece.SentencePieceProcessor()
+        try:
+            self.processor.Load(str(path))
+        except (OSError, RuntimeError) as exc:
+            raise ConfigError(
+                f"{path}: not a valid sentencepiece model ({str(exc).strip()[:200]}); {fix}"
+            ) from None
+
+    def split(self, text: str) -> list[str]:
+        return list(self.processor.encode(text, out_type=str))
+
+    def detokenize(self, tokens: Iterable[str]) -> str:
+        return str(self.processor.decode_pieces(list(tokens)))
 
 
 class Bpe:
@@ -225,7 +256,7 @@ class TextCodec:
     ``unk`` is the id unknown tokens map to; ``None`` drops them (cn2en's behaviour).
     """
 
-    tokenizer: WordTokenizer | Cn2enTokenizer
+    tokenizer: WordTokenizer | Cn2enTokenizer | SentencePieceTokenizer
     vocab: Vocabulary
     unk: int | None
     bpe: Bpe | None = None

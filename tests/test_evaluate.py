@@ -24,6 +24,7 @@ class FakeManifest:
     family: str
     name: str = "fake"
     extra: dict[str, Any] = field(default_factory=lambda: {"target_language": "en"})
+    files: dict[str, str] = field(default_factory=dict)
 
 
 class EchoTranslator:
@@ -83,6 +84,17 @@ def test_word_families_are_scored_detokenized_and_case_insensitively() -> None:
     assert result["lowercase"] is True
     assert result["chrf"] == pytest.approx(100.0)
     assert result["hypotheses"] == ["let's go."]
+
+
+@needs_sacrebleu
+def test_a_gru_with_sentencepiece_models_is_scored_as_cased_text() -> None:
+    from cnmt.experiments.quality import evaluate
+
+    translator = EchoTranslator("gru", {"Allons-y.": "let's go ."})
+    translator.manifest.files["target_spm"] = "target.spm"  # as the trained gru-fr-en has
+    result = evaluate(translator, ["Allons-y."], ["Let's go."])
+    assert result["lowercase"] is False
+    assert result["hypotheses"] == ["let's go ."]  # its text is kept as the model wrote it
 
 
 @needs_sacrebleu

@@ -406,3 +406,18 @@ def test_missing_corpus_names_the_config_key(tmp_path: Path, data_dir: Path) -> 
     )
     with pytest.raises(ConfigError, match=r"model.source_vocab.corpus: .*none.fr not found"):
         GruExporter().export(ExportRequest(out_dir=tmp_path / "o", config=config))
+
+
+def test_missing_bpe_codes_are_a_config_error_naming_the_data_directory(tmp_path: Path) -> None:
+    import types
+
+    from cnmt.exporters.rnn import BiLstmExporter
+
+    built = types.SimpleNamespace(
+        source_tokens=["<unk>", "a"],
+        target_tokens=["<s>", "</s>", "a"],
+        bpe_codes=str(tmp_path / "no-data" / "tokenizers" / "code"),
+        assets={},
+    )
+    with pytest.raises(ConfigError, match="do not exist: they are read from the data directory"):
+        BiLstmExporter().write(built, tmp_path, None)  # type: ignore[arg-type]

@@ -225,7 +225,10 @@ def test_unknown_model_name_lists_the_built_in_models() -> None:
 
     with pytest.raises(
         ConfigError,
-        match=r"unknown model .cn2fr.*built-in model: bergamot-en-pt, bergamot-pt-en, cn2en",
+        match=(
+            r"unknown model .cn2fr.*built-in model: bergamot-en-pt, bergamot-pt-en, bilstm-de-en, "
+            "cn2en, gru-fr-en"
+        ),
     ):
         load_translator("cn2fr")
 

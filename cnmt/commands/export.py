@@ -48,7 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     target.add_argument(
         "--builtin",
         metavar="NAME",
-        help="export a built-in model (cn2en, bergamot-en-pt, bergamot-pt-en) into the model cache "
+        help="export a built-in model (cn2en, gru-fr-en, bilstm-de-en, bergamot-en-pt, "
+        "bergamot-pt-en) into the model cache "
         "($CNMT_CACHE), replacing it",
     )
     source = parser.add_mutually_exclusive_group()

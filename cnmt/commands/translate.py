@@ -31,7 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--model",
         required=True,
-        help="model directory or built-in name (cn2en, bergamot-en-pt, bergamot-pt-en)",
+        help=(
+            "model directory or built-in name (cn2en, gru-fr-en, bilstm-de-en, bergamot-en-pt, "
+            "bergamot-pt-en)"
+        ),
     )
     parser.add_argument(
         "--provider",
