@@ -227,7 +227,7 @@ def test_unknown_model_name_lists_the_built_in_models() -> None:
         ConfigError,
         match=(
             r"unknown model .cn2fr.*built-in model: bergamot-en-pt, bergamot-pt-en, bilstm-de-en, "
-            "cn2en, gru-fr-en"
+            "cn2en, cn2en-int8, gru-fr-en"
         ),
     ):
         load_translator("cn2fr")
