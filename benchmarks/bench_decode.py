@@ -7,7 +7,12 @@ on first use): our ORT greedy loop vs transformers ``generate`` (PyTorch eager) 
 and forced to exactly M output tokens (EOS masked): ORT forced mode, ``min_new_tokens =
 max_new_tokens = M`` with ``forced_eos_token_id=None``, and ``min_decoding_length =
 max_decoding_length = M``. Also the RNN families (BiLSTM DE-EN, GRU FR-EN): ORT vs their torch
-modules, when the RNN exporters are installed.
+modules, when the RNN exporters are installed, and the trained cn2en GRU when cn2en is.
+
+``--int8`` adds the int8 rows: our int8 export (``cnmt export --precision int8`` of the same
+weights) beside our fp32 one, and CTranslate2 int8 (``compute_type="int8"`` on the same
+converted checkpoint) beside CTranslate2 fp32, for Marian; our int8 beside our fp32 for each RNN
+family. A summary then prints the speedups int8 over fp32 and CTranslate2 int8 over ours int8.
 
 Each cell (N source tokens x M output tokens) warms every engine up once, then runs R rounds;
 each round runs every engine once, in a rotating order, so that a load spike hits all of them.
@@ -16,11 +21,13 @@ measured here, in this run; on a busy machine they are noisy, so the load averag
 
     python benchmarks/bench_decode.py --threads 2            # full grid, < 10 min
     python benchmarks/bench_decode.py --threads 2 --quick    # small grid, a minute or two
+    python benchmarks/bench_decode.py --threads 1 --quick --int8 --engines ours,ctranslate2
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -30,6 +37,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +46,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 MARIAN_CONFIG = "models/marian-en-zh"
 SETTLE_SECONDS = 0.3
-RNN_CONFIGS = {"bilstm": "models/bilstm-de-en", "gru": "models/gru-fr-en"}
+# None: the family's default source (cn2en: the installed package's trained weights).
+RNN_CONFIGS: dict[str, str | None] = {
+    "bilstm": "models/bilstm-de-en",
+    "gru": "models/gru-fr-en",
+    "cn2en": None,
+}
+INT8 = "-int8"  # an engine's int8 variant: ours-int8, ctranslate2-int8, ...
 
 
 @dataclass
@@ -52,6 +66,9 @@ class Cell:
     def median_ms(self, engine: str) -> float:
         return statistics.median(self.seconds[engine]) * 1000
 
+    def best_ms(self, engine: str) -> float:
+        return min(self.seconds[engine]) * 1000
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -63,13 +80,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="N=8, M in {8, 32}, 3 rounds")
     parser.add_argument("--n", default="8,32", help="source lengths N (default 8,32)")
     parser.add_argument("--m", default="8,32,64", help="forced output lengths M (default 8,32,64)")
-    parser.add_argument("--rounds", type=int, default=7, help="timed rounds per cell (default 7)")
+    parser.add_argument(
+        "--rounds", type=int, help="timed rounds per cell (default 7; 3 with --quick)"
+    )
     parser.add_argument(
         "--engines",
         default="ours,transformers,ctranslate2",
         help="Marian engines to time (default ours,transformers,ctranslate2)",
     )
-    parser.add_argument("--no-rnn", action="store_true", help="skip the BiLSTM and GRU families")
+    parser.add_argument(
+        "--no-rnn", action="store_true", help="skip the RNN families (BiLSTM, GRU, cn2en)"
+    )
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="also time our int8 exports (and CTranslate2 int8 for Marian) beside fp32",
+    )
     parser.add_argument(
         "--ort-spinning",
         action="store_true",
@@ -85,7 +111,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--plot", type=Path, help="also plot ms vs M per engine (needs matplotlib)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.n, args.m, args.rounds = "8", "8,32", 3
+        args.n, args.m = "8", "8,32"
+    if args.rounds is None:
+        args.rounds = 3 if args.quick else 7
     try:
         args.n_values = [int(v) for v in args.n.split(",")]
         args.m_values = [int(v) for v in args.m.split(",")]
@@ -121,20 +149,20 @@ def ort_config(args: argparse.Namespace) -> Any:
 # --- Marian ----------------------------------------------------------------------------------
 
 
-def ensure_marian(root: Path) -> Path:
+def ensure_marian(root: Path, precision: str = "fp32") -> Path:
     from cnmt.runtime.manifest import MANIFEST_NAME
 
-    out = root / "marian-en-zh-random"
+    out = root / ("marian-en-zh-random" + ("" if precision == "fp32" else f"-{precision}"))
     if (out / MANIFEST_NAME).is_file() and (out / "source" / "config.json").is_file():
         return out
     from cnmt.exporters.marian import export_marian, load_model_config
 
-    progress(f"building and exporting full-size random Marian EN-ZH into {out} (~2 min) ...")
+    progress(f"building and exporting full-size random Marian EN-ZH ({precision}) into {out} ...")
     start = time.perf_counter()
     config = load_model_config(MARIAN_CONFIG)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        export_marian("", out, build=config, atol=config.atol, overwrite=True)
+        export_marian("", out, build=config, atol=config.atol, overwrite=True, precision=precision)
     progress(f"exported and validated in {time.perf_counter() - start:.0f} s")
     return out
 
@@ -159,12 +187,20 @@ def marian_engines(args: argparse.Namespace, root: Path) -> tuple[Any, dict[str,
     model_dir = ensure_marian(root)
     translator = load_translator(model_dir, config=ort_config(args))
 
-    def ours(n: int, m: int) -> Callable[[], list[int]]:
-        source = translator.forced_input(n)
-        mask = np.ones_like(source)
-        return lambda: translator.decoder.greedy(source, mask, m, forced=True)[0].tolist()
+    def decode_with(model: Any) -> Callable[[int, int], Callable[[], list[int]]]:
+        def make(n: int, m: int) -> Callable[[], list[int]]:
+            source = translator.forced_input(n)
+            mask = np.ones_like(source)
+            return lambda: model.decoder.greedy(source, mask, m, forced=True)[0].tolist()
 
-    engines: dict[str, Callable] = {"ours": ours}
+        return make
+
+    engines: dict[str, Callable] = {"ours": decode_with(translator)}
+    if args.int8:
+        quantized = load_translator(ensure_marian(root, "int8"), config=ort_config(args))
+        if quantized.manifest.source_checksum != translator.manifest.source_checksum:
+            raise SystemExit("the int8 Marian export is not of the same weights: delete the cache")
+        engines["ours" + INT8] = decode_with(quantized)
     if "transformers" in args.engine_list:
         import torch
         from transformers import MarianMTModel
@@ -198,29 +234,36 @@ def marian_engines(args: argparse.Namespace, root: Path) -> tuple[Any, dict[str,
         ct2_dir = ensure_ctranslate2(
             root, model_dir / "source", translator.manifest.source_checksum
         )
-        ct2 = ctranslate2.Translator(
-            str(ct2_dir),
-            device="cpu",
-            compute_type="float32",
-            intra_threads=args.threads,
-            inter_threads=1,
-        )
         pieces = {i: p for p, i in translator.tokenizer.vocab.items()}
         piece_ids = translator.tokenizer.vocab
 
-        def ctranslate2_translate(n: int, m: int) -> Callable[[], list[int]]:
-            tokens = [pieces[int(i)] for i in translator.forced_input(n)[0]]
-            assert tokens[-1] == "</s>"
+        def ctranslate2_with(compute_type: str) -> Callable[[int, int], Callable[[], list[int]]]:
+            # int8: CTranslate2 quantizes the same converted weights when it loads them.
+            ct2 = ctranslate2.Translator(
+                str(ct2_dir),
+                device="cpu",
+                compute_type=compute_type,
+                intra_threads=args.threads,
+                inter_threads=1,
+            )
 
-            def run() -> list[int]:
-                result = ct2.translate_batch(
-                    [tokens], beam_size=1, min_decoding_length=m, max_decoding_length=m
-                )
-                return [piece_ids[p] for p in result[0].hypotheses[0]]
+            def make(n: int, m: int) -> Callable[[], list[int]]:
+                tokens = [pieces[int(i)] for i in translator.forced_input(n)[0]]
+                assert tokens[-1] == "</s>"
 
-            return run
+                def run() -> list[int]:
+                    result = ct2.translate_batch(
+                        [tokens], beam_size=1, min_decoding_length=m, max_decoding_length=m
+                    )
+                    return [piece_ids[p] for p in result[0].hypotheses[0]]
 
-        engines["ctranslate2"] = ctranslate2_translate
+                return run
+
+            return make
+
+        engines["ctranslate2"] = ctranslate2_with("float32")
+        if args.int8:
+            engines["ctranslate2" + INT8] = ctranslate2_with("int8")
     return translator, engines
 
 
@@ -249,12 +292,19 @@ def rnn_engines(
         try:
             exporter = components.create("exporter", family)
             out = root / family
-            request = ExportRequest(out_dir=out, config=Path(config), overwrite=True)
-            if not (out / MANIFEST_NAME).is_file():
-                progress(f"exporting {family} from {config} into {out} ...")
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    exporter.export(request)
+            request = ExportRequest(
+                out_dir=out, config=Path(config) if config else None, overwrite=True
+            )
+            precisions = ["fp32", "int8"] if args.int8 else ["fp32"]
+            for precision in precisions:
+                folder = out if precision == "fp32" else root / f"{family}{INT8}"
+                if not (folder / MANIFEST_NAME).is_file():
+                    progress(f"exporting {family} ({precision}) into {folder} ...")
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        exporter.export(
+                            dataclasses.replace(request, out_dir=folder, precision=precision)
+                        )
             torch.manual_seed(request.seed)
             model = exporter.build(request).model.eval()
             translator = load_translator(out, threads=args.threads)
@@ -271,9 +321,16 @@ def rnn_engines(
                 return lambda: model.greedy(source, bos, -1, m)  # eos -1: never stops early
 
             engines[family] = {"ours": ours, "torch": reference}
+            if args.int8:
+                quantized = load_translator(root / f"{family}{INT8}", threads=args.threads)
+                engines[family]["ours" + INT8] = partial(_forced_run, quantized)
         except Exception as exc:
             missing.append(f"{family}: not benchmarked ({type(exc).__name__}: {exc})")
     return engines, missing
+
+
+def _forced_run(translator: Any, n: int, m: int) -> Callable[[], Any]:
+    return lambda: translator.run_forced(n, m)
 
 
 # --- timing ----------------------------------------------------------------------------------
@@ -315,6 +372,53 @@ def print_table(title: str, cells: list[Cell], engines: list[str]) -> None:
     print("  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True)))
     for row in rows:
         print("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)))
+
+
+def print_int8_summary(marian_cells: list[Cell], rnn_cells: dict[str, list[Cell]]) -> None:
+    """Per cell the int8 speedups (of the medians and of the fastest runs: on a shared machine
+    the fastest run is the one least slowed by other processes), then the issue's targets on
+    the worst cell of this run."""
+    ours_int8, ct2_int8 = "ours" + INT8, "ctranslate2" + INT8
+    print(
+        "\nint8 vs fp32 (median ratio, and best-run ratio in brackets; > 1 means the first is "
+        "slower)"
+    )
+    print("model     N   M    ours fp32/int8     ct2 fp32/int8  ct2 int8/ours int8")
+    worst: dict[str, tuple[float, float]] = {}
+
+    def ratio(cell: Cell, slow: str, fast: str, key: str) -> str:
+        median = cell.median_ms(slow) / cell.median_ms(fast)
+        best = cell.best_ms(slow) / cell.best_ms(fast)
+        low = worst.get(key, (median, best))
+        worst[key] = (min(low[0], median), min(low[1], best))
+        return f"{median:.2f}x ({best:.2f}x)"
+
+    for model, cells in (("marian", marian_cells), *rnn_cells.items()):
+        for cell in cells:
+            if ours_int8 not in cell.seconds:
+                continue
+            speedup = ratio(cell, "ours", ours_int8, model)
+            ct2 = against = "-"
+            if ct2_int8 in cell.seconds:
+                ct2 = ratio(cell, "ctranslate2", ct2_int8, "ct2 fp32/int8")
+                against = ratio(cell, ct2_int8, ours_int8, "ct2")
+            print(f"{model:8} {cell.n:2} {cell.m:3}  {speedup:>16}  {ct2:>16}  {against:>18}")
+    print("\nint8 targets (worst cell of this run: median ratio, best-run ratio):")
+    for model, (median, best) in worst.items():
+        if model == "ct2 fp32/int8":
+            continue
+        if model == "ct2":
+            verdict = "met" if min(median, best) >= 1 else "NOT met"
+            print(
+                f"  ours int8 Marian vs CTranslate2 int8: {median:.2f}x, {best:.2f}x "
+                f"(target >= 1: {verdict})"
+            )
+            continue
+        target = 1.5 if model == "marian" else 1.3
+        verdict = "met" if min(median, best) >= target else "NOT met"
+        print(
+            f"  {model} int8 over fp32: {median:.2f}x, {best:.2f}x (target >= {target}: {verdict})"
+        )
 
 
 def plot(path: Path, cells: list[Cell], engines: list[str], threads: int) -> None:
@@ -415,10 +519,12 @@ def main(argv: list[str] | None = None) -> int:
         print_table(
             f"{family} (ORT vs torch modules, ms; torch/ours > 1 means ours is faster)",
             cells,
-            ["ours", "torch"],
+            list(rnn[family]),
         )
     for line in missing:
         print(line)
+    if args.int8:
+        print_int8_summary(marian_cells, rnn_cells)
     at_32 = [c for c in marian_cells if c.m == 32]
     if at_32:
         print("\ntargets at M=32 (medians of this run):")

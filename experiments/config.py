@@ -273,6 +273,10 @@ DEFAULT_POLICIES = ("edge", "cloud", "oracle", "cnmt")
 
 @dataclass(frozen=True)
 class ReplayConfig:
+    """``model`` is what the cloud runs and what tokenizes the corpus; ``edge_model`` what the
+    edge runs when it differs (e.g. ``cn2en-int8`` against a ``cn2en`` cloud). Each device
+    profile must be of its device's model."""
+
     model: str
     corpus: CorpusSpec
     devices: DevicesSpec
@@ -292,6 +296,12 @@ class ReplayConfig:
     load_sweep: list[float] = field(default_factory=list)
     load_sweep_requests: int = ranged(20_000, low=1, high=100000000)
     clouds: list[CloudSpec] = field(default_factory=list)
+    edge_model: str | None = None  # None: the same as model
+
+    @property
+    def models(self) -> dict[str, str]:
+        """The model each device runs: ``{"edge": ..., "cloud": ...}``."""
+        return {"edge": self.edge_model or self.model, "cloud": self.model}
 
     def __post_init__(self) -> None:
         if (self.devices.cloud is None) == (not self.clouds):

@@ -177,9 +177,8 @@ def evaluate(
     return {
         "model": manifest.name,
         "family": family,
-        "precision": str(
-            getattr(manifest, "precision", None) or manifest.extra.get("precision", "float32")
-        ),
+        # fp32 or int8 (cnmt export --precision); a manifest written before that says none
+        "precision": str(getattr(manifest, "precision", None) or "fp32"),
         "provider": providers[0] if providers else None,
         "sentences": len(hypotheses),
         "skipped_empty": skipped,

@@ -316,9 +316,10 @@ def _profile(path: str, role: str, model: str) -> DeviceProfile:
         )
     profile = load_profile(path)
     if profile.model != model:
+        key = "replay.edge_model" if role == "edge" else "replay.model"
         raise ConfigError(
-            f"{path}: the {role} profile measured model {profile.model!r} but replay.model is "
-            f"{model!r}; point replay.devices.{role} at a profile of {model!r}"
+            f"{path}: the {role} profile measured model {profile.model!r} but the {role} runs "
+            f"{model!r} ({key}); point replay.devices.{role} at a profile of {model!r}"
         )
     return profile
 
@@ -445,9 +446,9 @@ def replay(
     timings: dict[str, float] = {}
     started = time.perf_counter()
 
-    edge_profile = _profile(spec.devices.edge, "edge", spec.model)
+    edge_profile = _profile(spec.devices.edge, "edge", spec.models["edge"])
     first = spec.clouds[0] if spec.clouds else CloudSpec("cloud", str(spec.devices.cloud))
-    cloud_profile = _profile(first.profile, "cloud", spec.model)
+    cloud_profile = _profile(first.profile, "cloud", spec.models["cloud"])
     runs = build_policies(config, spec)
     if labels is not None:
         unknown = sorted(set(labels) - {run.label for run in runs})
@@ -601,6 +602,7 @@ def replay(
         "config": display_path(config.source),
         "description": config.description,
         "model": spec.model,
+        "models": spec.models,
         "connection_name": chosen,
         "connection": link.info,
         "requests": spec.requests,
@@ -657,7 +659,7 @@ def _more_clouds(
     transmission time; what its gateway knows of it; what the report says of it."""
     paths, setups, info = [], [], {}
     for k, cloud in enumerate(spec.clouds[1:]):
-        profile = _profile(cloud.profile, "cloud", spec.model)
+        profile = _profile(cloud.profile, "cloud", spec.models["cloud"])
         sampler = ground_truth(profile)
         rng = np.random.default_rng([spec.seed, 3 + k])
         exec_s = sampler.sample(n, m, rng) * cloud.time_factor

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from cnmt.errors import ConfigError
-from cnmt.runtime.manifest import MANIFEST_NAME, Manifest
+from cnmt.runtime.manifest import MANIFEST_NAME, PRECISIONS, Manifest
 from cnmt.schema import NoParams
 
 EXPORT_INSTALL_HINT = "install the export tools with: pip install 'cnmt[export]'"
@@ -42,6 +42,15 @@ class ExportRequest:
     seed: int = 0
     validate: bool = True
     overwrite: bool = False
+    # int8: the fp32 export, then exporters.quantize's step; the check sentences (and their
+    # references) default to the family's built-in ones.
+    precision: str = "fp32"
+    check_texts: Path | None = None
+    check_references: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS or self.precision == "fp16":
+            raise ConfigError(f"precision {self.precision!r}: export writes fp32 or int8")
 
 
 class Exporter(abc.ABC):
@@ -50,6 +59,17 @@ class Exporter(abc.ABC):
     family: ClassVar[str]
     name: ClassVar[str]
     default_opset: ClassVar[int] = DEFAULT_OPSET
+    # The precisions export() writes; int8 means the family runs exporters.quantize's step
+    # and its translator offers greedy_outputs and teacher_forced_picks for the check.
+    precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+
+    def check_precision(self, precision: str) -> None:
+        """ConfigError, before any work, when this family cannot export ``precision``."""
+        if precision not in self.precisions:
+            raise ConfigError(
+                f"--precision {precision}: the {self.family} family exports "
+                f"{', '.join(self.precisions)} only"
+            )
 
     def opset_for(self, request: ExportRequest) -> int:
         """The opset to export with: the request's, else this family's default."""
@@ -68,11 +88,20 @@ class Exporter(abc.ABC):
         :class:`~cnmt.errors.CnmtRuntimeError` when they disagree.
         """
 
-    def export_builtin(self, out_dir: Path, name: str, pretrained: str | None = None) -> Manifest:
+    def export_builtin(
+        self, out_dir: Path, name: str, pretrained: str | None = None, precision: str = "fp32"
+    ) -> Manifest:
         """Export the family's default source into ``out_dir``, replacing it (the runtime's
         built-in model cache calls this; it holds no ExportRequest of its own)."""
+        self.check_precision(precision)
         return self.export(
-            ExportRequest(out_dir=Path(out_dir), pretrained=pretrained, name=name, overwrite=True)
+            ExportRequest(
+                out_dir=Path(out_dir),
+                pretrained=pretrained,
+                name=name,
+                overwrite=True,
+                precision=precision,
+            )
         )
 
 

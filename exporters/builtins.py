@@ -27,13 +27,16 @@ def export_builtin(name: str) -> Path:
     target = builtin_dir(name)
     try:
         exporter = get_components().create("exporter", model.family, label="model family")
-        exporter.export_builtin(target, name=model.name, pretrained=model.pretrained)
+        exporter.export_builtin(
+            target, name=model.name, pretrained=model.pretrained, precision=model.precision
+        )
     except ConfigError as exc:
+        precision = "" if model.precision == "fp32" else f" --precision {model.precision}"
         raise ConfigError(
             f"built-in model {name!r} ({model.description}) is exported on first use into "
             f"{target}, and that failed: {exc}. Alternatively export it on a machine with the "
-            f"export tools (`cnmt export --family {model.family} --out DIR`) and pass DIR as "
-            "the model"
+            f"export tools (`cnmt export --family {model.family}{precision} --out DIR`) and "
+            "pass DIR as the model"
         ) from None
     return target
 

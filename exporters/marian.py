@@ -38,6 +38,8 @@ from cnmt.exporters.base import (
     publish,
     require_torch,
 )
+from cnmt.exporters.check_texts import MARIAN_CHECK_TEXTS
+from cnmt.exporters.quantize import apply_precision, read_check
 from cnmt.files import read_json, sha256_file
 from cnmt.runtime.manifest import Manifest, write_manifest
 from cnmt.runtime.manifest import replace as replace_manifest
@@ -70,6 +72,7 @@ VALIDATION_TEXTS = (
     "Where is the nearest train station?",
     "She has been learning Chinese for three years.",
 )
+CHECK_TEXTS = (*VALIDATION_TEXTS, *MARIAN_CHECK_TEXTS)  # the int8 check's
 
 
 class ExportValidationError(CnmtRuntimeError):
@@ -470,6 +473,9 @@ def export_marian(
     overwrite: bool = False,
     build: MarianModelConfig | None = None,
     weights_note: str | None = None,
+    precision: str = "fp32",
+    check_texts: Path | None = None,
+    check_references: Path | None = None,
 ) -> Manifest:
     """Export a Marian checkpoint (directory or hub id) to ``out_dir``; see the module doc.
 
@@ -477,6 +483,10 @@ def export_marian(
     into ``out_dir/source`` first.
     """
     require_torch("exporting Marian")
+    check = None
+    if precision != "fp32":
+        source_note = f"{len(CHECK_TEXTS)} built-in English sentences"
+        check = read_check(check_texts, check_references, CHECK_TEXTS, source_note)
     out = Path(out_dir)
     staging = prepare_out_dir(out, overwrite)
     try:
@@ -500,6 +510,8 @@ def export_marian(
                 source_dir, staging, manifest, validation_texts, validation_new_tokens, atol
             )
             manifest = replace_manifest(manifest, extra={**manifest.extra, "validation": report})
+        if precision != "fp32":
+            manifest = apply_precision(staging, manifest, precision, check)
         write_manifest(staging, manifest)
         publish(staging, out)
     except BaseException:
@@ -715,6 +727,7 @@ class MarianExporter(Exporter):
     family: ClassVar[str] = FAMILY
     name: ClassVar[str] = FAMILY
     default_opset: ClassVar[int] = MARIAN_OPSET
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "int8")
 
     def export(self, request: ExportRequest) -> Manifest:
         if request.checkpoint is not None:
@@ -736,6 +749,7 @@ class MarianExporter(Exporter):
                 atol=build.atol,
                 overwrite=request.overwrite,
                 build=_with_seed(build, request.seed),
+                **_precision(request),
             )
         return export_marian(
             request.pretrained or HUB_ID,
@@ -744,7 +758,16 @@ class MarianExporter(Exporter):
             opset=self.opset_for(request),
             validate=request.validate,
             overwrite=request.overwrite,
+            **_precision(request),
         )
+
+
+def _precision(request: ExportRequest) -> dict[str, Any]:
+    return {
+        "precision": request.precision,
+        "check_texts": request.check_texts,
+        "check_references": request.check_references,
+    }
 
 
 def _with_seed(config: MarianModelConfig, seed: int) -> MarianModelConfig:

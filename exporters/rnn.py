@@ -36,7 +36,9 @@ from cnmt.exporters.base import (
     publish,
     require_torch,
 )
+from cnmt.exporters.check_texts import CN2EN_CHECK_TEXTS
 from cnmt.exporters.model_config import Built, ModelConfig, VocabConfig, config_extra
+from cnmt.exporters.quantize import apply_precision, read_check
 from cnmt.files import sha256_file
 from cnmt.runtime.manifest import Manifest, write_manifest
 from cnmt.runtime.rnn import BiLstmTranslator, Cn2enTranslator, GruTranslator, RnnTranslator
@@ -46,6 +48,7 @@ from cnmt.runtime.tokenizers import Bpe, Vocabulary, WordTokenizer
 # OpenNMT-py's special tokens, in its order: ids 0..3 of every vocabulary built from a config.
 SPECIALS = ("<unk>", "<blank>", "<s>", "</s>")
 VALIDATION_STEPS = 40
+CHECK_SENTENCES = 32
 
 
 class RnnExporter(Exporter):
@@ -53,14 +56,34 @@ class RnnExporter(Exporter):
 
     spec: ClassVar[specs.ExportSpec]
     translator: ClassVar[type[RnnTranslator]]
+    precisions = ("fp32", "int8")
+    check_source: ClassVar[str] = "every 50th of the first 2000 lines of the config's corpus"
 
     def build(self, request: ExportRequest) -> Built:
         raise NotImplementedError
+
+    def check_texts(self, request: ExportRequest) -> list[str]:
+        """Source sentences for the int8 check: from the config's source corpus (real text in
+        the model's language), every 50th of its first lines; none without a config."""
+        if request.config is None:
+            return []
+        corpus = Path(load_model_config(request.config, self.family).source_vocab.corpus)
+        with corpus.open(encoding="utf-8") as handle:
+            lines = [line.strip() for _, line in zip(range(2000), handle, strict=False)]
+        return [line for line in lines[::50] if line][:CHECK_SENTENCES]
 
     def export(self, request: ExportRequest) -> Manifest:
         require_torch(f"exporting the {self.family} family")
         import torch
 
+        check = None
+        if request.precision != "fp32":
+            check = read_check(
+                request.check_texts,
+                request.check_references,
+                self.check_texts(request),
+                default_source=self.check_source,
+            )
         torch.manual_seed(request.seed)
         built = self.build(request)
         built.model.eval()
@@ -69,6 +92,9 @@ class RnnExporter(Exporter):
             manifest = self.write(built, staging, request)
             if request.validate:
                 validate_export(built, staging, manifest, self.spec, self.translator)
+            if request.precision != "fp32":
+                manifest = apply_precision(staging, manifest, request.precision, check)
+                write_manifest(staging, manifest)
             publish(staging, request.out_dir)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -444,6 +470,11 @@ class Cn2enExporter(RnnExporter):
     name = "cn2en"
     spec = specs.CN2EN
     translator = Cn2enTranslator
+    check_source = "24 built-in Chinese sentences"
+
+    def check_texts(self, request: ExportRequest) -> list[str]:
+        return list(CN2EN_CHECK_TEXTS)
+
     # The reference decodes at most 1000 steps; it sets no source limit, this is ours.
     MAX_SOURCE_TOKENS = 500
     MAX_OUTPUT_TOKENS = 1000

@@ -6,7 +6,7 @@ import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 if TYPE_CHECKING:
     from cnmt.runtime.manifest import Manifest
@@ -26,6 +26,13 @@ class Translation:
     source_tokens: int
     output_tokens: int
     seconds: float
+
+
+class GreedyOutput(NamedTuple):
+    """One greedy decode: the output token ids (EOS excluded) and their text."""
+
+    ids: list[int]
+    text: str
 
 
 class Translator(abc.ABC):
@@ -71,3 +78,21 @@ class Translator(abc.ABC):
     def run_forced(self, n_tokens: int, m_tokens: int) -> None:
         """Encode an input of exactly ``n_tokens`` and decode exactly ``m_tokens`` steps, EOS
         ignored: the unit of work that characterization times."""
+
+    def greedy_outputs(self, texts: Sequence[str], max_new_tokens: int) -> list[GreedyOutput]:
+        """Greedy ids and text per text, at most ``max_new_tokens`` each: what comparing two
+        exports of one model (fp32 and int8) looks at. Families that offer int8 implement it."""
+        raise NotImplementedError(
+            f"the {self.family} family does not report its output tokens (greedy_outputs), so "
+            "its int8 export cannot be checked against fp32"
+        )
+
+    def teacher_forced_picks(
+        self, texts: Sequence[str], outputs: Sequence[Sequence[int]]
+    ) -> list[list[int]]:
+        """Per text, the token this model picks after each prefix of ``outputs`` (fed its
+        tokens, not its own): ``len(output) + 1`` picks, the last where EOS would come."""
+        raise NotImplementedError(
+            f"the {self.family} family does not score given outputs (teacher_forced_picks), so "
+            "its int8 export cannot be checked against fp32"
+        )

@@ -25,6 +25,10 @@ FORMAT_VERSION = 1
 # accepts (Marian's positional tables hold 512), and short enough that one decode cannot run
 # for minutes. A larger value is a corrupt or hostile manifest, not a model.
 MAX_TOKENS_LIMIT = 4096
+# How the graphs store their weights: fp32 as exported, int8 (`cnmt export --precision int8`,
+# ONNX Runtime dynamic quantization) or fp16 (written by scripts/gpu-check for a GPU); inputs
+# and outputs stay fp32 in every case, so the decode loops need no change.
+PRECISIONS = ("fp32", "int8", "fp16")
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,9 @@ class Manifest:
     ``files`` maps a tokenizer or vocabulary role (``source_vocab``, ``bpe_codes``, ...) to a
     file. ``special_tokens`` holds the ids of ``bos``/``eos``/``pad``/``unk`` (those a family
     uses). ``source_checksum`` is the sha256 of the source weights the graphs were exported from.
-    ``extra`` holds family specifics (dimensions, tokenizer options).
+    ``precision`` is how the graphs hold their weights (:data:`PRECISIONS`); a manifest
+    written before precisions existed reads as ``fp32``. ``extra`` holds family specifics
+    (dimensions, tokenizer options; for int8, how it was quantized and checked).
     """
 
     family: str
@@ -52,6 +58,7 @@ class Manifest:
     max_output_tokens: int
     format_version: int = FORMAT_VERSION
     cnmt_version: str = ""
+    precision: str = "fp32"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -59,6 +66,10 @@ class Manifest:
             raise ValueError(
                 f"format_version {self.format_version} is not supported (this cnmt reads "
                 f"{FORMAT_VERSION}); re-export the model with this version of `cnmt export`"
+            )
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"precision is {self.precision!r}; this cnmt reads {', '.join(PRECISIONS)}"
             )
         for key in ("max_source_tokens", "max_output_tokens"):
             value = getattr(self, key)

@@ -18,7 +18,7 @@ import numpy as np
 
 from cnmt.errors import ConfigError
 from cnmt.files import read_json
-from cnmt.runtime.base import Translation, Translator
+from cnmt.runtime.base import GreedyOutput, Translation, Translator
 from cnmt.runtime.manifest import Manifest, file_path, graph_path
 from cnmt.runtime.session import SessionConfig, create_session
 from cnmt.runtime.tokenizers import no_known_token
@@ -238,6 +238,12 @@ class MarianDecoder:
         logits = self.decoder.get_outputs()[0]
         if logits.name != "logits":
             raise ConfigError(f"decoder graph: first output is {logits.name!r}, not 'logits'")
+        if logits.type != "tensor(float)":
+            # The decode loop binds a float32 logits buffer (int8 graphs keep fp32 outputs).
+            raise ConfigError(
+                f"decoder graph of {self.manifest.name!r}: logits are {logits.type}, but this "
+                f"runtime decodes float32 logits; {REEXPORT}"
+            )
         if isinstance(logits.shape[-1], int):
             self.vocab_size = logits.shape[-1]
         if self.vocab_size <= 0:
@@ -490,6 +496,25 @@ class MarianTranslator(Translator):
         generated = self.decoder.greedy(input_ids, attention_mask, max_new_tokens, forced)
         eos = self.decoder.eos_id
         return [[*_until_eos(row, eos), eos] if eos in row else row.tolist() for row in generated]
+
+    def greedy_outputs(self, texts: Sequence[str], max_new_tokens: int) -> list[GreedyOutput]:
+        eos = self.decoder.eos_id
+        rows = self.generate_ids(texts, max_new_tokens)
+        ids = [row[:-1] if row and row[-1] == eos else row for row in rows]
+        return [GreedyOutput(row, self.tokenizer.decode(row)) for row in ids]
+
+    def teacher_forced_picks(
+        self, texts: Sequence[str], outputs: Sequence[Sequence[int]]
+    ) -> list[list[int]]:
+        picks = []
+        for text, output in zip(texts, outputs, strict=True):
+            source = np.asarray([self._source_ids(text)], dtype=np.int64)
+            fed = np.asarray([[self.decoder.start_id, *output]], dtype=np.int64)
+            logits = self.decoder.teacher_forced_logits(source, np.ones_like(source), fed)[0]
+            if self.decoder.suppressed.size:
+                logits[:, self.decoder.suppressed] = -np.inf
+            picks.append(logits.argmax(axis=-1).tolist())
+        return picks
 
     def _pad(self, sources: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         longest = max(len(s) for s in sources)

@@ -33,6 +33,7 @@ class BuiltinModel:
     family: str
     description: str
     pretrained: str | None = None  # passed to the exporter; None = the family's default source
+    precision: str = "fp32"  # an int8 variant is its own name (NAME-int8), cached apart
 
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
@@ -40,6 +41,12 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         name="cn2en",
         family="cn2en",
         description="trained ZH->EN GRU from the PyPI package cn2en (pip install cn2en==0.0.118)",
+    ),
+    "cn2en-int8": BuiltinModel(
+        name="cn2en-int8",
+        family="cn2en",
+        description="cn2en quantized to int8 weights (ONNX Runtime dynamic quantization)",
+        precision="int8",
     ),
     "gru-fr-en": BuiltinModel(
         name="gru-fr-en",
@@ -70,6 +77,26 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         for pair in ("en-pt", "pt-en")
     },
 }
+
+
+def builtin_variant(name: str, precision: str) -> str:
+    """The built-in model that is ``name`` at ``precision`` (``cn2en`` at int8: ``cn2en-int8``);
+    ConfigError when there is none."""
+    model = BUILTIN_MODELS.get(name)
+    if model is None:
+        raise ConfigError(
+            f"unknown built-in model {name!r}; built-in: {', '.join(sorted(BUILTIN_MODELS))}"
+        )
+    if model.precision == precision:
+        return name
+    base = name.removesuffix(f"-{model.precision}")
+    variant = base if precision == "fp32" else f"{base}-{precision}"
+    if BUILTIN_MODELS.get(variant, model).precision != precision:
+        raise ConfigError(
+            f"built-in model {name!r} has no {precision} variant; built-in: "
+            f"{', '.join(sorted(BUILTIN_MODELS))}"
+        )
+    return variant
 
 
 def cache_dir() -> Path:

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from cnmt.errors import ConfigError
-from cnmt.runtime.base import Translation, Translator
+from cnmt.runtime.base import GreedyOutput, Translation, Translator
 from cnmt.runtime.manifest import Manifest, file_path, graph_path
 from cnmt.runtime.repeated_warnings import MODEL_WARNINGS, shorten
 from cnmt.runtime.session import SessionConfig, create_session, resolve_config
@@ -283,6 +283,21 @@ class RnnTranslator(Translator):
             for w, s, ids in zip(words, sources, result.ids, strict=True)
         ]
 
+    def greedy_outputs(self, texts: Sequence[str], max_new_tokens: int) -> list[GreedyOutput]:
+        sources = [self.encode_text(t, log_dropped=False) for t in texts]
+        ids = self.decode(sources, max_steps=max_new_tokens).ids
+        return [GreedyOutput(row, self.target.decode(row)) for row in ids]
+
+    def teacher_forced_picks(
+        self, texts: Sequence[str], outputs: Sequence[Sequence[int]]
+    ) -> list[list[int]]:
+        picks = []
+        for text, output in zip(texts, outputs, strict=True):
+            source = self.encode_text(text, log_dropped=False)
+            row = np.asarray([[*output, self.eos]], dtype=np.int64)
+            picks.append(self.decode([source], forced_steps=row.shape[1], teacher=row).ids[0])
+        return picks
+
     def run_forced(self, n_tokens: int, m_tokens: int) -> None:
         self.forced(n_tokens, m_tokens)
 
@@ -305,10 +320,13 @@ class RnnTranslator(Translator):
         sources: Sequence[Sequence[int]],
         forced_steps: int | None = None,
         max_steps: int | None = None,
+        teacher: np.ndarray | None = None,
     ) -> DecodeResult:
         """Greedy decode of a batch of id sequences (EOS appended here when the family wants),
         at most ``max_steps`` (default: the manifest's max_output_tokens) or, forced, exactly
-        ``forced_steps``."""
+        ``forced_steps``. With ``teacher`` (batch x forced_steps ids), step t is fed
+        ``teacher[:, t - 1]`` instead of the previous argmax: the ids are then what the model
+        picks after each prefix of the teacher's tokens."""
         suffix = [self.eos] if self.source_eos else []
         rows = [list(s) + suffix for s in sources]
         batch = len(rows)
@@ -343,7 +361,8 @@ class RnnTranslator(Translator):
             else:  # EOS ignored: every row keeps every token
                 for b in range(batch):
                     out[b].append(int(tokens[b]))
-            feeds["input_ids"] = tokens.astype(np.int64, copy=False)
+            fed = tokens if teacher is None else teacher[:, steps - 1]
+            feeds["input_ids"] = fed.astype(np.int64, copy=False)
             for (_, name), value in zip(carried, state, strict=True):
                 feeds[name] = value
         return DecodeResult(ids=out, steps=steps)

@@ -363,16 +363,18 @@ def build_gateway(
     from cnmt.serving.learned_state import learning_parts, lock, restore
 
     specs = scheduler_specs(config)  # a bad one fails before anything is read
-    edge_profile = load_profile(settings.edge_profile, "gateway.edge_profile", settings.model)
-    cloud_profile = load_profile(settings.cloud_profile, "gateway.cloud_profile", settings.model)
-    for profile, key in ((edge_profile, "edge_profile"), (cloud_profile, "cloud_profile")):
-        if profile.model != settings.model:
+    models = settings.models
+    edge_profile = load_profile(settings.edge_profile, "gateway.edge_profile", models["edge"])
+    cloud_profile = load_profile(settings.cloud_profile, "gateway.cloud_profile", models["cloud"])
+    for profile, target in ((edge_profile, "edge"), (cloud_profile, "cloud")):
+        if profile.model != models[target]:
             log.warning(
-                "gateway.%s was measured for model %r, the gateway runs %r: its decisions use "
-                "another model's latencies",
-                key,
+                "gateway.%s_profile was measured for model %r, the %s runs %r: its decisions "
+                "use another model's latencies",
+                target,
                 profile.model,
-                settings.model,
+                target,
+                models[target],
             )
     core = create_schedulers(
         config, edge_profile.fit.latency_model, cloud_profile.fit.latency_model, settings
@@ -522,6 +524,14 @@ class System:
             raise ConfigError(
                 f"{where}: gateway.cloud_url: not set and the config launches no link or cloud; "
                 "set it to the cloud's (or the link's) URL, e.g. http://10.0.0.2:8081"
+            )
+        cloud = self.cloud_settings
+        if gateway and cloud and gateway.models["cloud"] != cloud.model:
+            # The gateway predicts the cloud's times from the cloud model's profile.
+            raise ConfigError(
+                f"{where}: the cloud runs {cloud.model!r} but the gateway expects "
+                f"{gateway.models['cloud']!r} there (gateway.cloud_model, default gateway.model); "
+                f"set gateway.cloud_model: {cloud.model} and a cloud_profile of that model"
             )
 
     async def start(self) -> Endpoints:

@@ -59,7 +59,9 @@ class GatewaySettings:
     ``edge_profile``/``cloud_profile`` are device profiles (`cnmt profile`) of the gateway's
     model: their fits are the latency models the device policy compares, and the edge
     profile's CPU quota is applied to the gateway's local translation worker, so the live
-    gateway faces the same edge/cloud contrast as the profile. ``cloud_url`` defaults to the
+    gateway faces the same edge/cloud contrast as the profile. ``model`` is what the edge runs;
+    ``cloud_model`` what the cloud runs (default: the same; e.g. the edge ``cn2en-int8``, the
+    cloud ``cn2en``), and each profile must be of its device's model. ``cloud_url`` defaults to the
     link (or cloud) that the same config launches. ``cloud_timeout_s`` bounds a cloud exchange;
     past it the request is translated locally. ``max_pending`` bounds the requests inside the
     gateway; more get 503 with ``Retry-After: retry_after_s``. ``bandwidth_mbps`` is the link
@@ -92,6 +94,7 @@ class GatewaySettings:
     host: str = "127.0.0.1"
     port: int = ranged(8080, low=0, high=65535)
     model: str = "cn2en"
+    cloud_model: str | None = None  # None: the same as model
     providers: tuple[str, ...] = (CPU,)
     threads: int = ranged(1, low=1, high=64)
     cloud_url: str | None = None
@@ -181,6 +184,11 @@ class GatewaySettings:
         _check_one_of("api_keys_file", self.api_keys_file, "api_keys_env", self.api_keys_env)
         guarded = self.api_keys_file is not None or self.api_keys_env is not None
         check_exposure("host", self.host, guarded, self.allow_unauthenticated)
+
+    @property
+    def models(self) -> dict[str, str]:
+        """The model each target runs: ``{"edge": ..., "cloud": ...}``."""
+        return {"edge": self.model, "cloud": self.cloud_model or self.model}
 
     @property
     def slow_exchange_s(self) -> float:

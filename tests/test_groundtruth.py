@@ -4,6 +4,9 @@ experiment's corpus as its replay draws them."""
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -172,10 +175,23 @@ def test_requests_are_drawn_from_the_replays_own_pool(data_dir):
     assert again == drawn
 
 
+@pytest.mark.export  # cn2en counts the tokens: exported into the cache on first use
+@pytest.mark.skipif(
+    importlib.util.find_spec("torch") is None or importlib.util.find_spec("cn2en") is None,
+    reason="needs cnmt[export] and cn2en",
+)
+def test_requests_of_a_scenario_with_an_int8_edge_serve_the_int8_model(data_dir):
+    from cnmt.commands.profile import request_set
+
+    scenario = str(Path(__file__).resolve().parent.parent / "benchmarks" / "int8-edge.yaml")
+    drawn = request_set(scenario, "cn2en-int8", 50, seed=0, budget_s=1.0)
+    assert len(drawn.n) == 50 and drawn.source["model"] == "cn2en"
+
+
 def test_requests_of_another_model_or_without_a_replay_are_refused(data_dir):
     from cnmt.commands.profile import request_set
 
-    with pytest.raises(ConfigError, match="its replay is of model 'gru-fr-en', not of the"):
+    with pytest.raises(ConfigError, match="its replay runs 'gru-fr-en' on the edge and 'gru-"):
         request_set("experiments/gru-fr-en", "cn2en", 10, seed=0, budget_s=1.0)
     with pytest.raises(ConfigError, match="has no `replay` section"):
         request_set("serving/default", None, 10, seed=0, budget_s=1.0)

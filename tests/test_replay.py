@@ -544,3 +544,24 @@ def test_replay_reports_progress_once_per_policy_and_at_the_end(tmp_path):
     labels = list(result["policies"])
     total = len(labels)
     assert calls == [(label, i, total) for i, label in enumerate(labels)] + [("", total, total)]
+
+
+def test_an_edge_running_another_model_needs_a_profile_of_that_model(tmp_path):
+    path = write_config(tmp_path, requests=500, extra={"edge_model": "test-model-int8"})
+    with pytest.raises(ConfigError, match=r"the edge runs 'test-model-int8' \(replay.edge_model\)"):
+        replay(load_config(path), "cp")
+    write_profile(tmp_path / "edge.json", 0.002, 0.006, 0.01, seed=1, model="test-model-int8")
+    faster_edge = replay(load_config(path), "cp").result
+    assert faster_edge["models"] == {"edge": "test-model-int8", "cloud": "test-model"}
+    (tmp_path / "b").mkdir()
+    same_edge = replay(load_config(write_config(tmp_path / "b", requests=500)), "cp").result
+    share = {label: r["share_edge"] for label, r in faster_edge["policies"].items()}
+    before = {label: r["share_edge"] for label, r in same_edge["policies"].items()}
+    assert share["oracle"] > before["oracle"]  # a twice faster edge keeps more requests local
+
+
+def test_the_int8_edge_scenario_runs_cn2en_int8_on_the_edge_only():
+    config = load_config(Path(__file__).resolve().parent.parent / "benchmarks" / "int8-edge.yaml")
+    assert config["replay"].models == {"edge": "cn2en-int8", "cloud": "cn2en"}
+    assert config["replay"].devices.edge.endswith("cn2en-int8__edge-cpu-q06.json")
+    assert config["replay"].devices.cloud.endswith("cn2en__cloud-cpu.json")

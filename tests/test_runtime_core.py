@@ -202,6 +202,21 @@ def test_corrupt_graph_file_is_a_config_error_naming_it(tmp_path: Path) -> None:
         create_session(tmp_path / "missing.onnx")
 
 
+def test_manifest_without_a_precision_reads_as_fp32_and_an_unknown_one_is_refused(
+    tmp_path: Path,
+) -> None:
+    folder = _model_dir(tmp_path, _manifest(precision="int8"))
+    assert load_manifest(folder).precision == "int8"
+    data = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
+    del data["precision"]  # written before precisions existed
+    (folder / MANIFEST_NAME).write_text(json.dumps(data), encoding="utf-8")
+    assert load_manifest(folder).precision == "fp32"
+    data["precision"] = "int4"
+    (folder / MANIFEST_NAME).write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"precision is 'int4'; this cnmt reads fp32, int8, fp16"):
+        load_manifest(folder)
+
+
 # -- model lookup -----------------------------------------------------------------------------
 
 
@@ -212,7 +227,7 @@ def test_unknown_model_name_lists_the_built_in_models() -> None:
         ConfigError,
         match=(
             r"unknown model .cn2fr.*built-in model: bergamot-en-pt, bergamot-pt-en, bilstm-de-en, "
-            "cn2en, gru-fr-en"
+            "cn2en, cn2en-int8, gru-fr-en"
         ),
     ):
         load_translator("cn2fr")
@@ -382,3 +397,15 @@ def test_builtin_model_name_is_not_shadowed_by_a_same_named_folder(
     # The built-in is looked up in the cache, not in the same-named folder.
     with pytest.raises(ConfigError, match="built-in model 'cn2en'.*not exported"):
         models.load_translator("cn2en")
+
+
+def test_each_built_in_model_names_its_int8_variant_and_back() -> None:
+    from cnmt.runtime.models import BUILTIN_MODELS, builtin_dir, builtin_variant
+
+    assert builtin_variant("cn2en", "int8") == "cn2en-int8"
+    assert builtin_variant("cn2en-int8", "fp32") == "cn2en"
+    assert builtin_variant("cn2en-int8", "int8") == "cn2en-int8"
+    assert BUILTIN_MODELS["cn2en-int8"].precision == "int8"
+    assert builtin_dir("cn2en-int8") != builtin_dir("cn2en")
+    with pytest.raises(ConfigError, match=r"unknown built-in model 'opus'"):
+        builtin_variant("opus", "int8")

@@ -165,6 +165,23 @@ def test_a_gateway_alone_needs_the_clouds_url(
     )
 
 
+def test_the_int8_edge_config_runs_int8_on_the_edge_and_fp32_on_the_cloud() -> None:
+    config = load_config("serving/edge-int8")
+    assert config["gateway"].models == {"edge": "cn2en-int8", "cloud": "cn2en"}
+    assert config["cloud"].model == "cn2en"
+    assert config["edge_latency"].name == "online"  # the fp32 prior is refitted on the edge
+
+
+def test_a_cloud_running_another_model_than_the_gateway_expects_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = "extends: serving/edge-int8\ngateway: {cloud_model: cn2en-int8}\n"
+    assert main(["launch", write(tmp_path, text)]) == 2
+    err = capsys.readouterr().err
+    assert "the cloud runs 'cn2en' but the gateway expects 'cn2en-int8' there" in err
+    assert "set gateway.cloud_model: cn2en" in err
+
+
 def test_a_link_alone_needs_its_upstream(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -208,6 +225,7 @@ def test_launch_rejects_an_out_of_range_port_flag(capsys: pytest.CaptureFixture[
         "serving/tyrell-4g",
         "serving/cloud",
         "serving/gateway",
+        "serving/edge-int8",
     ],
 )
 def test_builtin_serving_configs_are_valid(name: str) -> None:

@@ -300,10 +300,10 @@ def request_set(
             f"--requests {config_ref}: {config.source} has no `replay` section; give an "
             "experiment config (e.g. experiments/cn2en-zh-en)"
         )
-    if model is not None and spec.model != model:
+    if model is not None and model not in spec.models.values():
         raise ConfigError(
-            f"--requests {config_ref}: its replay is of model {spec.model!r}, not of the "
-            f"profiled model {model!r}"
+            f"--requests {config_ref}: its replay runs {spec.models['edge']!r} on the edge and "
+            f"{spec.models['cloud']!r} on the cloud, not the profiled model {model!r}"
         )
     lines = load_corpus_lines(spec.corpus)
     pick = draw_requests(lines, spec.corpus, count, np.random.default_rng(seed))
