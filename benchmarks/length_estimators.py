@@ -1,7 +1,9 @@
 """Output-length estimators on real models: MAE on a split kept apart (every 5th sentence).
 
 For each model, translate a fixed sample of its Tatoeba test set once (cached in --cache) to get
-N and the model's own M per sentence, then compare on the held-out fifth:
+N and the model's own M per sentence, then compare on the held-out fifth. The trained built-ins
+(gru-fr-en, bilstm-de-en) use the 2,000-pair test split they were trained without
+(:func:`cnmt.training.data.builtin_splits`); the others every k-th line of a Tatoeba file:
 
 - ``linear (references)``: the paper's M = gamma*N + delta fitted on the human references'
   lengths (in the model's target tokens) of the training part;
@@ -9,9 +11,12 @@ N and the model's own M per sentence, then compare on the held-out fifth:
 - ``online_linear``: the references' line as a prior, refitted after every held-out sentence
   from the model's output (the estimate is made before the sentence's M is seen);
 - ``features``: the `features` estimator (ridge regression over N, characters, punctuation,
-  digits and a hashed bag of words), trained on the model's outputs of the training part.
+  digits and a hashed bag of words), trained on the model's outputs of the training part; its
+  bag size and ridge penalty are chosen by 5-fold cross-validation on the training part
+  (``fit_features_cv``), unless ``--buckets`` and ``--ridge`` fix them.
 
-    python benchmarks/length_estimators.py --models cn2en,bergamot-en-pt,bergamot-pt-en \\
+    python benchmarks/length_estimators.py \\
+        --models cn2en,bergamot-en-pt,bergamot-pt-en,gru-fr-en,bilstm-de-en \\
         --cache /tmp/cnmt-lengths [--save-features DIR]
 
 Needs the models (cnmt[export] for the first export, cnmt[bergamot] for Bergamot).
@@ -27,11 +32,26 @@ from pathlib import Path
 
 import numpy as np
 
-CORPORA = {  # model: (source file, reference file, every k-th line)
+CORPORA = {  # model: (source file, reference file, every k-th line; 0: the model's test split)
     "cn2en": ("tatoeba-en-zh/all.zh", "tatoeba-en-zh/all.en", 10),
     "bergamot-en-pt": ("tatoeba-en-pt/test.en", "tatoeba-en-pt/test.pt", 5),
     "bergamot-pt-en": ("tatoeba-en-pt/test.pt", "tatoeba-en-pt/test.en", 5),
+    "gru-fr-en": ("tatoeba-fr-en/all.fr", "tatoeba-fr-en/all.en", 0),
+    "bilstm-de-en": ("tatoeba-de-en/all.de", "tatoeba-de-en/all.en", 0),
 }
+
+
+def sample(model: str, data: Path) -> tuple[list[str], list[str]]:
+    """The model's source sentences and their references, in a fixed order."""
+    from cnmt.files import read_lines
+
+    src, ref, every = CORPORA[model]
+    if every == 0:
+        from cnmt.training.data import builtin_splits
+
+        test = builtin_splits(model, data).test
+        return [s for s, _ in test], [r for _, r in test]
+    return read_lines(data / "corpora" / src)[::every], read_lines(data / "corpora" / ref)[::every]
 
 
 def outputs(model: str, cache: Path, data: Path) -> dict[str, list]:
@@ -43,12 +63,9 @@ def outputs(model: str, cache: Path, data: Path) -> dict[str, list]:
     from cnmt.errors import CnmtError
     from cnmt.experiments.tokens import quiet_runtime_logs
     from cnmt.exporters.builtins import ensure_exported
-    from cnmt.files import read_lines
     from cnmt.runtime import load_translator
 
-    src, ref, every = CORPORA[model]
-    sources = read_lines(data / "corpora" / src)[::every]
-    references = read_lines(data / "corpora" / ref)[::every]
+    sources, references = sample(model, data)
     ensure_exported(model)
     translator = load_translator(model, threads=1)
     rows: dict[str, list] = {"text": [], "n": [], "m": [], "ref_m": []}
@@ -73,20 +90,23 @@ def outputs(model: str, cache: Path, data: Path) -> dict[str, list]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default="cn2en,bergamot-en-pt,bergamot-pt-en")
+    parser.add_argument(
+        "--models", default="cn2en,bergamot-en-pt,bergamot-pt-en,gru-fr-en,bilstm-de-en"
+    )
     parser.add_argument("--cache", type=Path, default=Path("/tmp/cnmt-lengths"))
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("CNMT_DATA", "")))
     parser.add_argument("--save-features", type=Path, metavar="DIR")
-    parser.add_argument("--buckets", type=int, default=256)
-    parser.add_argument("--ridge", type=float, default=10.0)
+    parser.add_argument("--buckets", type=int, help="bag size (default: cross-validated)")
+    parser.add_argument("--ridge", type=float, help="ridge penalty (default: cross-validated)")
     args = parser.parse_args()
 
     from cnmt.schedulers.base import Request
-    from cnmt.schedulers.features import fit_features, save_feature_model
+    from cnmt.schedulers.features import fit_features, fit_features_cv, save_feature_model
     from cnmt.schedulers.length_estimators import OnlineLinearLength
 
     print(f"{'model':16} {'test':>5} {'mean M':>7} | MAE: {'linear (refs)':>13} "
-          f"{'linear (own)':>12} {'online_linear':>13} {'features':>9}")  # fmt: skip
+          f"{'linear (own)':>12} {'online_linear':>13} {'features':>9} "
+          "(buckets, ridge)")  # fmt: skip
     for model in args.models.split(","):
         rows = outputs(model, args.cache, args.data)
         n = np.asarray(rows["n"], dtype=float)
@@ -110,14 +130,14 @@ def main() -> int:
             online.observe(int(ni), int(mi))
         train_texts = [t for t, keep in zip(texts, train, strict=True) if keep]
         test_texts = [t for t, keep in zip(texts, test, strict=True) if keep]
-        fitted = fit_features(
-            train_texts,
-            n[train].astype(int),
-            m[train],
-            buckets=args.buckets,
-            ridge=args.ridge,
-            source={"model": model, "corpus": CORPORA[model][0], "rows": int(train.sum())},
-        )
+        source = {"model": model, "corpus": CORPORA[model][0], "rows": int(train.sum())}
+        fit_n, fit_m = n[train].astype(int), m[train]
+        if args.buckets is None and args.ridge is None:
+            fitted = fit_features_cv(train_texts, fit_n, fit_m, source=source)
+        else:
+            buckets = 256 if args.buckets is None else args.buckets
+            ridge = 10.0 if args.ridge is None else args.ridge
+            fitted = fit_features(train_texts, fit_n, fit_m, buckets, ridge, source=source)
         results = (
             mae(g_ref * n[test] + d_ref),
             mae(g_own * n[test] + d_own),
@@ -127,6 +147,7 @@ def main() -> int:
         print(
             f"{model:16} {int(test.sum()):5d} {m[test].mean():7.2f} |      "
             + " ".join(f"{v:{w}.3f}" for v, w in zip(results, (13, 12, 13, 9), strict=True))
+            + f" ({fitted.buckets}, {fitted.ridge:g})"
         )
         if args.save_features:
             args.save_features.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from cnmt.schedulers.features import (
     DENSE,
     features,
     fit_features,
+    fit_features_cv,
     load_feature_model,
     save_feature_model,
 )
@@ -53,6 +54,20 @@ def test_the_ridge_fit_learns_what_n_alone_cannot_tell() -> None:
     line_mae = np.abs(model.gamma * n[300:] + model.delta - m[300:]).mean()
     assert features_mae < 0.3 < 2.0 < line_mae
     assert model.predict(None, 4) == pytest.approx(model.gamma * 4 + model.delta)
+
+
+def test_cross_validation_keeps_the_bag_only_where_words_tell_the_length() -> None:
+    texts, n, m = corpus()
+    polite = fit_features_cv(texts, n, m, buckets=(0, 64), ridges=(0.1,), source={"model": "t"})
+    assert polite.buckets == 64 and polite.ridge == 0.1 and polite.rows == len(texts)
+    assert polite.source["model"] == "t" and polite.source["cross_validated_mae"] < 0.3
+    # The same sentences whose length is N plus noise the words do not predict: a bag of 256
+    # buckets over a few hundred rows fits the noise, and the folds see it.
+    noisy = n + np.random.default_rng(1).integers(0, 4, len(n))
+    plain = fit_features_cv(texts, n, noisy, buckets=(0, 256), ridges=(0.01,))
+    assert plain.buckets == 0
+    with pytest.raises(ValueError, match="at least 10 rows for 5 folds"):
+        fit_features_cv(texts[:9], n[:9], m[:9])
 
 
 def test_the_registered_estimator_reads_a_saved_model(tmp_path: Path, fresh_registry: None) -> None:

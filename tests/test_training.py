@@ -124,12 +124,29 @@ def test_a_checkpoint_that_is_not_a_trained_gru_is_refused(tmp_path: Path) -> No
         packaged_checkpoint("gru", "gru-de-en")
 
 
-def _test_split(data_dir: Path, corpus: str, source: str, count: int) -> list[tuple[str, str]]:
-    from cnmt.training.data import read_pairs, split_pairs
+def _test_split(data_dir: Path, model: str, count: int) -> list[tuple[str, str]]:
+    from cnmt.training.data import builtin_splits
 
-    folder = data_dir / "corpora" / corpus
-    pairs = read_pairs(folder / f"all.{source}", folder / "all.en", None)
-    return split_pairs(pairs, seed=19, test_pairs=2000, valid_pairs=500).test[:count]
+    return builtin_splits(model, data_dir).test[:count]
+
+
+def test_the_builtin_test_splits_are_rebuilt_as_the_recipes_split(data_dir: Path) -> None:
+    from cnmt.training.data import BUILTIN_SPLIT, builtin_splits, read_pairs, split_pairs
+    from cnmt.training.gru import GruTrainingConfig
+    from cnmt.training.opennmt import BiLstmTrainingConfig
+
+    for config in (GruTrainingConfig(), BiLstmTrainingConfig()):
+        recipe = {k: getattr(config, k) for k in BUILTIN_SPLIT}
+        assert recipe == BUILTIN_SPLIT, config.name
+    folder = data_dir / "corpora" / "tatoeba-de-en"
+    pairs = read_pairs(folder / "all.de", folder / "all.en", None)
+    rebuilt = builtin_splits("bilstm-de-en", data_dir)
+    assert (
+        rebuilt.test == split_pairs(pairs, seed=19, test_pairs=2000, valid_pairs=500).test
+        and len(rebuilt.test) == 2000
+    )
+    with pytest.raises(ConfigError, match="not a trained built-in; trained built-ins: gru-fr-en"):
+        builtin_splits("cn2en", data_dir)
 
 
 @pytest.mark.slow
@@ -145,7 +162,7 @@ def test_builtin_gru_fr_en_is_trained_and_translates_its_test_split(
     manifest = load_manifest(folder)
     assert manifest.extra["training"]["seed"] == 19
     assert manifest.extra["weights"].startswith("trained (float16")
-    pairs = _test_split(data_dir, "tatoeba-fr-en", "fr", 300)
+    pairs = _test_split(data_dir, "gru-fr-en", 300)
     translator = load_translator("gru-fr-en", threads=1)
     hyps = [t.text for t in translator.translate_batch([s for s, _ in pairs])]
     # The full 2,000-pair split scores 31.2 BLEU (docs/models.md); 300 pairs vary a little.
@@ -165,7 +182,7 @@ def test_builtin_bilstm_de_en_is_an_opennmt_model_that_translates_its_test_split
     manifest = load_manifest(folder)
     assert manifest.extra["weights"] == "OpenNMT-py checkpoint bilstm-de-en.pt"
     assert manifest.extra["training"]["toolkit"].startswith("OpenNMT-py 3.5.1")
-    pairs = _test_split(data_dir, "tatoeba-de-en", "de", 300)
+    pairs = _test_split(data_dir, "bilstm-de-en", 300)
     translator = load_translator("bilstm-de-en", threads=1)
     hyps = [t.text for t in translator.translate_batch([s for s, _ in pairs])]
     bleu = sacrebleu.corpus_bleu(hyps, [[r for _, r in pairs]], lowercase=True)

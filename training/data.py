@@ -95,6 +95,26 @@ def split_pairs(
     return Splits(train=train, valid=valid, test=test, record=record)
 
 
+# The corpus (under the data directory's corpora/) and source language of each trained built-in,
+# with the defaults its recipe split it by (training.gru, training.opennmt): the target is English.
+BUILTIN_CORPORA = {"gru-fr-en": ("tatoeba-fr-en", "fr"), "bilstm-de-en": ("tatoeba-de-en", "de")}
+BUILTIN_SPLIT = {"seed": 19, "test_pairs": 2000, "valid_pairs": 500}
+
+
+def builtin_splits(name: str, data_dir: Path) -> Splits:
+    """The splits a trained built-in (``gru-fr-en``, ``bilstm-de-en``) was trained and tested on,
+    rebuilt from the data directory by the same rule, so that an evaluation needs no training
+    run's ``OUT/data``."""
+    if name not in BUILTIN_CORPORA:
+        raise ConfigError(
+            f"{name!r} is not a trained built-in; trained built-ins: {', '.join(BUILTIN_CORPORA)}"
+        )
+    corpus, source = BUILTIN_CORPORA[name]
+    folder = Path(data_dir) / "corpora" / corpus
+    pairs = read_pairs(folder / f"all.{source}", folder / "all.en", None)
+    return split_pairs(pairs, **BUILTIN_SPLIT)
+
+
 def write_split(folder: Path, name: str, pairs: Sequence[tuple[str, str]], config: Any) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     files = {}
