@@ -42,6 +42,18 @@ def detokenize_words(text: str) -> str:
     return _ATTACH_RIGHT.sub(r"\1", _ATTACH_LEFT.sub(r"\1", text.strip()))
 
 
+def writes_words(manifest: Any) -> bool:
+    """Whether the model writes lowercased word tokens (scored detokenized, case-insensitively):
+    the word-level families, except a GRU trained with SentencePiece (the built-in gru-fr-en),
+    which writes cased, detokenized text."""
+    return manifest.family in WORD_FAMILIES and "target_spm" not in manifest.files
+
+
+def postprocess(manifest: Any, text: str) -> str:
+    """A model's output as it is scored: word tokens get their punctuation attached back."""
+    return detokenize_words(text) if writes_words(manifest) else text
+
+
 def _sacrebleu() -> Any:
     try:
         import sacrebleu
@@ -126,8 +138,7 @@ def evaluate(
     """Translate ``sources`` one by one and score them against ``references``."""
     manifest = translator.manifest
     family = manifest.family
-    # A GRU trained with SentencePiece (the built-in gru-fr-en) writes cased, detokenized text.
-    word_level = family in WORD_FAMILIES and "target_spm" not in manifest.files
+    word_level = writes_words(manifest)
     target_language = str(manifest.extra.get("target_language", ""))
     hypotheses: list[str] = []
     kept_refs: list[str] = []
@@ -150,7 +161,7 @@ def evaluate(
             refused[reason] = refused.get(reason, 0) + 1
             hypotheses.append("")
             continue
-        hypotheses.append(detokenize_words(result.text) if word_level else result.text)
+        hypotheses.append(postprocess(manifest, result.text))
         n_tokens.append(result.source_tokens)
         m_tokens.append(result.output_tokens)
         ref_tokens.append(translator.count_target_tokens(reference))

@@ -28,6 +28,7 @@ from cnmt.errors import CnmtRuntimeError, ConfigError
 from cnmt.exporters import spec as specs
 from cnmt.exporters.base import Exporter, ExportRequest, prepare_out_dir, publish, require_torch
 from cnmt.exporters.marian_binary import float_weights, model_yaml, read_items
+from cnmt.exporters.quantize import apply_precision, read_check
 from cnmt.exporters.rnn import compare_outputs, export_graph
 from cnmt.files import sha256_file
 from cnmt.runtime.bergamot import BergamotTranslator
@@ -143,6 +144,7 @@ class BergamotExporter(Exporter):
     family = "bergamot"
     name = "bergamot"
     spec = specs.BERGAMOT
+    precisions = ("fp32", "int8")
 
     def export(self, request: ExportRequest) -> Manifest:
         require_torch(f"exporting the {self.family} family")
@@ -152,12 +154,20 @@ class BergamotExporter(Exporter):
                 "use --pretrained en-pt, pt-en or a Bergamot model folder"
             )
         folder, direction = locate(request.checkpoint or request.pretrained)
+        source_language, target_language = DIRECTIONS[direction]
+        check = None
+        if request.precision != "fp32":
+            check = read_check(
+                request.check_texts,
+                request.check_references,
+                VALIDATION_SENTENCES[source_language],
+                default_source="the exporter's validation sentences",
+            )
         files = read_config(folder)
         items = read_items(files["model"])
         options = model_yaml(items)
         check_architecture(options, files["model"])
         model = self.build(items, options)
-        source_language, target_language = DIRECTIONS[direction]
         name = request.name or f"bergamot-{direction}"
         staging = prepare_out_dir(request.out_dir, request.overwrite)
         try:
@@ -206,6 +216,9 @@ class BergamotExporter(Exporter):
             write_manifest(staging, manifest)
             if request.validate:
                 validate(model, staging, manifest, self.spec, direction)
+            if request.precision != "fp32":
+                manifest = apply_precision(staging, manifest, request.precision, check)
+                write_manifest(staging, manifest)
             publish(staging, request.out_dir)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)

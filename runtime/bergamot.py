@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from cnmt.errors import ConfigError
-from cnmt.runtime.base import Translation, Translator
+from cnmt.runtime.base import GreedyOutput, Translation, Translator
 from cnmt.runtime.manifest import Manifest, file_path, graph_path
 from cnmt.runtime.marian import _load_spm
 from cnmt.runtime.session import SessionConfig, create_session, resolve_config
@@ -261,6 +261,22 @@ class BergamotTranslator(Translator):
             for src, ids in zip(sources, outputs, strict=True)
         ]
 
+    def greedy_outputs(self, texts: Sequence[str], max_new_tokens: int) -> list[GreedyOutput]:
+        # One sentence at a time: the shortlist of a batch is the union of its sentences' lists,
+        # so a sentence decoded in a batch may pick a word its own list lacks, and its
+        # teacher-forced picks (decoded alone) would not be comparable.
+        rows = [self.decode([self.source_ids(t)])[0][:max_new_tokens] for t in texts]
+        return [GreedyOutput(row, self.detokenize(row)) for row in rows]
+
+    def teacher_forced_picks(
+        self, texts: Sequence[str], outputs: Sequence[Sequence[int]]
+    ) -> list[list[int]]:
+        picks = []
+        for text, output in zip(texts, outputs, strict=True):
+            row = [*map(int, output), self.eos]
+            picks.append(self.decode([self.source_ids(text)], len(row), teacher=[row])[0])
+        return picks
+
     # -- decoding --------------------------------------------------------------------------
 
     def step_limit(self, n_tokens: int) -> int:
@@ -270,10 +286,16 @@ class BergamotTranslator(Translator):
         )
 
     def decode(
-        self, sources: Sequence[Sequence[int]], forced_steps: int | None = None
+        self,
+        sources: Sequence[Sequence[int]],
+        forced_steps: int | None = None,
+        teacher: Sequence[Sequence[int]] | None = None,
     ) -> list[list[int]]:
         """Greedy output ids (no ``</s>``) of a batch of source ids (no ``</s>``); forced: exactly
-        ``forced_steps`` tokens per row, ``</s>`` never chosen."""
+        ``forced_steps`` tokens per row, ``</s>`` never chosen. With ``teacher`` (per row,
+        ``forced_steps`` ids), step t + 1 is fed ``teacher[b][t]`` instead of the pick, and
+        ``</s>`` may be picked: the ids are what the model picks after each prefix of the
+        teacher's tokens (how int8 is checked against fp32)."""
         clock = time.perf_counter
         t0 = clock()
         rows = [[*map(int, s), self.eos] for s in sources]
@@ -290,7 +312,8 @@ class BergamotTranslator(Translator):
         states = state_names(self.layers)
         for name in states:
             feeds[name] = np.zeros((batch, self.state_dim), dtype=np.float32)
-        banned = [self.unk] + ([self.eos] if forced_steps is not None else [])
+        banned = [self.unk] + ([self.eos] if forced_steps is not None and teacher is None else [])
+        fed = None if teacher is None else np.asarray(teacher, dtype=np.int64)
         if self.shortlist is not None:
             # A banned word is left out of the candidates: nothing to mask at each step.
             ids = self.shortlist.candidates(rows, self.vocab_size)
@@ -325,6 +348,8 @@ class BergamotTranslator(Translator):
                 finished |= best == eos_column[0]
             for b in np.flatnonzero(~finished):
                 out[b].append(int(tokens[b]))
+            if fed is not None:
+                tokens = fed[:, step]
             finished |= step + 1 >= limits
             if finished.all():
                 break

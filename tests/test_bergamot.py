@@ -184,6 +184,49 @@ def test_forced_runs_decode_exactly_m_tokens(translator: Any) -> None:
 
 
 @needs_package
+def test_teacher_forced_picks_of_its_greedy_output_are_that_output_then_eos(
+    translator: Any,
+) -> None:
+    from cnmt.exporters.bergamot import VALIDATION_SENTENCES
+
+    texts = list(VALIDATION_SENTENCES["en"])
+    outputs = translator.greedy_outputs(texts, 64)
+    assert [o.text for o in outputs] == [translator.translate(t).text for t in texts]
+    picks = translator.teacher_forced_picks(texts, [o.ids for o in outputs])
+    assert picks == [[*o.ids, translator.eos] for o in outputs]
+    assert [len(o.ids) for o in translator.greedy_outputs(texts, 3)] == [3, 3, 3, 3]
+
+
+@needs_package
+def test_int8_export_is_checked_four_times_smaller_and_translates_like_fp32(
+    cache: Path, translator: Any, tmp_path: Path
+) -> None:
+    from cnmt.exporters.base import ExportRequest
+    from cnmt.exporters.bergamot import VALIDATION_SENTENCES
+    from cnmt.registry import get_components
+    from cnmt.runtime import load_translator
+
+    out = tmp_path / "bergamot-en-pt-int8"
+    manifest = (
+        get_components()
+        .create("exporter", "bergamot")
+        .export(ExportRequest(out_dir=out, pretrained="en-pt", precision="int8"))
+    )
+    assert manifest.precision == "int8" and manifest.source_checksum == (
+        translator.manifest.source_checksum
+    )
+    quantization = manifest.extra["quantization"]
+    assert quantization["check"]["sentences"] == len(VALIDATION_SENTENCES["en"])
+    assert quantization["check"]["step_agreement"] >= 0.9
+    sizes = quantization["graph_bytes"].values()
+    assert sum(s["int8"] for s in sizes) < 0.3 * sum(s["fp32"] for s in sizes)
+    int8 = load_translator(out, threads=1)
+    texts = VALIDATION_SENTENCES["en"]
+    same = [int8.translate(t).text == translator.translate(t).text for t in texts]
+    assert sum(same) >= len(texts) - 1
+
+
+@needs_package
 def test_cli_translates_with_the_builtin_model(
     cache: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

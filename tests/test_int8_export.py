@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from cnmt.cli import main
+from cnmt.errors import ConfigError
 from cnmt.runtime import load_translator
 from cnmt.runtime.manifest import load_manifest
 
@@ -215,11 +216,20 @@ def test_marian_int8_export_is_checked_and_translates(
 
 
 def test_a_family_without_an_int8_step_refuses_int8_before_any_work(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    out = str(tmp_path / "q")
-    assert _export("--family", "bergamot", "--precision", "int8", "--out", out)[0] == 2
-    assert "--precision int8: the bergamot family exports fp32 only" in capsys.readouterr().err
-    assert _export("--builtin", "bergamot-en-pt", "--precision", "int8")[0] == 2
-    assert "'bergamot-en-pt' has no int8 variant" in capsys.readouterr().err
-    assert not (tmp_path / "q").exists()
+    from cnmt.exporters.base import Exporter
+
+    class Fp32Only(Exporter):
+        """A plugin family whose translator cannot be checked against fp32."""
+
+        family = name = "fp32-only"
+
+        def export(self, request: Any) -> Any:
+            raise AssertionError("export ran although its precision was refused")
+
+    with pytest.raises(ConfigError, match="--precision int8: the fp32-only family exports fp32"):
+        Fp32Only().check_precision("int8")
+    Fp32Only().check_precision("fp32")
+    assert _export("--builtin", "gru-fr-en", "--precision", "int8")[0] == 2
+    assert "'gru-fr-en' has no int8 variant" in capsys.readouterr().err
