@@ -27,6 +27,7 @@ from cnmt import __version__
 from cnmt.errors import CnmtRuntimeError, ConfigError
 from cnmt.exporters import spec as specs
 from cnmt.exporters.base import Exporter, ExportRequest, prepare_out_dir, publish, require_torch
+from cnmt.exporters.check_texts import MARIAN_CHECK_TEXTS, PORTUGUESE_CHECK_TEXTS
 from cnmt.exporters.marian_binary import float_weights, model_yaml, read_items
 from cnmt.exporters.quantize import apply_precision, read_check
 from cnmt.exporters.rnn import compare_outputs, export_graph
@@ -54,6 +55,13 @@ VALIDATION_SENTENCES = {
         "Ela disse que o museu reabrirá na próxima primavera, depois de dois anos de obras.",
         "Eu não sei.",
     ),
+}
+
+
+# The int8 check's default sentences: the validation ones and more written for this project.
+CHECK_TEXTS = {
+    "en": (*VALIDATION_SENTENCES["en"], *MARIAN_CHECK_TEXTS),
+    "pt": (*VALIDATION_SENTENCES["pt"], *PORTUGUESE_CHECK_TEXTS),
 }
 
 
@@ -160,8 +168,8 @@ class BergamotExporter(Exporter):
             check = read_check(
                 request.check_texts,
                 request.check_references,
-                VALIDATION_SENTENCES[source_language],
-                default_source="the exporter's validation sentences",
+                CHECK_TEXTS[source_language],
+                default_source=f"{len(CHECK_TEXTS[source_language])} built-in sentences",
             )
         files = read_config(folder)
         items = read_items(files["model"])

@@ -1,6 +1,7 @@
 """Check sentences of the int8 step (:mod:`cnmt.exporters.quantize`), per family: real text in
 the model's source language that the fp32 and int8 exports both decode (written for this
-project). The BiLSTM and GRU built from a config take theirs from the config's corpus."""
+project). The BiLSTM and GRU built from a config take theirs from the config's corpus; the
+packaged trained ones (``--pretrained``) these."""
 
 from __future__ import annotations
 
@@ -47,3 +48,65 @@ MARIAN_CHECK_TEXTS = (
     "Prices rose by three percent last year.",
     "I have never seen such a beautiful sunset.",
 )
+
+# French sentences for the int8 check of the trained GRU FR-EN (`--pretrained gru-fr-en`).
+FRENCH_CHECK_TEXTS = (
+    "Je ne sais pas où il habite.",
+    "Nous allons au marché demain matin.",
+    "Elle a oublié son parapluie dans le train.",
+    "Pourquoi es-tu en retard aujourd'hui ?",
+    "Il fait très froid ce soir.",
+    "Mon frère travaille dans un hôpital.",
+    "Peux-tu m'aider à porter cette valise ?",
+    "Les enfants jouent dans le jardin.",
+    "J'ai lu ce livre l'année dernière.",
+    "Le train part à huit heures.",
+    "Nous avons besoin de plus de temps.",
+    "Tom a acheté une nouvelle voiture.",
+    "Ferme la fenêtre, s'il te plaît.",
+    "Je voudrais une tasse de café.",
+    "Ils ne sont pas encore arrivés.",
+    "C'est la première fois que je viens ici.",
+)
+
+# German sentences for the int8 check of the trained BiLSTM DE-EN (`--pretrained bilstm-de-en`).
+GERMAN_CHECK_TEXTS = (
+    "Ich weiß nicht, wo er wohnt.",
+    "Wir gehen morgen früh auf den Markt.",
+    "Sie hat ihren Regenschirm im Zug vergessen.",
+    "Warum kommst du heute so spät?",
+    "Heute Abend ist es sehr kalt.",
+    "Mein Bruder arbeitet in einem Krankenhaus.",
+    "Kannst du mir helfen, den Koffer zu tragen?",
+    "Die Kinder spielen im Garten.",
+    "Ich habe das Buch letztes Jahr gelesen.",
+    "Der Zug fährt um acht Uhr ab.",
+    "Wir brauchen mehr Zeit.",
+    "Tom hat ein neues Auto gekauft.",
+    "Mach bitte das Fenster zu.",
+    "Ich hätte gern eine Tasse Kaffee.",
+    "Sie sind noch nicht angekommen.",
+    "Ich bin zum ersten Mal hier.",
+)
+
+# Portuguese sentences for the int8 check of bergamot-pt-en (English: MARIAN_CHECK_TEXTS).
+PORTUGUESE_CHECK_TEXTS = (
+    "Eu não sei onde ele mora.",
+    "Vamos ao mercado amanhã de manhã.",
+    "Ela esqueceu o guarda-chuva no trem.",
+    "Por que você chegou atrasado hoje?",
+    "Está muito frio esta noite.",
+    "Meu irmão trabalha em um hospital.",
+    "Você pode me ajudar a carregar esta mala?",
+    "As crianças estão brincando no jardim.",
+    "Li este livro no ano passado.",
+    "O trem sai às oito horas.",
+    "Precisamos de mais tempo.",
+    "O governo anunciou novas medidas para as pequenas empresas.",
+)
+
+# The built-in check sentences of the packaged trained RNNs, by `--pretrained` name.
+PRETRAINED_CHECK_TEXTS = {
+    "gru-fr-en": ("French", FRENCH_CHECK_TEXTS),
+    "bilstm-de-en": ("German", GERMAN_CHECK_TEXTS),
+}

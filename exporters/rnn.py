@@ -36,7 +36,7 @@ from cnmt.exporters.base import (
     publish,
     require_torch,
 )
-from cnmt.exporters.check_texts import CN2EN_CHECK_TEXTS
+from cnmt.exporters.check_texts import CN2EN_CHECK_TEXTS, PRETRAINED_CHECK_TEXTS
 from cnmt.exporters.model_config import Built, ModelConfig, VocabConfig, config_extra
 from cnmt.exporters.quantize import apply_precision, read_check
 from cnmt.files import sha256_file
@@ -64,13 +64,22 @@ class RnnExporter(Exporter):
 
     def check_texts(self, request: ExportRequest) -> list[str]:
         """Source sentences for the int8 check: from the config's source corpus (real text in
-        the model's language), every 50th of its first lines; none without a config."""
+        the model's language), every 50th of its first lines; the built-in ones of a packaged
+        trained model (``--pretrained``); else none."""
         if request.config is None:
-            return []
+            _, texts = PRETRAINED_CHECK_TEXTS.get(request.pretrained or "", ("", ()))
+            return list(texts)
         corpus = Path(load_model_config(request.config, self.family).source_vocab.corpus)
         with corpus.open(encoding="utf-8") as handle:
             lines = [line.strip() for _, line in zip(range(2000), handle, strict=False)]
         return [line for line in lines[::50] if line][:CHECK_SENTENCES]
+
+    def check_source_of(self, request: ExportRequest) -> str:
+        """Where :meth:`check_texts` took the sentences from, for the manifest."""
+        if request.config is None and request.pretrained in PRETRAINED_CHECK_TEXTS:
+            language, texts = PRETRAINED_CHECK_TEXTS[request.pretrained]
+            return f"{len(texts)} built-in {language} sentences"
+        return self.check_source
 
     def export(self, request: ExportRequest) -> Manifest:
         require_torch(f"exporting the {self.family} family")
@@ -82,7 +91,7 @@ class RnnExporter(Exporter):
                 request.check_texts,
                 request.check_references,
                 self.check_texts(request),
-                default_source=self.check_source,
+                default_source=self.check_source_of(request),
             )
         torch.manual_seed(request.seed)
         built = self.build(request)

@@ -79,6 +79,26 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
 }
 
 
+def _int8_twin(model: BuiltinModel) -> BuiltinModel:
+    return BuiltinModel(
+        name=f"{model.name}-int8",
+        family=model.family,
+        description=f"{model.name} quantized to int8 weights (ONNX Runtime dynamic quantization)",
+        pretrained=model.pretrained,
+        precision="int8",
+    )
+
+
+# The int8 twin of each trained built-in: the same source, quantized and checked on the family's
+# built-in check sentences (cnmt.exporters.check_texts).
+BUILTIN_MODELS.update(
+    {
+        f"{name}-int8": _int8_twin(BUILTIN_MODELS[name])
+        for name in ("gru-fr-en", "bilstm-de-en", "bergamot-en-pt", "bergamot-pt-en")
+    }
+)
+
+
 def builtin_variant(name: str, precision: str) -> str:
     """The built-in model that is ``name`` at ``precision`` (``cn2en`` at int8: ``cn2en-int8``);
     ConfigError when there is none."""

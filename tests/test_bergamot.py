@@ -198,29 +198,25 @@ def test_teacher_forced_picks_of_its_greedy_output_are_that_output_then_eos(
 
 
 @needs_package
-def test_int8_export_is_checked_four_times_smaller_and_translates_like_fp32(
-    cache: Path, translator: Any, tmp_path: Path
+def test_int8_twin_is_checked_four_times_smaller_and_translates_like_fp32(
+    translator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cnmt.exporters.base import ExportRequest
-    from cnmt.exporters.bergamot import VALIDATION_SENTENCES
-    from cnmt.registry import get_components
+    from cnmt.exporters.bergamot import CHECK_TEXTS, VALIDATION_SENTENCES
+    from cnmt.exporters.builtins import export_builtin
     from cnmt.runtime import load_translator
+    from cnmt.runtime.manifest import load_manifest
 
-    out = tmp_path / "bergamot-en-pt-int8"
-    manifest = (
-        get_components()
-        .create("exporter", "bergamot")
-        .export(ExportRequest(out_dir=out, pretrained="en-pt", precision="int8"))
-    )
+    monkeypatch.setenv("CNMT_CACHE", str(tmp_path))
+    manifest = load_manifest(export_builtin("bergamot-en-pt-int8"))
     assert manifest.precision == "int8" and manifest.source_checksum == (
         translator.manifest.source_checksum
     )
     quantization = manifest.extra["quantization"]
-    assert quantization["check"]["sentences"] == len(VALIDATION_SENTENCES["en"])
+    assert quantization["check"]["sentences"] == len(CHECK_TEXTS["en"])
     assert quantization["check"]["step_agreement"] >= 0.9
     sizes = quantization["graph_bytes"].values()
     assert sum(s["int8"] for s in sizes) < 0.3 * sum(s["fp32"] for s in sizes)
-    int8 = load_translator(out, threads=1)
+    int8 = load_translator("bergamot-en-pt-int8", threads=1)
     texts = VALIDATION_SENTENCES["en"]
     same = [int8.translate(t).text == translator.translate(t).text for t in texts]
     assert sum(same) >= len(texts) - 1

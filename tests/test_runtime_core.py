@@ -226,8 +226,9 @@ def test_unknown_model_name_lists_the_built_in_models() -> None:
     with pytest.raises(
         ConfigError,
         match=(
-            r"unknown model .cn2fr.*built-in model: bergamot-en-pt, bergamot-pt-en, bilstm-de-en, "
-            "cn2en, cn2en-int8, gru-fr-en"
+            r"unknown model .cn2fr.*built-in model: bergamot-en-pt, bergamot-en-pt-int8, "
+            "bergamot-pt-en, bergamot-pt-en-int8, bilstm-de-en, bilstm-de-en-int8, cn2en, "
+            "cn2en-int8, gru-fr-en, gru-fr-en-int8"
         ),
     ):
         load_translator("cn2fr")
@@ -407,5 +408,12 @@ def test_each_built_in_model_names_its_int8_variant_and_back() -> None:
     assert builtin_variant("cn2en-int8", "int8") == "cn2en-int8"
     assert BUILTIN_MODELS["cn2en-int8"].precision == "int8"
     assert builtin_dir("cn2en-int8") != builtin_dir("cn2en")
+    for name in ("gru-fr-en", "bilstm-de-en", "bergamot-en-pt", "bergamot-pt-en"):
+        twin = BUILTIN_MODELS[builtin_variant(name, "int8")]
+        assert (twin.name, twin.precision) == (f"{name}-int8", "int8")
+        assert (twin.family, twin.pretrained) == (
+            BUILTIN_MODELS[name].family,
+            BUILTIN_MODELS[name].pretrained,
+        )
     with pytest.raises(ConfigError, match=r"unknown built-in model 'opus'"):
         builtin_variant("opus", "int8")

@@ -49,8 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--builtin",
         metavar="NAME",
         help="export a built-in model (cn2en, gru-fr-en, bilstm-de-en, bergamot-en-pt, "
-        "bergamot-pt-en) into the model cache "
-        "($CNMT_CACHE), replacing it",
+        "bergamot-pt-en; with --precision int8 or as NAME-int8, its int8 twin) into the model "
+        "cache ($CNMT_CACHE), replacing it",
     )
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
