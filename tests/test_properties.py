@@ -15,19 +15,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from helpers.servers import start_cloud, start_gateway
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import test_serving_doubles as doubles  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -47,8 +43,8 @@ class Servers:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.cloud, self.cloud_url = self.call(doubles.start_cloud())
-        self.gateway = self.call(doubles.start_gateway(self.cloud_url, policy="cloud"))
+        self.cloud, self.cloud_url = self.call(start_cloud())
+        self.gateway = self.call(start_gateway(self.cloud_url, policy="cloud"))
         self.session: aiohttp.ClientSession = self.call(self._session())
         self.urls = {"gateway": self.gateway.url, "cloud": self.cloud_url}
 
