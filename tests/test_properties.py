@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from helpers.client import get_json
 from helpers.servers import start_cloud, start_gateway
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -99,13 +100,8 @@ def assert_still_serving(servers: Servers) -> None:
     for server in ("gateway", "cloud"):
         status, _, payload = servers.post(server, json.dumps({"text": "still here"}).encode())
         assert status == 200, payload
-    health = servers.call(_get_json(servers.session, f"{servers.gateway.url}/health"))
+    health = servers.call(get_json(servers.session, f"{servers.gateway.url}/health"))
     assert health["status"] == "ok" and health["cloud"] == "healthy" and health["pending"] == 0
-
-
-async def _get_json(session: aiohttp.ClientSession, address: str) -> Any:
-    async with session.get(address) as response:
-        return await response.json()
 
 
 json_values = st.recursive(

@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Callable
 
 from helpers.aio import run
-from helpers.doubles import ScriptedTranslator
+from helpers.doubles import ScriptedTranslator, sentence
 from helpers.live import GatewayAndCloud
 from helpers.servers import ScriptedCloudProcess
 
@@ -25,9 +25,7 @@ EDGE = LatencyModel(a_n=0.01, a_m=0.01, b=0.05)
 NEAR = LatencyModel(a_n=0.004, a_m=0.004, b=0.001)
 FAR = LatencyModel(a_n=0.0005, a_m=0.0005, b=0.02)
 RTT = ("last", {"initial_s": 0.001})  # about the loopback's, before any exchange
-SENTENCES = ["wir gehen", "guten morgen alle zusammen"] + [
-    " ".join(f"w{i}" for i in range(n)) for n in (12, 20, 28)
-]
+SENTENCES = ["wir gehen", "guten morgen alle zusammen"] + [sentence(n) for n in (12, 20, 28)]
 
 
 def test_the_gateway_sends_requests_to_both_clouds_by_the_least_predicted_total(
