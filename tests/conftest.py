@@ -9,11 +9,15 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from helpers.live import GatewayAndCloud
-from helpers.live import gateway_and_cloud as _gateway_and_cloud
-from helpers.servers import ScriptedCloudProcess
+
+# The serving helpers are imported by the fixtures that use them: a test that starts no server
+# is collected without importing aiohttp and the gateway.
+if TYPE_CHECKING:
+    from helpers.live import GatewayAndCloud
+    from helpers.servers import ScriptedCloudProcess
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,7 +78,9 @@ def gateway_and_cloud() -> GatewayAndCloud:
     policy=..., **start_gateway_keywords) as live`` starts a scripted cloud and a gateway with
     doubles in front of it, yields a ``LiveGateway`` (``live.translate(text)``,
     ``live.get_json(path)``, ``live.metrics()``, ``live.gateway``) and stops both after."""
-    return _gateway_and_cloud
+    from helpers.live import gateway_and_cloud
+
+    return gateway_and_cloud
 
 
 @pytest.fixture
@@ -82,6 +88,8 @@ def scripted_cloud_process() -> Iterator[Callable[..., ScriptedCloudProcess]]:
     """Make a scripted cloud that runs in a child process (``.start()`` gives its URL,
     ``.kill()`` crashes it): ``scripted_cloud_process(delay_s=0.03)``. Each one made is killed
     after the test, whatever the test did."""
+    from helpers.servers import ScriptedCloudProcess
+
     made: list[ScriptedCloudProcess] = []
 
     def make(delay_s: float = 0.0) -> ScriptedCloudProcess:
