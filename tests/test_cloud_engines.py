@@ -16,16 +16,14 @@ from typing import Any
 
 import aiohttp
 import pytest
+from helpers import servers
+from helpers.aio import run
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import test_serving_doubles as doubles  # noqa: E402
+from cnmt.cli import main
+from cnmt.serving.cloud_client import CloudFailure, parse_reply
+from cnmt.serving.loadtest import run_load
+from cnmt.serving.protocol import BadAnswer, CloudAnswer
 
-from cnmt.cli import main  # noqa: E402
-from cnmt.serving.cloud_client import CloudFailure, parse_reply  # noqa: E402
-from cnmt.serving.loadtest import run_load  # noqa: E402
-from cnmt.serving.protocol import BadAnswer, CloudAnswer  # noqa: E402
-
-run = doubles.run
 REPO = Path(__file__).resolve().parent.parent
 BASE = {
     "translation": "hi .",
@@ -43,7 +41,7 @@ def reply(**fields: Any) -> bytes:
 
 def test_the_aiohttp_cloud_reports_waiting_pending_and_batch_size() -> None:
     async def body() -> list[Any]:
-        runner, base = await doubles.start_cloud(delay_s=0.2)  # one worker
+        runner, base = await servers.start_cloud(delay_s=0.2)  # one worker
         try:
             async with aiohttp.ClientSession() as session:
 
@@ -198,7 +196,7 @@ def test_a_ray_cloud_without_ray_installed_says_which_extra_to_install(tmp_path:
 
 def test_a_load_spread_over_two_gateways_reaches_both() -> None:
     async def body() -> tuple[Any, list[str]]:
-        gateways = [await doubles.start_gateway(None, policy="edge") for _ in range(2)]
+        gateways = [await servers.start_gateway(None, policy="edge") for _ in range(2)]
         try:
             report = await run_load([g.url for g in gateways], ["yi er"], rate=200.0, count=40)
             metrics = []

@@ -7,18 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import sys
-from pathlib import Path
 from typing import Any
 
-import aiohttp
+from helpers import doubles
+from helpers.aio import run
+from helpers.live import GatewayAndCloud
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import test_serving_doubles as doubles  # noqa: E402
-from test_gateway import post  # noqa: E402
-
-from cnmt.registry import get_components  # noqa: E402
-from cnmt.schedulers.base import Device, LatencyModel  # noqa: E402
+from cnmt.registry import get_components
+from cnmt.schedulers.base import Device, LatencyModel
 
 EDGE_TRUE = LatencyModel(a_n=0.0002, a_m=0.0001, b=0.001)  # the edge: fast
 CLOUD_TRUE = LatencyModel(a_n=0.0002, a_m=0.0001, b=0.004)
@@ -26,42 +22,26 @@ EDGE_STALE = LatencyModel(a_n=0.002, a_m=0.001, b=0.01)  # its profile: ten time
 LENGTH = ("linear", {"gamma": 1.0, "delta": 1.0})  # M = N + 1: what the scripted models write
 
 
-def sentence(n: int) -> str:
-    return " ".join(f"w{i}" for i in range(n))
-
-
-def test_a_stale_slow_edge_prior_is_explored_learnt_and_then_used() -> None:
+def test_a_stale_slow_edge_prior_is_explored_learnt_and_then_used(
+    gateway_and_cloud: GatewayAndCloud,
+) -> None:
     async def body() -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, float]]:
-        translator = doubles.TimedTranslator(CLOUD_TRUE, label="cloud")
-        cloud, cloud_url = await doubles.start_cloud(translator=translator)
-        gw = await doubles.start_gateway(
-            cloud_url,
+        async with gateway_and_cloud(
+            doubles.TimedTranslator(CLOUD_TRUE, label="cloud"),
             policy="cnmt",
             length=LENGTH,
             rtt=("last", {"initial_s": 0.001}),
             latency=("posterior", {}),
             priors=(EDGE_STALE, CLOUD_TRUE),
             edge_translator=functools.partial(doubles.TimedTranslator, EDGE_TRUE, label="edge"),
-        )
-        cls = get_components().get("device_policy", "cnmt_explore").cls
-        # The stale prior makes the edge ~5x the cloud: allow trying it at that cost.
-        gw.gateway.device_policy = cls(cls.Params(seed=1, budget=0.1, max_added=10.0))
-        answers = []
-        try:
-            async with aiohttp.ClientSession() as s:
-                for i in range(80):
-                    status, _, answer = await post(s, gw.url, {"text": sentence(3 + i % 9)})
-                    assert status == 200, answer
-                    answers.append(answer)
-                async with s.get(f"{gw.url}/v1/models") as response:
-                    models = await response.json()
-                text = await (await s.get(f"{gw.url}/metrics")).text()
-        finally:
-            await gw.close()
-            await cloud.cleanup()
-        return answers, models, doubles.metric_samples(text)
+        ) as live:
+            cls = get_components().get("device_policy", "cnmt_explore").cls
+            # The stale prior makes the edge ~5x the cloud: allow trying it at that cost.
+            live.gateway.device_policy = cls(cls.Params(seed=1, budget=0.1, max_added=10.0))
+            answers = [await live.translate(doubles.sentence(3 + i % 9)) for i in range(80)]
+            return answers, await live.get_json("/v1/models"), await live.metrics()
 
-    answers, models, samples = run_body(body)
+    answers, models, samples = run(body())
     assert answers[0]["device"] == "cloud"  # the stale prior: the edge looks slow
     late = answers[40:]
     assert sum(a["device"] == "edge" for a in late) >= 0.9 * len(late)
@@ -79,19 +59,15 @@ def test_a_stale_slow_edge_prior_is_explored_learnt_and_then_used() -> None:
     assert samples['cnmt_gateway_latency_model_dropped_total{device="edge"}'] == 0
 
 
-def run_body(body: Any) -> Any:
-    return doubles.run(body())
-
-
-def test_an_idle_gateway_calibrates_an_edge_it_never_used_and_learns_its_speed() -> None:
+def test_an_idle_gateway_calibrates_an_edge_it_never_used_and_learns_its_speed(
+    gateway_and_cloud: GatewayAndCloud,
+) -> None:
     """Everything runs on the cloud; once the gateway is idle, the edge translates one short
     calibration text and its posterior moves from the stale prior (10x slow) to the truth."""
 
     async def body() -> tuple[float, float, int, int]:
-        translator = doubles.TimedTranslator(CLOUD_TRUE, label="cloud")
-        cloud, cloud_url = await doubles.start_cloud(translator=translator)
-        gw = await doubles.start_gateway(
-            cloud_url,
+        async with gateway_and_cloud(
+            doubles.TimedTranslator(CLOUD_TRUE, label="cloud"),
             policy="cloud",
             length=LENGTH,
             latency=("posterior", {}),
@@ -99,29 +75,23 @@ def test_an_idle_gateway_calibrates_an_edge_it_never_used_and_learns_its_speed()
             edge_translator=functools.partial(doubles.TimedTranslator, EDGE_TRUE, label="edge"),
             calibrate_idle_s=0.2,
             calibrate_stale_s=0.2,
-            calibration_text=sentence(6),
-        )
-        edge = gw.gateway.latency[Device.EDGE]
-        try:
-            async with aiohttp.ClientSession() as s:
-                for i in range(5):
-                    status, _, answer = await post(s, gw.url, {"text": sentence(4 + i)})
-                    assert status == 200 and answer["device"] == "cloud", answer
-                before = edge.current().predict(6, 7)
-                assert edge.observations == 0
-                for _ in range(400):  # idle: the calibration runs within a second or so
-                    await asyncio.sleep(0.05)
-                    if edge.observations:
-                        break
-                await asyncio.sleep(0.6)  # and only once in this idle spell
-                after = edge.current().predict(6, 7)
-                runs = gw.gateway.calibration.runs
-        finally:
-            await gw.close()
-            await cloud.cleanup()
-        return before, after, runs, edge.observations
+            calibration_text=doubles.sentence(6),
+        ) as live:
+            edge = live.gateway.latency[Device.EDGE]
+            for i in range(5):
+                answer = await live.translate(doubles.sentence(4 + i))
+                assert answer["device"] == "cloud", answer
+            before = edge.current().predict(6, 7)
+            assert edge.observations == 0
+            for _ in range(400):  # idle: the calibration runs within a second or so
+                await asyncio.sleep(0.05)
+                if edge.observations:
+                    break
+            await asyncio.sleep(0.6)  # and only once in this idle spell
+            after = edge.current().predict(6, 7)
+            return before, after, live.gateway.calibration.runs, edge.observations
 
-    before, after, runs, observations = run_body(body)
+    before, after, runs, observations = run(body())
     truth = EDGE_TRUE.predict(6, 7)
     assert runs == 1 and observations == 1
     assert abs(after - truth) < 0.5 * abs(before - truth)
