@@ -102,7 +102,7 @@ from cnmt.schedulers.base import (
 from cnmt.schedulers.core import Decision, DecisionCore, Outcome, decision_fields
 from cnmt.schedulers.rtt_estimators import RttEstimator
 from cnmt.serving import metrics as m
-from cnmt.serving.calibration import EdgeCalibration
+from cnmt.serving.calibration import IdleCalibrationLoop
 from cnmt.serving.cloud_client import CloudClient, CloudFailure, CloudRejected
 from cnmt.serving.cloud_health import CloudHealth
 from cnmt.serving.decision_log import log_decision
@@ -195,7 +195,7 @@ class Gateway:
         }
         self._saver: asyncio.Task[None] | None = None
         self._healthy: dict[str, bool] = {}  # what each cloud's breaker last reported
-        self.calibration: EdgeCalibration | None = None
+        self.calibration: IdleCalibrationLoop | None = None
         self._init_metrics()
         self.healths = {name: self._new_cloud_health(name) for name in names}
 
@@ -335,7 +335,7 @@ class Gateway:
             self.healths[name].start()
         if self.settings.state_file is not None and self.state_parts:
             self._saver = asyncio.get_running_loop().create_task(self._save_periodically())
-        self.calibration = EdgeCalibration.start_for(self)  # None unless calibrate_idle_s
+        self.calibration = IdleCalibrationLoop.start_for(self)  # None unless calibrate_idle_s
         self.ready = True
 
     async def close(self) -> None:
@@ -653,6 +653,10 @@ class Gateway:
             "latency": latency,
             "length": length,
             "exploration": exploration.as_dict() if exploration is not None else None,
+            # idle calibrations run, per target (null: calibrate_idle_s is off)
+            "calibrations": (
+                dict(self.calibration.runs_by_target) if self.calibration is not None else None
+            ),
             "rtt_estimate_ms": _ms(state.link.rtt_s),
             "cloud_wait_estimate_ms": _ms(state.cloud_wait_s),
             "edge_backlog_ms": _ms(state.edge_backlog_s),

@@ -114,7 +114,7 @@ def test_the_int8_edge_config_runs_int8_on_the_edge_and_fp32_on_the_cloud() -> N
     config = load_config("serving/edge-int8")
     assert config["gateway"].models == {"edge": "cn2en-int8", "cloud": "cn2en"}
     assert config["cloud"].model == "cn2en"
-    assert config["edge_latency"].name == "online"  # the fp32 prior is refitted on the edge
+    assert config["edge_latency"].name == "posterior"  # the fp32 prior is relearnt on the edge
 
 
 def test_a_cloud_running_another_model_than_the_gateway_expects_is_refused(
@@ -184,12 +184,18 @@ def test_default_config_launches_the_whole_system_with_cn2en_on_both_sides() -> 
     assert config["link"].rtt_ms is not None
     assert config["gateway"].edge_profile.endswith("profiles/cn2en__edge-cpu-q25.json")
     assert config["gateway"].cloud_profile.endswith("profiles/cn2en__cloud-cpu.json")
-    # the closed loop: learning latency and length models, the load-aware rule, probes
-    assert config["device_policy"].name == "cnmt_load"
-    assert config["edge_latency"].name == config["cloud_latency"].name == "online"
+    # the closed loop that corrects a wrong prior: posteriors, the load-aware rule on their
+    # draws, idle calibration of the edge; learning length model, probes
+    assert config["device_policy"].name == "cnmt_explore"
+    assert config["edge_latency"].name == config["cloud_latency"].name == "posterior"
+    assert config["gateway"].calibrate_idle_s is not None
     assert config["length_estimator"].name == "online_linear"
     assert Path(config["length_estimator"].params.model).is_file()
     assert config["gateway"].learn_from_probes
+    previous = load_config("serving/closed-loop-online")  # the previous loop, to compare
+    assert previous["device_policy"].name == "cnmt_load"
+    assert previous["edge_latency"].name == previous["cloud_latency"].name == "online"
+    assert previous["gateway"].calibrate_idle_s is None
     paper = load_config("serving/paper-rule")  # the paper's fixed rule stays selectable
     assert paper["device_policy"].name == "cnmt"
     assert paper["edge_latency"].name == paper["cloud_latency"].name == "profile"
