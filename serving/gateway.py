@@ -653,10 +653,7 @@ class Gateway:
             "latency": latency,
             "length": length,
             "exploration": exploration.as_dict() if exploration is not None else None,
-            # idle calibrations run, per target (null: calibrate_idle_s is off)
-            "calibrations": (
-                dict(self.calibration.runs_by_target) if self.calibration is not None else None
-            ),
+            "calibrations": self.calibration.runs_by_target if self.calibration else None,
             "rtt_estimate_ms": _ms(state.link.rtt_s),
             "cloud_wait_estimate_ms": _ms(state.cloud_wait_s),
             "edge_backlog_ms": _ms(state.edge_backlog_s),

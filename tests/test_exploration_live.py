@@ -9,7 +9,8 @@ import asyncio
 import functools
 from typing import Any
 
-from helpers import doubles
+import aiohttp
+from helpers import client, doubles, servers
 from helpers.aio import run
 from helpers.live import GatewayAndCloud
 
@@ -95,3 +96,87 @@ def test_an_idle_gateway_calibrates_an_edge_it_never_used_and_learns_its_speed(
     truth = EDGE_TRUE.predict(6, 7)
     assert runs == 1 and observations == 1
     assert abs(after - truth) < 0.5 * abs(before - truth)
+
+
+CLOUD_STALE = LatencyModel(a_n=0.002, a_m=0.001, b=0.04)  # the cloud's profile: ten times slower
+
+
+def test_an_idle_gateway_calibrates_a_cloud_it_never_used_and_learns_its_speed(
+    gateway_and_cloud: GatewayAndCloud,
+) -> None:
+    """The mirror case: everything runs on the edge; once the gateway is idle, the cloud
+    translates the calibration text, its answer reports its execution time, and the cloud's
+    posterior moves from the stale prior to the truth."""
+
+    async def body() -> tuple[float, float, dict[str, int], int]:
+        async with gateway_and_cloud(
+            doubles.TimedTranslator(CLOUD_TRUE, label="cloud"),
+            policy="edge",
+            length=LENGTH,
+            latency=("posterior", {}),
+            priors=(EDGE_TRUE, CLOUD_STALE),
+            edge_translator=functools.partial(doubles.TimedTranslator, EDGE_TRUE, label="edge"),
+            calibrate_idle_s=0.2,
+            calibrate_stale_s=0.2,
+            calibration_text=doubles.sentence(6),
+        ) as live:
+            model = live.gateway.latency[Device.CLOUD]
+            for i in range(5):
+                answer = await live.translate(doubles.sentence(4 + i))
+                assert answer["device"] == "edge", answer
+            before = model.current().predict(6, 7)
+            assert model.observations == 0
+            for _ in range(400):  # idle: the calibration runs within a second or so
+                await asyncio.sleep(0.05)
+                if model.observations:
+                    break
+            await asyncio.sleep(0.6)  # and only once in this idle spell
+            after = model.current().predict(6, 7)
+            calibrations = (await live.get_json("/v1/models"))["calibrations"]
+            return before, after, calibrations, model.observations
+
+    before, after, calibrations, observations = run(body())
+    truth = CLOUD_TRUE.predict(6, 7)
+    assert calibrations["cloud"] == 1 and observations == 1
+    assert abs(after - truth) < 0.5 * abs(before - truth)
+
+
+def test_a_cloud_that_is_down_is_not_calibrated_and_costs_no_request() -> None:
+    async def body() -> tuple[dict[str, int], list[str]]:
+        runner, cloud_url = await servers.start_cloud(
+            translator=doubles.TimedTranslator(CLOUD_TRUE, label="cloud")
+        )
+        gw = await servers.start_gateway(
+            cloud_url,
+            policy="edge",
+            length=LENGTH,
+            latency=("posterior", {}),
+            priors=(EDGE_TRUE, CLOUD_STALE),
+            edge_translator=functools.partial(doubles.TimedTranslator, EDGE_TRUE, label="edge"),
+            calibrate_idle_s=0.2,
+            calibrate_stale_s=0.2,
+            calibration_text=doubles.sentence(6),
+        )
+        devices = []
+        try:
+            async with aiohttp.ClientSession() as session:
+                for i in range(6):
+                    if i == 3:  # the cloud goes away, then the gateway goes idle
+                        await runner.cleanup()
+                        await asyncio.sleep(1.5)  # idle: both targets' calibrations are due
+                    status, _, answer = await client.post(
+                        session, gw.url, {"text": doubles.sentence(4 + i)}
+                    )
+                    assert status == 200, answer
+                    devices.append(answer["device"])
+                calibrations = (await client.get_json(session, f"{gw.url}/v1/models"))[
+                    "calibrations"
+                ]
+        finally:
+            await gw.close()
+        return calibrations, devices
+
+    calibrations, devices = run(body())
+    assert devices == ["edge"] * 6
+    assert calibrations["edge"] >= 1  # the loop ran while the cloud was down ...
+    assert calibrations["cloud"] == 0  # ... and a failed try is not a calibration
