@@ -159,13 +159,10 @@ class CloudServer:
             return error_response(exc)
         self._requests.labels(status="200").inc()
         self._exec.observe(result.seconds)
-        answer = CloudAnswer(
-            translation=result.text,
-            n_tokens=result.source_tokens,
-            m_tokens=result.output_tokens,
-            exec_s=result.seconds,
-            received_at=received_at,
-            sent_at=self.clock(),
+        answer = CloudAnswer.of(
+            result,
+            received_at,
+            self.clock(),
             wait_s=max(0.0, started - arrived),
             pending=pending,
             batch_size=1,

@@ -27,6 +27,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from cnmt.runtime.base import Translation
 from cnmt.runtime.manifest import MAX_TOKENS_LIMIT
 from cnmt.serving.logs import escape_controls
 
@@ -301,6 +302,22 @@ class CloudAnswer:
     wait_s: float | None = None
     pending: int | None = None
     batch_size: int | None = None
+
+    @classmethod
+    def of(
+        cls, result: Translation, received_at: float, sent_at: float, **queueing: Any
+    ) -> CloudAnswer:
+        """The answer a cloud sends for ``result`` (``queueing``: ``wait_s``, ``pending``,
+        ``batch_size``)."""
+        return cls(
+            translation=result.text,
+            n_tokens=result.source_tokens,
+            m_tokens=result.output_tokens,
+            exec_s=result.seconds,
+            received_at=received_at,
+            sent_at=sent_at,
+            **queueing,
+        )
 
     @property
     def server_s(self) -> float:

@@ -207,13 +207,10 @@ class TranslationReplica:
             self._inside -= 1
         result = done.translation
         assert result is not None
-        answer = CloudAnswer(
-            translation=result.text,
-            n_tokens=result.source_tokens,
-            m_tokens=result.output_tokens,
-            exec_s=result.seconds,
-            received_at=received_at,
-            sent_at=time.time(),
+        answer = CloudAnswer.of(
+            result,
+            received_at,
+            time.time(),
             wait_s=max(0.0, done.started - arrived),
             pending=pending,
             batch_size=done.batch_size,

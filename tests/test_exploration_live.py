@@ -10,6 +10,7 @@ import functools
 from typing import Any
 
 import aiohttp
+import pytest
 from helpers import client, doubles, servers
 from helpers.aio import run
 from helpers.live import GatewayAndCloud
@@ -60,70 +61,43 @@ def test_a_stale_slow_edge_prior_is_explored_learnt_and_then_used(
     assert samples['cnmt_gateway_latency_model_dropped_total{device="edge"}'] == 0
 
 
-def test_an_idle_gateway_calibrates_an_edge_it_never_used_and_learns_its_speed(
-    gateway_and_cloud: GatewayAndCloud,
-) -> None:
-    """Everything runs on the cloud; once the gateway is idle, the edge translates one short
-    calibration text and its posterior moves from the stale prior (10x slow) to the truth."""
-
-    async def body() -> tuple[float, float, int, int]:
-        async with gateway_and_cloud(
-            doubles.TimedTranslator(CLOUD_TRUE, label="cloud"),
-            policy="cloud",
-            length=LENGTH,
-            latency=("posterior", {}),
-            priors=(EDGE_STALE, CLOUD_TRUE),
-            edge_translator=functools.partial(doubles.TimedTranslator, EDGE_TRUE, label="edge"),
-            calibrate_idle_s=0.2,
-            calibrate_stale_s=0.2,
-            calibration_text=doubles.sentence(6),
-        ) as live:
-            edge = live.gateway.latency[Device.EDGE]
-            for i in range(5):
-                answer = await live.translate(doubles.sentence(4 + i))
-                assert answer["device"] == "cloud", answer
-            before = edge.current().predict(6, 7)
-            assert edge.observations == 0
-            for _ in range(400):  # idle: the calibration runs within a second or so
-                await asyncio.sleep(0.05)
-                if edge.observations:
-                    break
-            await asyncio.sleep(0.6)  # and only once in this idle spell
-            after = edge.current().predict(6, 7)
-            return before, after, live.gateway.calibration.runs, edge.observations
-
-    before, after, runs, observations = run(body())
-    truth = EDGE_TRUE.predict(6, 7)
-    assert runs == 1 and observations == 1
-    assert abs(after - truth) < 0.5 * abs(before - truth)
-
-
 CLOUD_STALE = LatencyModel(a_n=0.002, a_m=0.001, b=0.04)  # the cloud's profile: ten times slower
 
 
-def test_an_idle_gateway_calibrates_a_cloud_it_never_used_and_learns_its_speed(
+@pytest.mark.parametrize(
+    ("unused", "policy", "priors", "truth"),
+    [
+        (Device.EDGE, "cloud", (EDGE_STALE, CLOUD_TRUE), EDGE_TRUE),
+        (Device.CLOUD, "edge", (EDGE_TRUE, CLOUD_STALE), CLOUD_TRUE),
+    ],
+)
+def test_an_idle_gateway_calibrates_a_target_it_never_used_and_learns_its_speed(
     gateway_and_cloud: GatewayAndCloud,
+    unused: Device,
+    policy: str,
+    priors: tuple[LatencyModel, LatencyModel],
+    truth: LatencyModel,
 ) -> None:
-    """The mirror case: everything runs on the edge; once the gateway is idle, the cloud
-    translates the calibration text, its answer reports its execution time, and the cloud's
-    posterior moves from the stale prior to the truth."""
+    """Everything runs on one target; once the gateway is idle, the other translates one short
+    calibration text (a cloud's answer reports its execution time), and its posterior moves
+    from the stale prior (10x slow) to the truth, once per idle spell."""
 
     async def body() -> tuple[float, float, dict[str, int], int]:
         async with gateway_and_cloud(
             doubles.TimedTranslator(CLOUD_TRUE, label="cloud"),
-            policy="edge",
+            policy=policy,
             length=LENGTH,
             latency=("posterior", {}),
-            priors=(EDGE_TRUE, CLOUD_STALE),
+            priors=priors,
             edge_translator=functools.partial(doubles.TimedTranslator, EDGE_TRUE, label="edge"),
             calibrate_idle_s=0.2,
             calibrate_stale_s=0.2,
             calibration_text=doubles.sentence(6),
         ) as live:
-            model = live.gateway.latency[Device.CLOUD]
+            model = live.gateway.latency[unused]
             for i in range(5):
                 answer = await live.translate(doubles.sentence(4 + i))
-                assert answer["device"] == "edge", answer
+                assert answer["device"] == policy, answer
             before = model.current().predict(6, 7)
             assert model.observations == 0
             for _ in range(400):  # idle: the calibration runs within a second or so
@@ -136,9 +110,9 @@ def test_an_idle_gateway_calibrates_a_cloud_it_never_used_and_learns_its_speed(
             return before, after, calibrations, model.observations
 
     before, after, calibrations, observations = run(body())
-    truth = CLOUD_TRUE.predict(6, 7)
-    assert calibrations["cloud"] == 1 and observations == 1
-    assert abs(after - truth) < 0.5 * abs(before - truth)
+    assert calibrations[unused] == 1 and observations == 1
+    expected = truth.predict(6, 7)
+    assert abs(after - expected) < 0.5 * abs(before - expected)
 
 
 def test_a_cloud_that_is_down_is_not_calibrated_and_costs_no_request() -> None:
