@@ -716,7 +716,8 @@ class Gateway:
 
     def models(self) -> dict[str, Any]:
         """What the gateway decides with now and how well it has predicted (``/v1/models``)."""
-        state = self.core.state(self.clock())
+        now = self.clock()
+        state = self.core.state(now)
         latency = {}
         warnings: list[str] = []
         for device, estimator in self.latency.items():
@@ -756,6 +757,18 @@ class Gateway:
             "exploration": exploration.as_dict() if exploration is not None else None,
             "rtt_estimate_ms": _ms(state.link.rtt_s),
             "cloud_wait_estimate_ms": _ms(state.cloud_wait_s),
+            # Each cloud's link and wait as the core sees them now (the two keys above are
+            # the first cloud's).
+            "clouds": {
+                name: {
+                    "device": self.devices[name],
+                    "attached": self.clouds[name] is not None,
+                    "healthy": self.clouds[name] is not None and self.healths[name].healthy,
+                    "rtt_estimate_ms": _ms(self.core.link(name, now).rtt_s),
+                    "cloud_wait_estimate_ms": _ms(self.core.cloud_wait_s(name, now)),
+                }
+                for name in self.clouds
+            },
             "edge_backlog_ms": _ms(state.edge_backlog_s),
             "state_file": self.settings.state_file,
             "warnings": warnings,
