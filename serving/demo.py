@@ -85,6 +85,14 @@ def describe_models(models: dict[str, Any]) -> list[str]:
                 f"  {side:5} median |predicted - measured| / measured over its last "
                 f"{model['recent_requests']} requests: {error:.0%}"
             )
+    clouds = models.get("clouds") or {}
+    if len(clouds) > 1:
+        for name, cloud in clouds.items():
+            lines.append(
+                f"cloud {name}: link RTT estimate {cloud['rtt_estimate_ms'] or 0.0:.2f} ms, "
+                f"wait estimate {cloud['cloud_wait_estimate_ms'] or 0.0:.2f} ms"
+                + ("" if cloud["healthy"] else " (unhealthy)")
+            )
     length = models["length"]
     if "gamma" in length:
         lines.append(

@@ -23,14 +23,18 @@ pytestmark = [
     pytest.mark.skipif(available() is not None, reason="needs writable cgroups (root)"),
 ]
 
-# By the config's priors, before any link was measured: about 5 tokens stay on the edge, about
-# 21 go to the near cloud, about 70 to the far one (margins of 3 to 5 ms). The measured round
-# trips then move the boundaries (the throttled near cloud answers slower than its link).
+# By the config's priors, with the round trips measured on a loaded or an idle host (2 to 9 ms
+# to the near cloud, 13 more to the far one): about 5 tokens stay on the edge (or go to the near
+# cloud), about 40 go to the near cloud, about 250 to the far one (margins of 3 to 12 ms).
 SHORT = "我们走吧。"
-MIDDLE = "这本书我已经看了三遍了，还是觉得很有意思。"
-LONG = (
-    "如果明天不下雨的话，我们就去公园散步，然后在外面吃晚饭。这本书我已经看了三遍了，还是觉得"
-    "很有意思。我每天早上都喝一杯咖啡，然后坐地铁去上班。"
+MIDDLE = "这本书我已经看了三遍了，还是觉得很有意思。如果明天不下雨的话，我们就去公园散步。"
+LONG = "".join(
+    [
+        "如果明天不下雨的话，我们就去公园散步，然后在外面吃晚饭。",
+        "这本书我已经看了三遍了，还是觉得很有意思。",
+        "我每天早上都喝一杯咖啡，然后坐地铁去上班。",
+    ]
+    * 4
 )
 SENTENCES = [SHORT, MIDDLE, LONG]
 
@@ -39,6 +43,16 @@ def _system() -> System:
     return System(
         load_config("serving/two-clouds"), gateway_port=0, cloud_port=0, link_port=0, say=str
     )
+
+
+async def _started(system: System) -> str:
+    """Start ``system``; returns the gateway's URL once the idle health probes (one a second
+    per cloud) have measured each link a few times: a connection's first exchange, with its
+    set-up, is no measure of the link."""
+    endpoints = await system.start()
+    assert endpoints.gateway is not None
+    await asyncio.sleep(3.5)
+    return endpoints.gateway
 
 
 async def _translate_all(url: str, texts: list[str]) -> list[dict]:
@@ -54,13 +68,13 @@ async def _translate_all(url: str, texts: list[str]) -> list[dict]:
 def test_two_clouds_launch_sends_requests_to_both_clouds_and_reports_each() -> None:
     async def body() -> tuple[list[dict], dict, System]:
         system = _system()
-        endpoints = await system.start()
         try:
+            gateway = await _started(system)
+            endpoints = system.endpoints
             assert set(endpoints.clouds) == set(endpoints.links) == {"near", "far"}
-            assert endpoints.gateway is not None
-            answers = await _translate_all(endpoints.gateway, SENTENCES * 4)
+            answers = await _translate_all(gateway, SENTENCES * 4)
             async with aiohttp.ClientSession() as session:
-                async with session.get(endpoints.gateway + "/v1/models") as response:
+                async with session.get(gateway + "/v1/models") as response:
                     models = await response.json()
         finally:
             await system.stop()
@@ -72,9 +86,13 @@ def test_two_clouds_launch_sends_requests_to_both_clouds_and_reports_each() -> N
     for answer in answers:
         assert set(answer["decision"]["predicted"]) == {"edge", "near", "far"}
         assert answer["fallback"] is None, answer
-    # The longest sentence is the one worth the WAN's round trip to the fast cloud.
-    assert {a["device"] for a in answers if a["n_tokens"] >= 60} <= {"far", "near"}, ran
-    assert "far" in {a["device"] for a in answers if a["n_tokens"] >= 60}, ran
+    # The longest text is the one worth the WAN's round trip to the fast cloud, the middle one
+    # the near cloud's (a round trip measured slow now and then on this shared host may move
+    # one request: the link estimates are medians of the last five).
+    long = [a["device"] for a in answers if a["n_tokens"] >= 200]
+    middle = [a["device"] for a in answers if 30 <= a["n_tokens"] < 200]
+    assert long.count("far") > len(long) / 2, ran
+    assert middle.count("near") > len(middle) / 2, ran
     assert set(models["latency"]) == {"edge", "near", "far"}
     assert models["latency"]["near"]["device"] == "cloud-cpu"
     clouds = models["clouds"]
@@ -92,11 +110,10 @@ def test_killing_one_launched_cloud_process_loses_no_request() -> None:
 
     async def body() -> tuple[object, dict, dict[str, float]]:
         system = _system()
-        endpoints = await system.start()
         try:
-            assert endpoints.gateway is not None
+            gateway = await _started(system)
             load = asyncio.ensure_future(
-                run_load(endpoints.gateway, SENTENCES, rate=20.0, count=120, timeout_s=30.0)
+                run_load(gateway, SENTENCES, rate=20.0, count=120, timeout_s=30.0)
             )
             await asyncio.sleep(2.0)
             pid = system.cloud_pid("far")
@@ -104,9 +121,9 @@ def test_killing_one_launched_cloud_process_loses_no_request() -> None:
             os.kill(pid, signal.SIGKILL)
             report = await load
             async with aiohttp.ClientSession() as session:
-                async with session.get(endpoints.gateway + "/health") as response:
+                async with session.get(gateway + "/health") as response:
                     health = await response.json()
-                async with session.get(endpoints.gateway + "/metrics") as response:
+                async with session.get(gateway + "/metrics") as response:
                     metrics = await response.text()
         finally:
             await system.stop()
