@@ -4,7 +4,7 @@ learns, per class of lie, 20 lying replies each (docs/hardening.md, "A cloud tha
 A fake cloud answers 10 requests honestly, then lies; the gateway offloads every request
 (policy `cloud`) and learns with an `online` cloud latency model, an `online_linear` length
 estimator and an `ewma` RTT estimator, a scripted edge model (the test doubles of
-``tests/test_serving_doubles.py``). One line per class: the answers' statuses and where the
+``tests/helpers/``). One line per class: the answers' statuses and where the
 lying phase's requests ran, how many answers were not strict JSON, whether ``/v1/models`` is,
 the cloud model's coefficients and the RTT estimate afterwards, how often a redirect was
 followed, and the growth of this process's RSS (the fake cloud's 50 MB body is made before it
@@ -97,7 +97,7 @@ def strict(text: str) -> bool:
     return True
 
 
-async def one(doubles: Any, name: str) -> str:
+async def one(servers: Any, name: str) -> str:
     from aiohttp import ClientSession, web
 
     from cnmt.schedulers import Device
@@ -129,7 +129,7 @@ async def one(doubles: Any, name: str) -> str:
     app.router.add_post("/elsewhere", elsewhere)
     app.router.add_get("/health", health)
     runner, port = await serve_app(app, "127.0.0.1", 0)
-    gw = await doubles.start_gateway(
+    gw = await servers.start_gateway(
         url("127.0.0.1", port),
         policy="cloud",  # every request offloaded: each lie reaches the gateway
         latency=("online", {}),
@@ -138,7 +138,7 @@ async def one(doubles: Any, name: str) -> str:
         probe_initial_s=0.01,
         probe_max_s=0.02,
     )
-    gw.gateway.latency[Device.EDGE] = ProfileLatency(NoParams(), doubles.EDGE_LATENCY)
+    gw.gateway.latency[Device.EDGE] = ProfileLatency(NoParams(), servers.EDGE_LATENCY)
     statuses: Counter[int] = Counter()
     ran: Counter[str] = Counter()  # device (fallback) of the lying phase's answers
     not_strict = stolen = 0
@@ -186,13 +186,13 @@ def main() -> None:
     )
     args = parser.parse_args()
     sys.path.insert(0, str(args.tests))
-    import test_serving_doubles as doubles
+    from helpers import aio, servers
 
     async def every_class() -> None:
         for name in CLASSES:
-            print(await one(doubles, name), flush=True)
+            print(await one(servers, name), flush=True)
 
-    doubles.run(every_class(), timeout_s=600)
+    aio.run(every_class(), timeout_s=600)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,11 @@ and seed give the same numbers):
    paper's method) every request finds both devices idle and totals are plain sums.
 5. **Table I.** Each policy's total against edge-only, cloud-only and the Oracle, in percent:
    ``100 * (total - reference) / reference`` (negative = faster).
+
+This module runs the replay (:func:`replay`); the requests are drawn and placed on the trace in
+:mod:`cnmt.experiments.replay_requests`, the policies built in
+:mod:`cnmt.experiments.replay_policies`, and each policy's result line and a result's
+presentation (table, figure) are written in :mod:`cnmt.experiments.replay_output`.
 """
 
 from __future__ import annotations
@@ -44,265 +49,27 @@ from typing import Any
 import numpy as np
 
 from cnmt.config import Config, display_path
-from cnmt.datasets.corpora import heldout_mask, read_parallel
-from cnmt.datasets.link import RttTimeline, serialisation_s
+from cnmt.datasets.link import serialisation_s
 from cnmt.datasets.traces import RttTrace
 from cnmt.errors import ConfigError
-from cnmt.experiments import convergence
-from cnmt.experiments.config import (
-    CloudSpec,
-    ConnectionSpec,
-    CorpusSpec,
-    DriftSpec,
-    ReplayConfig,
-)
+from cnmt.experiments.config import CloudSpec, DriftSpec, ReplayConfig
 from cnmt.experiments.groundtruth import Sampler, ground_truth
-from cnmt.experiments.outputs import load_output_lengths
-from cnmt.experiments.simulate import CloudPath, Queues, Simulation, Stream, simulate
-from cnmt.experiments.tokens import get_counter
-from cnmt.files import read_lines
-from cnmt.plotting import pyplot
+from cnmt.experiments.replay_output import policy_result
+from cnmt.experiments.replay_policies import build_policies, check_length_units, describe_length
+from cnmt.experiments.replay_requests import (
+    CorpusLines,
+    draw_requests,
+    link_timeline,
+    load_corpus_lines,
+)
+from cnmt.experiments.simulate import CloudPath, Queues, Stream, simulate
 from cnmt.profiling.profiles import DeviceProfile
 from cnmt.profiling.profiles import load as load_profile
-from cnmt.registry import ComponentSpec, get_components
-from cnmt.schedulers.base import (
-    DevicePolicy,
-    LatencyModel,
-    RequestBatch,
-)
-from cnmt.schedulers.core import DecisionComponents, DecisionSpecs, TargetSetup
+from cnmt.schedulers.base import LatencyModel, RequestBatch
+from cnmt.schedulers.core import TargetSetup
 
 FORMAT = "cnmt-replay/1"
 REFERENCES = ("edge", "cloud", "oracle", "oracle_expected")
-
-
-# ----------------------------------------------------------------------------- requests
-
-
-@dataclass(frozen=True)
-class CorpusLines:
-    """Every eligible corpus line, over all parts: token counts and UTF-8 sizes."""
-
-    n: np.ndarray
-    m: np.ndarray
-    m_corpus: np.ndarray  # the corpus' own target length (differs from m with model outputs)
-    src_bytes: np.ndarray
-    tgt_bytes: np.ndarray
-    part: np.ndarray
-    info: dict[str, Any]
-
-
-def load_corpus_lines(spec: CorpusSpec, heldout_only: bool = True) -> CorpusLines:
-    """Count tokens of the lines requests may be drawn from (held-out lines only, if set)."""
-    tgt_counter = get_counter(spec.tgt_tokenizer)
-    ns, ms, mcs, sbs, tbs, parts = [], [], [], [], [], []
-    info: dict[str, Any] = {
-        "src_tokenizer": display_path(spec.src_tokenizer),
-        "tgt_tokenizer": display_path(spec.tgt_tokenizer),
-        "heldout_every": spec.heldout_every,
-        "parts": [],
-    }
-    for index, part in enumerate(spec.parts):
-        corpus = read_parallel(part.src, part.tgt)
-        pool = (
-            heldout_mask(len(corpus), spec.heldout_every)
-            if (heldout_only and spec.heldout_every)
-            else np.ones(len(corpus), bool)
-        )
-        src = [s for s, keep in zip(corpus.src, pool, strict=True) if keep]
-        tgt = [t for t, keep in zip(corpus.tgt, pool, strict=True) if keep]
-        m_corpus = tgt_counter.count_many(tgt)
-        if part.output_lengths:
-            # The cache holds the N the model really encoded: no need to load the model here.
-            cached_n, cached_m = load_output_lengths(part.output_lengths, part.src, len(corpus))
-            m = cached_m[pool]
-            n = (
-                cached_n[pool]
-                if cached_n is not None
-                else get_counter(spec.src_tokenizer).count_many(src)
-            )
-            missing_target = np.zeros(len(n), dtype=bool)
-        else:
-            n = get_counter(spec.src_tokenizer).count_many(src)
-            m = m_corpus
-            missing_target = m_corpus == 0
-        eligible = (n > 0) & ~missing_target
-        ns.append(n[eligible])
-        ms.append(m[eligible])
-        mcs.append(m_corpus[eligible])
-        sbs.append(np.array([len(s.encode()) for s, ok in zip(src, eligible, strict=True) if ok]))
-        tbs.append(np.array([len(t.encode()) for t, ok in zip(tgt, eligible, strict=True) if ok]))
-        parts.append(np.full(int(eligible.sum()), index))
-        info["parts"].append(
-            {
-                "src": display_path(part.src),
-                "tgt": display_path(part.tgt),
-                "lines": len(corpus),
-                "pool_lines": int(pool.sum()),
-                "excluded_no_source_tokens": int((n == 0).sum()),
-                "excluded_empty_target": int(((n > 0) & missing_target).sum()),
-                "eligible_lines": int(eligible.sum()),
-                "m_source": (
-                    f"model outputs ({display_path(part.output_lengths)})"
-                    if part.output_lengths
-                    else "corpus targets"
-                ),
-            }
-        )
-        if not eligible.any():
-            raise ConfigError(f"{part.src}: no line of this corpus part can be a request")
-    return CorpusLines(
-        n=np.concatenate(ns),
-        m=np.concatenate(ms),
-        m_corpus=np.concatenate(mcs),
-        src_bytes=np.concatenate(sbs),
-        tgt_bytes=np.concatenate(tbs),
-        part=np.concatenate(parts),
-        info=info,
-    )
-
-
-def draw_requests(
-    lines: CorpusLines, spec: CorpusSpec, count: int, rng: np.random.Generator
-) -> np.ndarray:
-    """Indices into ``lines`` of ``count`` requests (uniform, or per part by ``share``)."""
-    if spec.parts[0].share is None:
-        return rng.integers(0, len(lines.n), size=count)
-    shares = np.array([p.share for p in spec.parts], dtype=float)
-    which = rng.choice(len(shares), size=count, p=shares / shares.sum())
-    out = np.empty(count, dtype=np.int64)
-    for index in range(len(shares)):
-        members = np.flatnonzero(lines.part == index)
-        chosen = which == index
-        out[chosen] = members[rng.integers(0, len(members), size=int(chosen.sum()))]
-    return out
-
-
-# ----------------------------------------------------------------------------- link
-
-
-@dataclass(frozen=True)
-class LinkTimeline:
-    """Per request: arrival time (s, trace time), true RTT (s), and whether a loss hit it."""
-
-    arrival_s: np.ndarray
-    rtt_s: np.ndarray
-    lossy: np.ndarray
-    window: RttTrace
-    info: dict[str, Any]
-    timeline: RttTimeline
-
-
-def link_timeline(
-    spec: ConnectionSpec, count: int, loss_timeout_s: float, seed: int = 0
-) -> LinkTimeline:
-    """Requests placed in the connection's RTT window, each with the RTT it pays."""
-    timeline = spec.timeline(loss_timeout_s)
-    window = timeline.window
-    assert window is not None  # a replayed connection always has a trace
-    if len(window) < 2:
-        raise ConfigError(f"{spec.trace}: a connection window needs at least 2 samples")
-    duration = timeline.duration_s
-    arrival = arrival_times(spec, count, duration, seed)
-    sample = timeline.index_at(arrival)
-    lossy = timeline.lost[sample]
-    info = {
-        "trace": display_path(str(spec.trace)),
-        "format": window.format,
-        "description": spec.description,
-        "window": {
-            "start": spec.start,
-            "samples": len(window),
-            "duration_s": duration,
-            "timestamps": window.times_s is not None,
-            "start_epoch": window.start_epoch,
-        },
-        "arrivals": spec.arrivals,
-        "interarrival_s": float(arrival[-1] - arrival[0]) / max(count - 1, 1),
-        "trace_stats": window.summary(),
-        "requests_hit_by_loss": int(lossy.sum()),
-        "loss_timeout_s": loss_timeout_s,
-    }
-    return LinkTimeline(arrival, timeline.rtt_s[sample], lossy, window, info, timeline)
-
-
-# ----------------------------------------------------------------------------- policies
-
-
-@dataclass
-class PolicyRun:
-    """One policy to replay and the components its gateway decides and learns with (specs:
-    every simulation of it starts from fresh instances)."""
-
-    label: str
-    policy: DevicePolicy
-    specs: DecisionSpecs
-    rtt_probe_s: float | None = None
-
-    @property
-    def length(self) -> ComponentSpec | None:
-        return self.specs.length_estimator
-
-    @property
-    def rtt(self) -> ComponentSpec:
-        return self.specs.rtt_estimator
-
-    def components(self, edge: TargetSetup, clouds: list[TargetSetup]) -> DecisionComponents:
-        """Fresh components (the policy instance is kept: it does not learn); a policy that
-        ignores the length estimate decides without one."""
-        made = self.specs.create(edge, clouds, policy=self.policy)
-        if not self.policy.uses_length_estimate:
-            made.length = None
-        return made
-
-    @property
-    def closed_loop(self) -> bool:
-        """Whether anything it decides with learns from what it observes."""
-        classes = [
-            get_components().get(spec.kind, spec.name).cls
-            for spec in (
-                self.specs.length_estimator,
-                self.specs.edge_latency,
-                self.specs.cloud_latency,
-            )
-            if spec is not None
-        ]
-        if self.policy.needs_truth:
-            return False  # an Oracle decides from the truth, whatever its models learn
-        return any(getattr(cls, "learns", False) for cls in classes)
-
-
-def build_policies(config: Config, replay: ReplayConfig) -> list[PolicyRun]:
-    """Every policy with its components: the policy's own overrides, else the config's
-    top-level sections, else the defaults (validated when the config was loaded)."""
-    runs = []
-    for spec in replay.policy_specs():
-        specs = DecisionSpecs.select(
-            lambda key, spec=spec: spec.policy if key == "device_policy" else getattr(spec, key),
-            config.get,
-            source=config.source,
-        )
-        runs.append(
-            PolicyRun(
-                label=spec.label,
-                policy=spec.policy.create(),
-                specs=specs,
-                rtt_probe_s=spec.rtt_probe_s,
-            )
-        )
-    return runs
-
-
-# ----------------------------------------------------------------------------- replay
-
-
-def _describe_length(run: PolicyRun) -> str:
-    """The estimator's name, with the fitted file's name when it has one (``linear:iwslt14``);
-    empty for a policy that ignores the length estimate."""
-    if run.length is None or not run.policy.uses_length_estimate:
-        return ""
-    model = getattr(run.length.params, "model", None)
-    return f"{run.length.name}:{Path(model).stem}" if model else run.length.name
 
 
 def _profile(path: str, role: str, model: str) -> DeviceProfile:
@@ -326,55 +93,6 @@ def _profile(path: str, role: str, model: str) -> DeviceProfile:
 
 def _pct(value: float, reference: float) -> float:
     return 100.0 * (value - reference) / reference if reference else float("nan")
-
-
-def _check_length_units(runs: list[PolicyRun], spec: CorpusSpec, source: str) -> None:
-    """A fitted length model must count tokens like the corpus the replay draws from."""
-    for run in runs:
-        length = run.length.create() if run.length is not None else None
-        for fitted in (getattr(length, "fitted", None), getattr(run.policy, "fitted", None)):
-            if fitted is not None:
-                _same_units(fitted, spec, source, run.label)
-
-
-def _same_units(fitted: Any, spec: CorpusSpec, source: str, label: str) -> None:
-    from cnmt.experiments.tokens import same_tokenizer
-
-    pairs = ((fitted.src_tokenizer, spec.src_tokenizer), (fitted.tgt_tokenizer, spec.tgt_tokenizer))
-    hashes = fitted.source.get("tokenizer_files", {})
-    for theirs, ours in pairs:
-        if not same_tokenizer(theirs, ours, hashes):
-            raise ConfigError(
-                f"{source}: policy {label!r}: its length model counts tokens with "
-                f"{theirs!r} but replay.corpus uses {ours!r}; fit the length model with the "
-                "corpus' tokenizers (N and M must be in the running model's tokens)"
-            )
-
-
-def arrival_times(conn: ConnectionSpec, count: int, duration_s: float, seed: int) -> np.ndarray:
-    """When each request reaches the gateway (seconds from the window's start)."""
-    if conn.arrivals == "spread":
-        return np.arange(count, dtype=float) * (duration_s / count)
-    if conn.arrivals == "interval":
-        assert conn.interval_s is not None
-        return np.arange(count, dtype=float) * conn.interval_s
-    if conn.arrivals == "poisson":
-        assert conn.rate is not None
-        # Its own random stream: the other draws (requests, true times) stay as without it.
-        gaps = np.random.default_rng([seed, 1]).exponential(1.0 / conn.rate, count)
-        return np.concatenate([[0.0], np.cumsum(gaps[:-1])])
-    assert conn.arrivals_file is not None
-    lines = [x for x in read_lines(conn.arrivals_file, what="arrival times file") if x.strip()]
-    try:
-        times = np.array([float(x) for x in lines])
-    except ValueError as exc:
-        raise ConfigError(f"{conn.arrivals_file}: not a number of seconds: {exc}") from None
-    if len(times) < count or not np.all(np.isfinite(times)) or np.any(np.diff(times) < 0):
-        raise ConfigError(
-            f"{conn.arrivals_file}: needs at least {count} finite, non-decreasing times "
-            f"(seconds, one a line); it has {len(times)}: lower --requests or add times"
-        )
-    return times[:count] - times[0]
 
 
 def _apply_drift(
@@ -458,7 +176,7 @@ def replay(
                 f"config's policies: {', '.join(run.label for run in runs)}"
             )
         runs = [run for run in runs if run.label in labels]
-    _check_length_units(runs, spec.corpus, config.source)
+    check_length_units(runs, spec.corpus, config.source)
     link = link_timeline(conn, spec.requests, spec.link.loss_timeout_s, spec.seed)
     lines = load_corpus_lines(spec.corpus)
     timings["load_s"] = time.perf_counter() - started
@@ -546,8 +264,8 @@ def replay(
         )
         decisions[run.label] = sim.on_edge
         targets[run.label] = sim.target_index()
-        policies[run.label] = _policy_result(run, sim, batch, learners, queue_model)
-        described = _describe_length(run)
+        policies[run.label] = policy_result(run, sim, batch, learners, queue_model)
+        described = describe_length(run)
         if described and described not in estimators and np.isfinite(sim.m_estimate).all():
             error = sim.m_estimate - m
             estimators[described] = {
@@ -722,92 +440,6 @@ def _queues(
     return Queues(q.edge_workers, q.cloud_workers, at, exec_s), info
 
 
-def _policy_result(
-    run: PolicyRun,
-    sim: Simulation,
-    batch: RequestBatch,
-    learners: DecisionComponents,
-    queues: Queues | None = None,
-) -> dict[str, Any]:
-    clouds = [c.name for c in learners.clouds]
-    """One policy's line of the replay JSON. A device's utilization is the share of its
-    workers' time spent translating (1.0: every worker busy all the time)."""
-    edge_workers = queues.edge_workers if queues is not None else 1
-    cloud_workers = queues.cloud_workers if queues is not None else 1
-    latency, on_edge = sim.latency_s, sim.on_edge
-    chosen = sim.target_index()
-    targets = sim.targets if sim.target is not None else ("edge", clouds[0])
-    true_exec = (
-        sim.exec_s if sim.exec_s is not None else np.where(on_edge, batch.edge_s, batch.cloud_s)
-    )
-    relative = (sim.predicted_s - true_exec) / true_exec
-    edge_waits = sim.wait_s[on_edge]
-    cloud_waits = sim.wait_s[~on_edge]
-    out: dict[str, Any] = {
-        "policy": run.policy.name,
-        "total_s": float(latency.sum()),
-        "mean_s": float(latency.mean()),
-        "p50_s": float(np.percentile(latency, 50)),
-        "p95_s": float(np.percentile(latency, 95)),
-        "p99_s": float(np.percentile(latency, 99)),
-        "share_edge": float(on_edge.mean()),
-        "share_cloud": float(1.0 - on_edge.mean()),  # all clouds together
-        "shares": {name: float((chosen == k).mean()) for k, name in enumerate(targets)},
-        "requests_edge": int(on_edge.sum()),
-        "requests_cloud": int((~on_edge).sum()),
-        "length_estimator": _describe_length(run) or None,
-        "rtt_estimator": (
-            run.rtt.name if sim.decided_by != "choose_many" and not run.policy.needs_truth else None
-        ),
-        "decided_by": sim.decided_by,
-        "closed_loop": run.closed_loop,
-        "devices": {
-            "edge": {
-                "utilization": sim.busy_s["edge"] / sim.span_s / edge_workers,
-                "mean_queue_length": float(edge_waits.sum()) / sim.span_s,
-                "mean_wait_s": float(edge_waits.mean()) if edge_waits.size else 0.0,
-            },
-            "cloud": {
-                "utilization": sim.busy_s["cloud"] / sim.span_s / cloud_workers,
-                "mean_queue_length": (float(cloud_waits.sum()) + sim.background_wait_s)
-                / sim.span_s,
-                "mean_wait_s": float(cloud_waits.mean()) if cloud_waits.size else 0.0,
-            },
-        },
-    }
-    if len(targets) > 2:  # several clouds: each one's own line beside "cloud", all of them
-        for k, cloud in enumerate(learners.clouds, start=1):
-            waits = sim.wait_s[chosen == k]
-            workers = cloud.workers
-            out["devices"][cloud.name] = {
-                "utilization": sim.busy_s[cloud.name] / sim.span_s / workers,
-                "mean_queue_length": float(waits.sum()) / sim.span_s,
-                "mean_wait_s": float(waits.mean()) if waits.size else 0.0,
-            }
-    if np.isfinite(relative).any():
-        out["median_relative_error"] = {
-            device: float(np.median(np.abs(relative[mask & np.isfinite(relative)])))
-            for device, mask in (("edge", on_edge), ("cloud", ~on_edge))
-            if (mask & np.isfinite(relative)).any()
-        }
-    if run.closed_loop:
-        learned = {}
-        for target in learners.targets:
-            device, model = target.name, target.latency
-            if model.learns:
-                c = model.current()
-                learned[device] = {"a_n": c.a_n, "a_m": c.a_m, "b": c.b}
-        length = learners.length
-        if length is not None and length.learns:
-            if hasattr(length, "gamma"):  # a line refitted: its coefficients
-                learned["length"] = {"gamma": length.gamma, "delta": length.delta}
-            else:  # means by input length: how many inputs lengths it has seen
-                learned["length"] = {"bins": len(getattr(length, "bins", {}))}
-        out["learned"] = learned
-    out.update(convergence.policy_fields(sim, batch))  # per-window totals, exploration's cost
-    return out
-
-
 @dataclass(frozen=True)
 class ReplayOutcome:
     result: dict[str, Any]  # the replay JSON (deterministic for a config and seed)
@@ -815,96 +447,3 @@ class ReplayOutcome:
     window: RttTrace  # the replayed RTT window, for plots
     # per policy label, per request: the index of the target that ran it (0: the edge)
     targets: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
-
-
-# ----------------------------------------------------------------------------- presentation
-
-
-def markdown_table(result: dict[str, Any]) -> str:
-    """Totals, tails, device split and Table I's percentages of one replay (with the gap to
-    the expected-time Oracle when it was replayed, and each device's utilization with queues)."""
-    expected = any(p["policy"] == "oracle_expected" for p in result["policies"].values())
-    queued = result.get("queues", {}).get("enabled", False)
-    head = "| policy | total (s) | mean (ms) | p95 (ms) | p99 (ms) | edge | vs edge | vs cloud "
-    head += "| vs Oracle |" + (" vs E[Oracle] |" if expected else "")
-    head += " edge busy | cloud busy |" if queued else ""
-    rows = [head, "|---|" + "---:|" * (head.count("|") - 2)]
-
-    def pct(value: float | None) -> str:
-        if value is None:
-            return ""
-        return f"{0.0 if abs(value) < 0.05 else value:+.1f}%"  # no "-0.0%" from rounding
-
-    for label, p in result["policies"].items():
-        t = result["table"][label]
-        row = (
-            f"| {label} | {p['total_s']:.1f} | {p['mean_s'] * 1e3:.1f} | {p['p95_s'] * 1e3:.1f} | "
-            f"{p['p99_s'] * 1e3:.1f} | {p['share_edge'] * 100:.1f}% | "
-            f"{pct(t.get('vs_edge_pct'))} | {pct(t.get('vs_cloud_pct'))} | "
-            f"{pct(t.get('vs_oracle_pct'))} |"
-        )
-        if expected:
-            row += f" {pct(t.get('vs_oracle_expected_pct'))} |"
-        if queued:
-            devices = p["devices"]
-            row += (
-                f" {devices['edge']['utilization'] * 100:.0f}% |"
-                f" {devices['cloud']['utilization'] * 100:.0f}% |"
-            )
-        rows.append(row)
-    return "\n".join(rows)
-
-
-def describe_mode(result: dict[str, Any]) -> str:
-    """How requests arrived and whether the devices queued, as one line."""
-    conn, queues = result["connection"], result.get("queues", {"enabled": False})
-    gap = conn["interarrival_s"]
-    arrivals = f"{conn['arrivals']} arrivals, one every {gap:.3g} s on average"
-    if not queues["enabled"]:
-        return f"{arrivals}; no queues (the paper's method: every request finds idle devices)"
-    background = (
-        f", a background load of {queues['background_rate']:g}/s at the cloud "
-        f"({queues['background_requests']} requests)"
-        if queues["background_rate"]
-        else ""
-    )
-    return (
-        f"{arrivals}; FIFO queues: {queues['edge_workers']} edge and "
-        f"{queues['cloud_workers']} cloud worker(s){background}"
-    )
-
-
-def plot_rtt_window(
-    link_info: dict[str, Any], window: RttTrace, path: str | Path, title: str = ""
-) -> None:
-    """Fig. 4 style: the RTT of the replayed window over time, lost pings marked."""
-    plt = pyplot()
-    if window.times_s is not None:
-        x, unit = window.times_s / 3600.0, "hours since window start"
-    else:
-        x, unit = np.arange(len(window)), "sample"
-    fig, ax = plt.subplots(figsize=(7, 3))
-    ax.plot(x, window.rtt_ms, lw=0.7, color="tab:blue", label="RTT")
-    if window.lost.any():
-        low = np.nanmin(window.rtt_ms)
-        ax.plot(x[window.lost], np.full(int(window.lost.sum()), low), "rx", ms=4, label="lost ping")
-    stats = window.summary()
-    ax.axhline(
-        stats["median_ms"],
-        color="gray",
-        lw=0.8,
-        ls="--",
-        label=f"median {stats['median_ms']:.1f} ms",
-    )
-    ax.set_xlabel(unit)
-    ax.set_ylabel("RTT (ms)")
-    w = link_info["window"]
-    where = (
-        f"{Path(link_info['trace']).name}, samples {w['start']}..{w['start'] + w['samples'] - 1}"
-    )
-    ax.set_title(f"{title}: {where}" if title else where, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

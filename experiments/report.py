@@ -122,7 +122,8 @@ def run_all(
     requests: int | None = None,
     seed: int | None = None,
 ) -> None:
-    from cnmt.experiments.replay import plot_rtt_window, replay
+    from cnmt.experiments.replay import replay
+    from cnmt.experiments.replay_output import plot_rtt_window
 
     for scenario in scenarios:
         if scenario.skipped:
@@ -158,7 +159,8 @@ def run_sweep(
     at the rates that keep edge-only busy each configured share of the time (its mean true
     edge time, from the scenario's own replay, sets them), with the config's
     ``load_sweep_requests`` (or ``requests``, when fewer)."""
-    from cnmt.experiments.replay import describe_mode, replay
+    from cnmt.experiments.replay import replay
+    from cnmt.experiments.replay_output import describe_mode
 
     config = load_config(scenario.config)
     spec = config["replay"]
@@ -351,7 +353,7 @@ def our_table(scenarios: list[Scenario]) -> list[str]:
             f"{'n/a' if share is None else f'{share * 100:.1f}%'}"
             f"{' (one-sided)' if one_sided else ''} |"
         )
-    from cnmt.experiments.replay import describe_mode
+    from cnmt.experiments.replay_output import describe_mode
 
     modes = sorted({describe_mode(s.result) for s in scenarios if s.result is not None})
     lines += ["", "Arrivals and queues: " + "; or ".join(modes) + "."] if modes else []
@@ -441,7 +443,7 @@ def sweep_section(s: Scenario) -> list[str]:
 
 
 def scenario_section(s: Scenario) -> list[str]:
-    from cnmt.experiments.replay import markdown_table
+    from cnmt.experiments.replay_output import markdown_table
 
     r = s.result
     assert r is not None

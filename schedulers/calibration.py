@@ -34,19 +34,20 @@ class IdleCalibration:
                 f"idle_s and stale_s must be positive, got {self.idle_s}, {self.stale_s}"
             )
         self._last_request: float | None = None
-        self._observed: dict[Device, float] = {}
-        self._calibrated: dict[Device, float] = {}  # when each device's last calibration ran
-        self.runs = {Device.EDGE: 0, Device.CLOUD: 0}
+        # By target name: the edge (``Device.EDGE``) and each cloud, however many.
+        self._observed: dict[str, float] = {}
+        self._calibrated: dict[str, float] = {}  # when each target's last calibration ran
+        self.runs: dict[str, int] = {Device.EDGE: 0, Device.CLOUD: 0}
 
     def request(self, now: float) -> None:
         """A user request arrived at ``now`` (it ends any idle spell)."""
         self._last_request = now
 
-    def observed(self, device: Device, now: float) -> None:
+    def observed(self, device: str, now: float) -> None:
         """``device`` finished a run at ``now`` (a user's or a calibration's)."""
         self._observed[device] = now
 
-    def due(self, device: Device, now: float) -> bool:
+    def due(self, device: str, now: float) -> bool:
         """Whether ``device`` should run one calibration request now."""
         idle_since = self._last_request
         if idle_since is None or now - idle_since < self.idle_s:
@@ -57,7 +58,7 @@ class IdleCalibration:
         calibrated = self._calibrated.get(device)
         return calibrated is None or calibrated < idle_since  # once per idle spell
 
-    def started(self, device: Device, now: float) -> None:
+    def started(self, device: str, now: float) -> None:
         """The caller started a calibration run on ``device`` at ``now``."""
         self._calibrated[device] = now
-        self.runs[device] += 1
+        self.runs[device] = self.runs.get(device, 0) + 1

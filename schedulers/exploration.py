@@ -15,10 +15,12 @@ The decision with the posterior means is computed too. A request whose sampled d
 differs from it is *explored*. Exploring costs one credit from a bucket that refills by
 ``budget`` per request up to ``burst``: whatever the posteriors say, at most ``budget`` of the
 requests in the long run (and ``burst`` in a row) are explored, and without credit the mean's
-decision is taken. Nor is a request explored whose expected added time (the posterior means'
-difference) is over ``max_added`` times the expected time of the mean's choice: one request
-of any size teaches a device's speed (:mod:`cnmt.schedulers.posterior`), so the tries are
-kept to the requests where a wrong guess costs little.
+decision is taken. The budget is the cost bound, and it is the only one by default: a cap on
+each try's expected added time, computed from the posterior means, refuses exactly the tries
+that would correct a stale mean (a device whose prior is 4x too slow looks 4x too costly to
+try). ``max_added`` sets such a cap for users who want one: no request is explored whose
+expected added time (the means' difference) is over ``max_added`` times the expected time of
+the mean's choice.
 
 What exploring costs is counted in :attr:`ExploringPolicy.exploration`: the requests
 explored, per device, and their expected added time (the posterior mean of the device tried
@@ -84,7 +86,7 @@ class ExploringPolicy(DevicePolicy):
         seed: int = ranged(0, low=0, high=2**63 - 1)
         budget: float = ranged(0.02, low=0, high=1)
         burst: float = ranged(5.0, low=1, high=1e6)
-        max_added: float = ranged(1.0, low=0, high=1000, above=True)
+        max_added: float | None = ranged(None, low=0, high=1000, above=True)
         load_aware: bool = True
 
         def __post_init__(self) -> None:
@@ -92,7 +94,7 @@ class ExploringPolicy(DevicePolicy):
                 raise ValueError(f"budget must be in [0, 1], got {self.budget}")
             if self.burst < 1.0:
                 raise ValueError(f"burst must be >= 1 (one exploration), got {self.burst}")
-            if not self.max_added > 0:
+            if self.max_added is not None and not self.max_added > 0:
                 raise ValueError(f"max_added must be positive, got {self.max_added}")
 
     def __init__(self, params: Any, rng: np.random.Generator | None = None) -> None:
@@ -123,8 +125,9 @@ class ExploringPolicy(DevicePolicy):
         draw_cloud = _draw(c, n, m, self.rng) + extra_cloud
         sampled_edge = draw_edge <= draw_cloud
         added = abs(mean_edge - mean_cloud)
-        if sampled_edge != to_edge and added > p.max_added * min(mean_edge, mean_cloud):
-            counters.skipped_costly += 1  # any size teaches the speed: try it on a cheaper one
+        costly = p.max_added is not None and added > p.max_added * min(mean_edge, mean_cloud)
+        if sampled_edge != to_edge and costly:
+            counters.skipped_costly += 1  # the user's cap: try it on a cheaper request
         elif sampled_edge != to_edge:
             if self.credit >= 1.0:
                 self.credit -= 1.0

@@ -12,6 +12,9 @@ time. The gateway subtracts ``sent_at - received_at`` from the round trip it mea
 RTT sample of the link, so the two clocks never need to agree. The server keeps no state between
 requests: replicas can share one address (``reuse_port``) behind any balancer.
 
+The body is a :class:`cnmt.serving.protocol.CloudAnswer`, the one type both cloud engines write
+and the gateway's client reads.
+
 Queueing, in the fields both cloud engines report (the Ray Serve cloud too): ``wait_s`` is the
 time from the request's arrival to the start of the model run that translated it (waiting for a
 free worker), ``pending`` the requests already waiting or running in this server when it
@@ -38,6 +41,7 @@ from cnmt.serving import metrics as m
 from cnmt.serving.auth import bearer_auth, read_secret, server_ssl_context
 from cnmt.serving.limits import IDLE_TIMEOUT_KEY
 from cnmt.serving.protocol import (
+    CloudAnswer,
     RequestError,
     check_length,
     error_response,
@@ -155,18 +159,18 @@ class CloudServer:
             return error_response(exc)
         self._requests.labels(status="200").inc()
         self._exec.observe(result.seconds)
-        body = {
-            "translation": result.text,
-            "n_tokens": result.source_tokens,
-            "m_tokens": result.output_tokens,
-            "exec_s": result.seconds,
-            "received_at": received_at,
-            "sent_at": self.clock(),
-            "wait_s": max(0.0, started - arrived),
-            "pending": pending,
-            "batch_size": 1,
-        }
-        return json_response(body)
+        answer = CloudAnswer(
+            translation=result.text,
+            n_tokens=result.source_tokens,
+            m_tokens=result.output_tokens,
+            exec_s=result.seconds,
+            received_at=received_at,
+            sent_at=self.clock(),
+            wait_s=max(0.0, started - arrived),
+            pending=pending,
+            batch_size=1,
+        )
+        return json_response(answer.to_json())
 
     async def _translate(self, text: str) -> tuple[float, Translation]:
         assert self._free is not None

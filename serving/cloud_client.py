@@ -28,7 +28,6 @@ reach no model. Error texts (a 422's, a 5xx's) are cut to :data:`MAX_ERROR_CHARS
 
 from __future__ import annotations
 
-import math
 import ssl
 import time
 from collections.abc import Callable
@@ -43,7 +42,7 @@ from cnmt.schedulers.base import PayloadModel
 from cnmt.serving import strict_json
 from cnmt.serving.auth import client_ssl_context, read_secret
 from cnmt.serving.cloud import SERVICE
-from cnmt.serving.protocol import JSON_CONTENT_TYPE, dumps
+from cnmt.serving.protocol import JSON_CONTENT_TYPE, BadAnswer, CloudAnswer, dumps
 from cnmt.serving.settings import (
     CLOUD_KEEPALIVE_S,
     DEFAULT_MAX_REPLY_BYTES,
@@ -54,9 +53,6 @@ from cnmt.serving.settings import (
 # only by what two clocks' resolutions and rates allow.
 CLOCK_SLACK_S = 0.001
 CLOCK_RATE_SLACK = 0.001
-# A cloud's queue length and batch size: anything beyond is not a real server's.
-MAX_REPORTED_PENDING = 1_000_000
-MAX_REPORTED_BATCH = MAX_TOKENS_LIMIT
 # How much of a cloud's error text reaches the user and the log.
 MAX_ERROR_CHARS = 300
 
@@ -111,46 +107,6 @@ class CloudReply:
         return max(0.0, self.round_trip_s - in_cloud - serialisation)
 
 
-def _shown(value: Any) -> str:
-    """A value as the log shows it: its repr, cut short."""
-    text = repr(value)
-    return text if len(text) <= 60 else f"{text[:57]}..."
-
-
-def _number(data: dict[str, Any], key: str) -> float:
-    value = data.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise CloudFailure("bad_response", f"`{key}` is {_shown(value)}, expected a finite number")
-    return float(value)
-
-
-def _count(data: dict[str, Any], key: str, maximum: int = MAX_TOKENS_LIMIT) -> int:
-    value = data.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
-        raise CloudFailure(
-            "bad_response", f"`{key}` is {_shown(value)}, expected a count in 0..{maximum}"
-        )
-    return value
-
-
-def _optional_seconds(data: dict[str, Any], key: str) -> float | None:
-    if key not in data:
-        return None
-    value = _number(data, key)
-    if value < 0:
-        raise CloudFailure("bad_response", f"`{key}` is {value!r}, expected seconds >= 0")
-    return value
-
-
-def _optional_count(data: dict[str, Any], key: str, minimum: int, maximum: int) -> int | None:
-    if key not in data:
-        return None
-    value = _count(data, key, maximum)
-    if value < minimum:
-        raise CloudFailure("bad_response", f"`{key}` is {value!r}, expected at least {minimum}")
-    return value
-
-
 def parse_reply(
     body: bytes,
     round_trip_s: float,
@@ -158,39 +114,36 @@ def parse_reply(
     max_output_tokens: int = MAX_TOKENS_LIMIT,
 ) -> CloudReply:
     """The reply of one exchange that took ``round_trip_s`` on the gateway's clock, checked
-    (see the module docstring); CloudFailure ``bad_response`` naming the first breach."""
+    (see the module docstring: :meth:`CloudAnswer.from_json` checks the fields, then the
+    durations against the round trip); CloudFailure ``bad_response`` naming the first breach."""
     try:
         data = strict_json.loads(body)
     except strict_json.StrictJsonError as exc:
         raise CloudFailure("bad_response", f"not strict JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise CloudFailure("bad_response", f"expected a JSON object, got {type(data).__name__}")
-    text = data.get("translation")
-    if not isinstance(text, str):
-        raise CloudFailure("bad_response", f"`translation` is {_shown(text)}, expected a string")
+    try:
+        answer = CloudAnswer.from_json(data, max_output_tokens)
+    except BadAnswer as exc:
+        raise CloudFailure("bad_response", str(exc)) from None
     reply = CloudReply(
-        text=text,
-        n_tokens=_count(data, "n_tokens"),
-        m_tokens=_count(data, "m_tokens", max_output_tokens),
-        exec_s=_number(data, "exec_s"),
-        received_at=_number(data, "received_at"),
-        sent_at=_number(data, "sent_at"),
+        text=answer.translation,
+        n_tokens=answer.n_tokens,
+        m_tokens=answer.m_tokens,
+        exec_s=answer.exec_s,
+        received_at=answer.received_at,
+        sent_at=answer.sent_at,
         round_trip_s=round_trip_s,
         wire_bytes=PayloadModel.measured_bytes(request_bytes, len(body)),
-        wait_s=_optional_seconds(data, "wait_s"),
-        pending=_optional_count(data, "pending", 0, MAX_REPORTED_PENDING),
-        batch_size=_optional_count(data, "batch_size", 1, MAX_REPORTED_BATCH),
+        wait_s=answer.wait_s,
+        pending=answer.pending,
+        batch_size=answer.batch_size,
     )
     _check_durations(reply)
     return reply
 
 
 def _check_durations(reply: CloudReply) -> None:
-    """The cloud's own durations are parts of the round trip measured around them."""
-    if reply.exec_s < 0:
-        raise CloudFailure("bad_response", f"`exec_s` is {reply.exec_s:g}, expected >= 0")
-    if reply.server_s < 0:
-        raise CloudFailure("bad_response", "`sent_at` is earlier than `received_at`")
+    """The cloud's own durations are parts of the round trip measured around them (that
+    each is non-negative, :meth:`CloudAnswer.from_json` checked)."""
     limit = reply.round_trip_s * (1.0 + CLOCK_RATE_SLACK) + CLOCK_SLACK_S
     parts = {
         "`exec_s`": reply.exec_s,

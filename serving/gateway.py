@@ -84,39 +84,34 @@ import statistics
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 from cnmt.errors import CnmtError
 from cnmt.runtime.base import Translator
-from cnmt.runtime.repeated_warnings import MODEL_WARNINGS
 from cnmt.schedulers.base import (
     EDGE,
     Device,
     DevicePolicy,
-    LatencyModel,
     LengthEstimator,
     Request,
 )
 from cnmt.schedulers.core import Decision, DecisionCore, Outcome, decision_fields
-from cnmt.schedulers.latency_models import LatencyEstimator
 from cnmt.schedulers.rtt_estimators import RttEstimator
 from cnmt.serving import metrics as m
-from cnmt.serving.calibration import EdgeCalibration
+from cnmt.serving.calibration import IdleCalibrationLoop
 from cnmt.serving.cloud_client import CloudClient, CloudFailure, CloudRejected
 from cnmt.serving.cloud_health import CloudHealth
 from cnmt.serving.decision_log import log_decision
-from cnmt.serving.edge import EdgeFailure, EdgeWorker, EdgeWorkerMetrics
-from cnmt.serving.exploration_metrics import ExplorationMetrics
+from cnmt.serving.edge import EdgeFailure, EdgeWorker
+from cnmt.serving.gateway_metrics import GatewayMetrics
 from cnmt.serving.learned_state import Part, StateLock, save
 from cnmt.serving.limits import IDLE_TIMEOUT_KEY
 from cnmt.serving.logs import escape_controls
+from cnmt.serving.model_report import LatencyModels, coefficients, model_warnings
 from cnmt.serving.protocol import (
     RequestError,
     check_length,
@@ -200,7 +195,7 @@ class Gateway:
         }
         self._saver: asyncio.Task[None] | None = None
         self._healthy: dict[str, bool] = {}  # what each cloud's breaker last reported
-        self.calibration: EdgeCalibration | None = None
+        self.calibration: IdleCalibrationLoop | None = None
         self._init_metrics()
         self.healths = {name: self._new_cloud_health(name) for name in names}
 
@@ -240,9 +235,9 @@ class Gateway:
         return self.core.clouds[self.first_cloud].wait  # type: ignore[return-value]
 
     @property
-    def latency(self) -> _LatencyModels:
+    def latency(self) -> LatencyModels:
         """Each target's latency model, by name; assigning one replaces it in the core."""
-        return _LatencyModels(self.core)
+        return LatencyModels(self.core)
 
     def _new_cloud_health(self, name: str) -> CloudHealth:
         settings = self.settings
@@ -265,7 +260,7 @@ class Gateway:
             self._healthy[name] = healthy
             self._health_changed()
             if not healthy:
-                self.m_cloud_unhealthy.labels(cause=cause).inc()
+                self.metrics.cloud_unhealthy.labels(cause=cause).inc()
 
         health = CloudHealth(
             probe=probe,
@@ -284,7 +279,7 @@ class Gateway:
         """``cnmt_gateway_cloud_healthy``: 1 while every attached cloud is healthy."""
         attached = [n for n, c in self.clouds.items() if c is not None]
         healthy = bool(attached) and all(self._healthy.get(n, True) for n in attached)
-        self.m_cloud_healthy.set(1.0 if healthy else 0.0)
+        self.metrics.cloud_healthy.set(1.0 if healthy else 0.0)
 
     def available(self, name: str) -> bool:
         """Cloud ``name`` is attached and may be tried: its breaker is closed or half-open."""
@@ -298,114 +293,18 @@ class Gateway:
     # --- metrics -------------------------------------------------------------------------------
 
     def _init_metrics(self) -> None:
-        r = self.metrics = CollectorRegistry()
-        self.m_requests = Counter(
-            "cnmt_gateway_requests_total",
-            "Requests answered with a translation, by the device that translated them.",
-            ["device"],
-            registry=r,
+        self.metrics = GatewayMetrics(
+            self.core,
+            self.edge,
+            policy_owner=self,
+            cloud_exchanges=lambda: sum(
+                len(h.in_flight) for h in getattr(self, "healths", {}).values()
+            ),
         )
-        self.m_decisions = Counter(
-            "cnmt_gateway_decisions_total",
-            "Device policy decisions, by chosen device.",
-            ["device"],
-            registry=r,
+        self.metrics.rtt_estimate.set(self.core.link(self.first_cloud, self.clock()).rtt_s)
+        self.metrics.cloud_healthy.set(
+            1.0 if any(c is not None for c in self.clouds.values()) else 0.0
         )
-        self.m_fallbacks = Counter(
-            "cnmt_gateway_fallbacks_total",
-            "Requests translated on the other device than decided, by reason.",
-            ["reason"],
-            registry=r,
-        )
-        self.m_rejected = Counter(
-            "cnmt_gateway_rejected_total",
-            "Requests answered with an error, by HTTP status.",
-            ["status"],
-            registry=r,
-        )
-        self.m_latency = Histogram(
-            "cnmt_gateway_latency_seconds",
-            "Time from request arrival to answer, by the device that translated.",
-            ["device"],
-            buckets=m.LATENCY_BUCKETS_S,
-            registry=r,
-        )
-        self.m_length_error = Histogram(
-            "cnmt_gateway_length_estimate_error_tokens",
-            "Estimated minus actual output length (tokens).",
-            buckets=m.LENGTH_ERROR_BUCKETS,
-            registry=r,
-        )
-        self.m_length_abs_error = Counter(
-            "cnmt_gateway_length_estimate_abs_error_tokens_total",
-            "Sum of |estimated - actual| output length over translated requests (tokens).",
-            registry=r,
-        )
-        self.m_rtt_estimate = Gauge(
-            "cnmt_gateway_rtt_estimate_seconds",
-            "The RTT estimator's current estimate of the link.",
-            registry=r,
-        )
-        self.m_rtt_sample = Histogram(
-            "cnmt_gateway_rtt_sample_seconds",
-            "RTT samples: cloud round trip minus the cloud's wait and execution and the "
-            "serialisation time (and idle health probes' round trips with learn_from_probes).",
-            buckets=m.LATENCY_BUCKETS_S,
-            registry=r,
-        )
-        self.m_prediction_error = Histogram(
-            "cnmt_gateway_exec_prediction_relative_error",
-            "(predicted - observed) / observed execution time of each translated request, by "
-            "the device that ran it; predicted with the latency model and M estimate the "
-            "decision used.",
-            ["device"],
-            buckets=m.RELATIVE_ERROR_BUCKETS,
-            registry=r,
-        )
-        self.m_edge_backlog = Gauge(
-            "cnmt_gateway_edge_backlog_seconds",
-            "Predicted time until the local worker is free (running and queued translations).",
-            registry=r,
-        )
-        self.m_edge_backlog.set_function(self.edge.backlog_s)
-        self.m_cloud_wait = Gauge(
-            "cnmt_gateway_cloud_wait_estimate_seconds",
-            "The expected wait of a request sent now in the cloud before it runs: this "
-            "gateway's own offloads ahead of it, predicted, plus the estimate of what other "
-            "clients add.",
-            registry=r,
-        )
-        r.register(_LearnedModels(self))
-        r.register(ExplorationMetrics(self))
-        self.m_cloud_healthy = Gauge(
-            "cnmt_gateway_cloud_healthy",
-            "1 while the cloud is considered healthy, else 0.",
-            registry=r,
-        )
-        self.m_pending = Gauge(
-            "cnmt_gateway_pending_requests",
-            "Requests inside the gateway (their body has arrived).",
-            registry=r,
-        )
-        self.m_cloud_unhealthy = Counter(
-            "cnmt_gateway_cloud_marked_unhealthy_total",
-            "Times the cloud was marked unhealthy, by cause: a failed exchange, consecutive "
-            "slow exchanges (the breaker), a failed health probe.",
-            ["cause"],
-            registry=r,
-        )
-        self.m_cloud_in_flight = Gauge(
-            "cnmt_gateway_cloud_exchanges_in_flight",
-            "Cloud exchanges waiting for an answer (at most max_cloud_exchanges).",
-            registry=r,
-        )
-        self.m_cloud_in_flight.set_function(
-            lambda: sum(len(h.in_flight) for h in getattr(self, "healths", {}).values())
-        )
-        r.register(EdgeWorkerMetrics(self.edge))
-        r.register(_ModelWarnings())
-        self.m_rtt_estimate.set(self.core.link(self.first_cloud, self.clock()).rtt_s)
-        self.m_cloud_healthy.set(1.0 if any(c is not None for c in self.clouds.values()) else 0.0)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -436,7 +335,7 @@ class Gateway:
             self.healths[name].start()
         if self.settings.state_file is not None and self.state_parts:
             self._saver = asyncio.get_running_loop().create_task(self._save_periodically())
-        self.calibration = EdgeCalibration.start_for(self)  # None unless calibrate_idle_s
+        self.calibration = IdleCalibrationLoop.start_for(self)  # None unless calibrate_idle_s
         self.ready = True
 
     async def close(self) -> None:
@@ -503,7 +402,7 @@ class Gateway:
             if self.pending >= settings.max_pending:
                 raise overloaded("the gateway", self.pending, settings.retry_after_s)
             self.pending += 1
-            self.m_pending.set(self.pending)
+            self.metrics.pending.set(self.pending)
             try:
                 text = parse_text(body)
                 answer = await self.translate(
@@ -511,13 +410,13 @@ class Gateway:
                 )
             finally:
                 self.pending -= 1
-                self.m_pending.set(self.pending)
+                self.metrics.pending.set(self.pending)
         except RequestError as exc:
-            self.m_rejected.labels(status=str(exc.status)).inc()
+            self.metrics.rejected.labels(status=str(exc.status)).inc()
             return error_response(exc)
         except Exception as exc:  # a bug, not the user's fault: say so, keep serving
             log.exception("request failed")
-            self.m_rejected.labels(status="500").inc()
+            self.metrics.rejected.labels(status="500").inc()
             message = escape_controls(f"internal error: {type(exc).__name__}: {exc}")
             return error_response(RequestError(500, message))
         log_decision(answer)
@@ -548,7 +447,7 @@ class Gateway:
             log.error("scheduler failed: %s", exc)
             raise RequestError(500, f"the gateway's scheduler failed: {exc}") from None
         decided = decision.target
-        self.m_decisions.labels(device=decided).inc()
+        self.metrics.decisions.labels(device=decided).inc()
         try:
             device, fallback, outcome = await self._run(text, decision)
         except RequestError:
@@ -565,14 +464,14 @@ class Gateway:
         exec_predicted = predicted[device].exec_s
         if outcome.exec_s > 0:
             error = (exec_predicted - outcome.exec_s) / outcome.exec_s
-            self.m_prediction_error.labels(device=device).observe(error)
+            self.metrics.prediction_error.labels(device=device).observe(error)
             self.recent_errors[device].append(abs(error))
         if fallback is not None:
-            self.m_fallbacks.labels(reason=fallback).inc()
-        self.m_requests.labels(device=device).inc()
-        self.m_latency.labels(device=device).observe(latency)
-        self.m_length_error.observe(m_estimated - m_actual)
-        self.m_length_abs_error.inc(abs(m_estimated - m_actual))
+            self.metrics.fallbacks.labels(reason=fallback).inc()
+        self.metrics.requests.labels(device=device).inc()
+        self.metrics.latency.labels(device=device).observe(latency)
+        self.metrics.length_error.observe(m_estimated - m_actual)
+        self.metrics.length_abs_error.inc(abs(m_estimated - m_actual))
         # The cloud the fields of one cloud describe: the one that ran it, else the decided
         # one, else the first.
         cloud_name = next((t for t in (device, decided) if t in self.clouds), self.first_cloud)
@@ -681,9 +580,9 @@ class Gateway:
         return _Finished(reply.text, outcome)
 
     def _rtt_observed(self, target: str, sample: float, at: float) -> None:
-        self.m_rtt_sample.observe(sample)
+        self.metrics.rtt_sample.observe(sample)
         if target == self.first_cloud:
-            self.m_rtt_estimate.set(self.core.link(target, at).rtt_s)
+            self.metrics.rtt_estimate.set(self.core.link(target, at).rtt_s)
 
     async def handle_health(self, request: web.Request) -> web.Response:
         def state(name: str) -> str:
@@ -731,8 +630,8 @@ class Gateway:
                 "learns": estimator.learns,
                 "observations": estimator.observations,
                 "dropped": estimator.dropped,
-                "current": _coefficients(estimator.current()),
-                "prior": _coefficients(estimator.prior),
+                "current": coefficients(estimator.current()),
+                "prior": coefficients(estimator.prior),
                 "recent_requests": len(errors),
                 "median_abs_relative_error": (
                     round(statistics.median(errors), 4) if errors else None
@@ -755,6 +654,7 @@ class Gateway:
             "latency": latency,
             "length": length,
             "exploration": exploration.as_dict() if exploration is not None else None,
+            "calibrations": self.calibration.runs_by_target if self.calibration else None,
             "rtt_estimate_ms": _ms(state.link.rtt_s),
             "cloud_wait_estimate_ms": _ms(state.cloud_wait_s),
             # Each cloud's link and wait as the core sees them now (the two keys above are
@@ -779,61 +679,9 @@ class Gateway:
 
     async def handle_metrics(self, request: web.Request) -> web.Response:
         now = self.clock()
-        self.m_rtt_estimate.set(self.core.link(self.first_cloud, now).rtt_s)
-        self.m_cloud_wait.set(self.core.cloud_wait_s(self.first_cloud, now))
-        return m.response(self.metrics)
-
-
-# A predicted execution time above this is absurd for one sentence (an hour).
-ABSURD_PREDICTION_S = 3600.0
-
-
-def model_warnings(device: str, model: LatencyModel, max_tokens: int) -> list[str]:
-    """What is unphysical about a learnt latency model: a negative slope, or a predicted time
-    that is negative or absurd for a request of 1 or ``max_tokens`` tokens each way. Such a
-    model still decides; ``/v1/models`` and the demo's summary say so."""
-    found = []
-    for name, slope in (("a_n", model.a_n), ("a_m", model.a_m)):
-        if slope < 0:
-            found.append(
-                f"{device}: {name} = {slope * 1e3:.4f} ms/token is negative: longer requests "
-                "are predicted to run faster"
-            )
-    for n in sorted({1, max_tokens}):
-        predicted = model.predict(n, n)
-        if not 0.0 <= predicted <= ABSURD_PREDICTION_S:
-            found.append(
-                f"{device}: predicts {predicted * 1e3:.1f} ms for N = M = {n}, which no device "
-                f"can take (b = {model.b * 1e3:.1f} ms)"
-            )
-    return found
-
-
-def _coefficients(model: LatencyModel) -> dict[str, float]:
-    """A latency model's coefficients: seconds per input token, per output token, and fixed."""
-    return {"a_n": model.a_n, "a_m": model.a_m, "b": model.b}
-
-
-class _LatencyModels(MutableMapping[str, LatencyEstimator]):
-    """The core's latency models as a mapping that writes through (``gateway.latency[...] =``)."""
-
-    def __init__(self, core: DecisionCore) -> None:
-        self.core = core
-
-    def __getitem__(self, target: str) -> LatencyEstimator:
-        return self.core.latency[target]
-
-    def __setitem__(self, target: str, model: LatencyEstimator) -> None:
-        self.core.use_latency(target, model)
-
-    def __delitem__(self, target: str) -> None:
-        raise TypeError("every target keeps a latency model")
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.core.latency)
-
-    def __len__(self) -> int:
-        return len(self.core.latency)
+        self.metrics.rtt_estimate.set(self.core.link(self.first_cloud, now).rtt_s)
+        self.metrics.cloud_wait.set(self.core.cloud_wait_s(self.first_cloud, now))
+        return m.response(self.metrics.registry)
 
 
 @dataclass(frozen=True)
@@ -862,54 +710,3 @@ class _Finished:
     @property
     def at(self) -> float:
         return self.outcome.at
-
-
-class _LearnedModels(Collector):
-    """The latency models' current coefficients and observation counts, read when scraped."""
-
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-
-    def collect(self) -> Any:
-        coefficients = GaugeMetricFamily(
-            "cnmt_gateway_latency_model_coefficient",
-            "The current T = a_n*N + a_m*M + b of each device's latency model (seconds, per "
-            "token for a_n and a_m).",
-            labels=["device", "coefficient"],
-        )
-        observations = GaugeMetricFamily(
-            "cnmt_gateway_latency_model_observations",
-            "Requests each device's latency model has learnt from (0 for a fixed profile).",
-            labels=["device"],
-        )
-        dropped = CounterMetricFamily(
-            "cnmt_gateway_latency_model_dropped",
-            "Observations each device's latency model refused: outside the physical range, or "
-            "a step that would have made the model unphysical.",
-            labels=["device"],
-        )
-        for device, estimator in self.gateway.latency.items():
-            model = estimator.current()
-            for name, value in (("a_n", model.a_n), ("a_m", model.a_m), ("b", model.b)):
-                coefficients.add_metric([device, name], value)
-            observations.add_metric([device], estimator.observations)
-            dropped.add_metric([device], estimator.dropped)
-        yield coefficients
-        yield observations
-        yield dropped
-
-
-class _ModelWarnings(Collector):
-    """``cnmt_gateway_model_warnings_total``: the requests whose text made the model warn (by
-    model and kind; the edge worker logs them at most once a minute), read when scraped."""
-
-    def collect(self) -> Any:
-        family = CounterMetricFamily(
-            "cnmt_gateway_model_warnings",
-            "Requests whose text made the model warn (source tokens it drops, ...), by model "
-            "and kind; the log shows them at most once a minute, with the count.",
-            labels=["model", "kind"],
-        )
-        for (model, kind), count in sorted(MODEL_WARNINGS.totals().items()):
-            family.add_metric([model, kind], count)
-        yield family

@@ -7,6 +7,10 @@ HTTP errors (404, 405, ...) through :func:`json_errors`, and the HTTP parser's 4
 arrive within ``body_timeout_s`` (else 408), be valid UTF-8 JSON nested at most
 :data:`MAX_JSON_DEPTH` deep, and its text must be a string of Unicode scalar values (no lone
 surrogate escapes such as ``"\\ud800"``, which no UTF-8 encoder can write back out).
+
+A cloud's answer to a translation is one type, :class:`CloudAnswer`: both cloud engines write
+it with :meth:`CloudAnswer.to_json` and the gateway's client reads it with
+:meth:`CloudAnswer.from_json`, which checks every field before the gateway learns from it.
 """
 
 from __future__ import annotations
@@ -14,13 +18,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from cnmt.runtime.manifest import MAX_TOKENS_LIMIT
 from cnmt.serving.logs import escape_controls
 
 JSON_CONTENT_TYPE = "application/json"
@@ -31,6 +38,9 @@ MAX_JSON_DEPTH = 32
 # The characters that decide a JSON text's nesting: brackets, and the quotes and backslashes
 # that say whether a bracket is inside a string.
 _JSON_STRUCTURE = re.compile(r'[\[\]{}"\\]')
+# A cloud's queue length and batch size: anything beyond is not a real server's.
+MAX_REPORTED_PENDING = 1_000_000
+MAX_REPORTED_BATCH = MAX_TOKENS_LIMIT
 
 log = logging.getLogger("cnmt.serving.protocol")
 
@@ -263,3 +273,118 @@ def overloaded(what: str, pending: int, retry_after_s: int) -> RequestError:
         f"{retry_after_s} s",
         headers={"Retry-After": str(retry_after_s)},
     )
+
+
+class BadAnswer(ValueError):
+    """A cloud answer that is not the protocol; the message names the first bad field."""
+
+
+@dataclass(frozen=True)
+class CloudAnswer:
+    """The body of a cloud's answer to ``POST /v1/translate``, on the wire::
+
+        {"translation": "let's go .", "n_tokens": 5, "m_tokens": 3, "exec_s": 0.0123,
+         "received_at": 1718000000.125, "sent_at": 1718000000.139,
+         "wait_s": 0.0004, "pending": 0, "batch_size": 1}
+
+    ``received_at`` and ``sent_at`` are on the cloud's clock (seconds), ``exec_s`` the model's
+    own time. The queueing fields ``wait_s``, ``pending`` and ``batch_size`` are optional (older
+    clouds do not send them): None is left out of the body, and an absent field reads as None.
+    """
+
+    translation: str
+    n_tokens: int
+    m_tokens: int
+    exec_s: float
+    received_at: float
+    sent_at: float
+    wait_s: float | None = None
+    pending: int | None = None
+    batch_size: int | None = None
+
+    @property
+    def server_s(self) -> float:
+        """Time the request spent inside the cloud server, by the cloud's own clock."""
+        return self.sent_at - self.received_at
+
+    def to_json(self) -> dict[str, Any]:
+        """The answer as the JSON object a cloud sends (optional fields only when known)."""
+        body: dict[str, Any] = {
+            "translation": self.translation,
+            "n_tokens": self.n_tokens,
+            "m_tokens": self.m_tokens,
+            "exec_s": self.exec_s,
+            "received_at": self.received_at,
+            "sent_at": self.sent_at,
+        }
+        for key in ("wait_s", "pending", "batch_size"):
+            value = getattr(self, key)
+            if value is not None:
+                body[key] = value
+        return body
+
+    @classmethod
+    def from_json(cls, data: Any, max_output_tokens: int = MAX_TOKENS_LIMIT) -> CloudAnswer:
+        """The answer in ``data`` (a parsed JSON value), every field checked: its type and a
+        physically possible value (token counts within the model's limits, ``m_tokens`` at most
+        ``max_output_tokens``; ``0 <= exec_s``, ``0 <= wait_s``, ``received_at <= sent_at``).
+        BadAnswer naming the first field that is not."""
+        if not isinstance(data, dict):
+            raise BadAnswer(f"expected a JSON object, got {type(data).__name__}")
+        text = data.get("translation")
+        if not isinstance(text, str):
+            raise BadAnswer(f"`translation` is {_shown(text)}, expected a string")
+        answer = cls(
+            translation=text,
+            n_tokens=_count(data, "n_tokens"),
+            m_tokens=_count(data, "m_tokens", max_output_tokens),
+            exec_s=_number(data, "exec_s"),
+            received_at=_number(data, "received_at"),
+            sent_at=_number(data, "sent_at"),
+            wait_s=_optional_seconds(data, "wait_s"),
+            pending=_optional_count(data, "pending", 0, MAX_REPORTED_PENDING),
+            batch_size=_optional_count(data, "batch_size", 1, MAX_REPORTED_BATCH),
+        )
+        if answer.exec_s < 0:
+            raise BadAnswer(f"`exec_s` is {answer.exec_s:g}, expected >= 0")
+        if answer.server_s < 0:
+            raise BadAnswer("`sent_at` is earlier than `received_at`")
+        return answer
+
+
+def _shown(value: Any) -> str:
+    """A value as an error message shows it: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def _number(data: dict[str, Any], key: str) -> float:
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise BadAnswer(f"`{key}` is {_shown(value)}, expected a finite number")
+    return float(value)
+
+
+def _count(data: dict[str, Any], key: str, maximum: int = MAX_TOKENS_LIMIT) -> int:
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
+        raise BadAnswer(f"`{key}` is {_shown(value)}, expected a count in 0..{maximum}")
+    return value
+
+
+def _optional_seconds(data: dict[str, Any], key: str) -> float | None:
+    if key not in data:
+        return None
+    value = _number(data, key)
+    if value < 0:
+        raise BadAnswer(f"`{key}` is {value!r}, expected seconds >= 0")
+    return value
+
+
+def _optional_count(data: dict[str, Any], key: str, minimum: int, maximum: int) -> int | None:
+    if key not in data:
+        return None
+    value = _count(data, key, maximum)
+    if value < minimum:
+        raise BadAnswer(f"`{key}` is {value!r}, expected at least {minimum}")
+    return value

@@ -3,7 +3,8 @@
 One Ray Serve deployment, :class:`TranslationReplica`, serves the cloud protocol of
 :mod:`cnmt.serving.cloud` over Ray Serve's HTTP proxy, so a gateway talks to it exactly as to
 our aiohttp server: ``POST /v1/translate`` answers ``translation``, ``n_tokens``, ``m_tokens``,
-``exec_s``, ``received_at``, ``sent_at``, ``wait_s``, ``pending`` and ``batch_size``, errors are
+``exec_s``, ``received_at``, ``sent_at``, ``wait_s``, ``pending`` and ``batch_size`` (the same
+:class:`cnmt.serving.protocol.CloudAnswer` the aiohttp cloud writes), errors are
 the same JSON ``{"error": ...}`` with the same 4xx messages, and ``GET /health`` / ``GET /ready``
 answer as a C-NMT cloud does (Ray's proxy adds its own ``/-/healthz`` and ``/-/routes``).
 
@@ -49,6 +50,7 @@ from cnmt.serving.auth import OPEN_PATHS, authorized, read_secret
 from cnmt.serving.cloud import SERVICE
 from cnmt.serving.protocol import (
     JSON_CONTENT_TYPE,
+    CloudAnswer,
     RequestError,
     body_too_large,
     check_length,
@@ -205,19 +207,18 @@ class TranslationReplica:
             self._inside -= 1
         result = done.translation
         assert result is not None
-        return _json(
-            {
-                "translation": result.text,
-                "n_tokens": result.source_tokens,
-                "m_tokens": result.output_tokens,
-                "exec_s": result.seconds,
-                "received_at": received_at,
-                "sent_at": time.time(),
-                "wait_s": max(0.0, done.started - arrived),
-                "pending": pending,
-                "batch_size": done.batch_size,
-            }
+        answer = CloudAnswer(
+            translation=result.text,
+            n_tokens=result.source_tokens,
+            m_tokens=result.output_tokens,
+            exec_s=result.seconds,
+            received_at=received_at,
+            sent_at=time.time(),
+            wait_s=max(0.0, done.started - arrived),
+            pending=pending,
+            batch_size=done.batch_size,
         )
+        return _json(answer.to_json())
 
     # The defaults are replaced by the user_config in reconfigure() before any request.
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)

@@ -88,8 +88,9 @@ class GatewaySettings:
     estimator learnt the other clients add. ``state_file`` keeps what the learning
     components have learnt across restarts, written every ``state_save_s`` seconds and on
     shutdown (:mod:`cnmt.serving.learned_state`). With ``calibrate_idle_s``, an idle gateway
-    whose edge model has observed nothing for ``calibrate_stale_s`` translates
-    ``calibration_text`` once on the edge and learns from it (:mod:`cnmt.serving.calibration`).
+    translates ``calibration_text`` once on each target (the edge, each cloud) whose learning
+    latency model has observed nothing for ``calibrate_stale_s``, and learns from it
+    (:mod:`cnmt.serving.calibration`).
     """
 
     edge_profile: str
@@ -131,7 +132,7 @@ class GatewaySettings:
     api_keys_file: str | None = None
     api_keys_env: str | None = None
     allow_unauthenticated: bool = False
-    # Idle calibration of the edge (cnmt.serving.calibration); None: off.
+    # Idle calibration of every target (cnmt.serving.calibration); None: off.
     calibrate_idle_s: float | None = ranged(None, low=0.01, high=86400)
     calibrate_stale_s: float = ranged(30.0, low=0.01, high=86400)
     calibration_text: str = "你好。"

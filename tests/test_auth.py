@@ -7,21 +7,19 @@ from __future__ import annotations
 
 import logging
 import ssl
-import sys
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import trustme
+from helpers import servers
+from helpers.aio import run
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import test_serving_doubles as doubles  # noqa: E402
-
-from cnmt.cli import main  # noqa: E402
-from cnmt.errors import ConfigError  # noqa: E402
-from cnmt.serving.auth import read_keys, read_secret  # noqa: E402
-from cnmt.serving.settings import CloudSettings, GatewaySettings  # noqa: E402
+from cnmt.cli import main
+from cnmt.errors import ConfigError
+from cnmt.serving.auth import read_keys, read_secret
+from cnmt.serving.settings import CloudSettings, GatewaySettings
 
 TOKEN = "s3cret-cloud-token-0123456789"
 KEY = "device-key-abcdef"
@@ -51,7 +49,7 @@ def pki(tmp_path: Path) -> dict[str, str]:
 
 
 async def secure_cloud(pki: dict[str, str]) -> tuple[Any, str]:
-    return await doubles.start_cloud(
+    return await servers.start_cloud(
         tls_cert_file=pki["cert"], tls_key_file=pki["cert"], token_file=pki["token"]
     )
 
@@ -78,7 +76,7 @@ def test_the_cloud_over_tls_answers_401_without_the_right_token(pki: dict[str, s
         finally:
             await runner.cleanup()
 
-    assert doubles.run(body()) == [401, 401, 200]
+    assert run(body()) == [401, 401, 200]
 
 
 def run_with_cloud(pki: dict[str, str], **settings: Any) -> tuple[dict[str, Any], str, str]:
@@ -87,7 +85,7 @@ def run_with_cloud(pki: dict[str, str], **settings: Any) -> tuple[dict[str, Any]
 
     async def body() -> tuple[dict[str, Any], str, str]:
         runner, cloud_url = await secure_cloud(pki)
-        gw = await doubles.start_gateway(cloud_url, policy="cloud", **settings)
+        gw = await servers.start_gateway(cloud_url, policy="cloud", **settings)
         try:
             async with aiohttp.ClientSession() as s:
                 async with s.post(f"{gw.url}/v1/translate", json={"text": "ni hao"}) as r:
@@ -102,7 +100,7 @@ def run_with_cloud(pki: dict[str, str], **settings: Any) -> tuple[dict[str, Any]
             await runner.cleanup()
         return answer, models, metrics
 
-    return doubles.run(body())
+    return run(body())
 
 
 def test_a_gateway_with_the_ca_and_the_token_offloads_over_tls(
@@ -134,7 +132,7 @@ def test_a_gateway_with_a_wrong_token_gets_401_and_the_edge_serves(pki: dict[str
 
 def test_a_gateway_with_api_keys_answers_401_without_one(pki: dict[str, str]) -> None:
     async def body() -> list[int]:
-        gw = await doubles.start_gateway(None, policy="edge", api_keys_file=pki["keys"])
+        gw = await servers.start_gateway(None, policy="edge", api_keys_file=pki["keys"])
         statuses = []
         try:
             async with aiohttp.ClientSession() as s:
@@ -155,7 +153,7 @@ def test_a_gateway_with_api_keys_answers_401_without_one(pki: dict[str, str]) ->
             await gw.close()
         return statuses
 
-    assert doubles.run(body()) == [401, 401, 200, 200]
+    assert run(body()) == [401, 401, 200, 200]
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3", "::", "cloud.example.org"])

@@ -7,17 +7,14 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
-from pathlib import Path
 
 import aiohttp
 import pytest
+from helpers import doubles, servers
+from helpers.aio import run
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import test_serving_doubles as doubles  # noqa: E402
-
-from cnmt.runtime.tokenizers import no_known_token  # noqa: E402
-from cnmt.serving.logs import MAX_MESSAGE_CHARS, EscapingFormatter  # noqa: E402
+from cnmt.runtime.tokenizers import no_known_token
+from cnmt.serving.logs import MAX_MESSAGE_CHARS, EscapingFormatter
 
 MARKS = "a" + "\u0301" * 8150  # one "word" of 8,150 combining acute accents
 
@@ -36,7 +33,7 @@ def test_the_edge_worker_logs_a_request_of_8150_combining_marks_in_one_short_lin
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     async def body() -> None:
-        gw = await doubles.start_gateway(
+        gw = await servers.start_gateway(
             None, policy="edge", edge_factory=doubles.EchoingTranslator, max_body_bytes=65536
         )
         try:
@@ -47,7 +44,7 @@ def test_the_edge_worker_logs_a_request_of_8150_combining_marks_in_one_short_lin
         finally:
             await gw.close()
 
-    doubles.run(body())
+    run(body())
     lines = [line for line in capfd.readouterr().err.splitlines() if "translating" in line]
     assert lines and all(len(line) <= MAX_MESSAGE_CHARS + 40 for line in lines), [
         len(line) for line in lines

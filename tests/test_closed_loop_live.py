@@ -13,23 +13,18 @@ import asyncio
 import functools
 import json
 import statistics
-import sys
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
+from helpers.aio import run
+from helpers.doubles import TimedTranslator, sentence
+from helpers.live import GatewayAndCloud
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import test_serving_doubles as doubles  # noqa: E402
-from test_gateway import post  # noqa: E402
-
-from cnmt.errors import ConfigError  # noqa: E402
-from cnmt.schedulers.base import LatencyModel  # noqa: E402
-from cnmt.serving.cloud_client import CloudReply  # noqa: E402
-from cnmt.serving.learned_state import Part, restore, save  # noqa: E402
-
-run = doubles.run
+from cnmt.errors import ConfigError
+from cnmt.schedulers.base import LatencyModel
+from cnmt.serving.cloud_client import CloudReply
+from cnmt.serving.learned_state import Part, restore, save
 
 # The truth: a slow edge, a fast cloud (seconds).
 EDGE_TRUE = LatencyModel(a_n=0.002, a_m=0.001, b=0.01)
@@ -44,32 +39,22 @@ def scaled(model: LatencyModel, factor: float) -> LatencyModel:
     return LatencyModel(model.a_n * factor, model.a_m * factor, model.b * factor)
 
 
-def sentence(n: int) -> str:
-    return " ".join(f"w{i}" for i in range(n))
-
-
-async def get_json(session: aiohttp.ClientSession, address: str) -> Any:
-    async with session.get(address) as response:
-        assert response.status == 200
-        return await response.json()
-
-
 def rel_errors(answers: list[dict[str, Any]]) -> list[float]:
     return [
         abs(a["predicted_exec_ms"] - a["exec_ms"]) / a["exec_ms"] for a in answers if a["exec_ms"]
     ]
 
 
-def test_a_wrong_edge_prior_corrects_itself_over_live_load() -> None:
+def test_a_wrong_edge_prior_corrects_itself_over_live_load(
+    gateway_and_cloud: GatewayAndCloud,
+) -> None:
     """The edge profile says the edge is 10x faster than it is, so the paper's rule keeps every
     request local. The online edge model learns the truth from the worker's own times, and the
     gateway starts offloading the requests the cloud does faster."""
 
     async def body() -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        translator = doubles.TimedTranslator(CLOUD_TRUE, label="cloud")
-        cloud, cloud_url = await doubles.start_cloud(translator=translator)
-        gw = await doubles.start_gateway(
-            cloud_url,
+        async with gateway_and_cloud(
+            TimedTranslator(CLOUD_TRUE, label="cloud"),
             policy="cnmt",
             length=LENGTH,
             rtt=("last", {"initial_s": 0.001}),
@@ -77,20 +62,10 @@ def test_a_wrong_edge_prior_corrects_itself_over_live_load() -> None:
             health_interval_s=0.1,
             latency=ONLINE,
             priors=(EDGE_WRONG, CLOUD_TRUE),
-            edge_translator=functools.partial(doubles.TimedTranslator, EDGE_TRUE, label="edge"),
-        )
-        answers = []
-        try:
-            async with aiohttp.ClientSession() as s:
-                for i in range(60):
-                    status, _, answer = await post(s, gw.url, {"text": sentence(4 + i % 13)})
-                    assert status == 200, answer
-                    answers.append(answer)
-                models = await get_json(s, f"{gw.url}/v1/models")
-        finally:
-            await gw.close()
-            await cloud.cleanup()
-        return answers, models
+            edge_translator=functools.partial(TimedTranslator, EDGE_TRUE, label="edge"),
+        ) as live:
+            answers = [await live.translate(sentence(4 + i % 13)) for i in range(60)]
+            return answers, await live.get_json("/v1/models")
 
     answers, models = run(body())
     first = answers[0]
@@ -108,33 +83,25 @@ def test_a_wrong_edge_prior_corrects_itself_over_live_load() -> None:
         assert learnt.predict(n, n + 1) > CLOUD_TRUE.predict(n, n + 1) + 0.001
 
 
-def test_predictions_converge_on_both_devices() -> None:
+def test_predictions_converge_on_both_devices(gateway_and_cloud: GatewayAndCloud) -> None:
     """Priors 2.5x off, one too fast and one too slow: after 40 requests on each device the
     median relative error of the predicted execution time is under 30% (the issue's bar for
     200 requests)."""
 
     async def body() -> list[dict[str, Any]]:
-        translator = doubles.TimedTranslator(CLOUD_TRUE, label="cloud")
-        cloud, cloud_url = await doubles.start_cloud(translator=translator)
         answers = []
         for policy in ("edge", "cloud"):
-            gw = await doubles.start_gateway(
-                cloud_url,
+            async with gateway_and_cloud(
+                TimedTranslator(CLOUD_TRUE, label="cloud"),
                 policy=policy,
                 length=LENGTH,
                 latency=ONLINE,
                 priors=(scaled(EDGE_TRUE, 0.4), scaled(CLOUD_TRUE, 2.5)),
-                edge_translator=functools.partial(doubles.TimedTranslator, EDGE_TRUE),
-            )
-            try:
-                async with aiohttp.ClientSession() as s:
-                    for i in range(40):  # N from 3 to 30, as in real traffic
-                        text = sentence(3 + (i * 7) % 28)
-                        _, _, answer = await post(s, gw.url, {"text": text})
-                        answers.append(answer)
-            finally:
-                await gw.close()
-        await cloud.cleanup()
+                edge_translator=functools.partial(TimedTranslator, EDGE_TRUE),
+            ) as live:
+                for i in range(40):  # N from 3 to 30, as in real traffic
+                    _, _, answer = await live.post({"text": sentence(3 + (i * 7) % 28)})
+                    answers.append(answer)
         return answers
 
     answers = run(body())
@@ -145,30 +112,23 @@ def test_predictions_converge_on_both_devices() -> None:
         assert statistics.median(rel_errors(ran[-20:])) < 0.3, device
 
 
-def test_the_edge_backlog_sends_a_burst_to_the_cloud_only_with_cnmt_load() -> None:
+def test_the_edge_backlog_sends_a_burst_to_the_cloud_only_with_cnmt_load(
+    gateway_and_cloud: GatewayAndCloud,
+) -> None:
     """Twelve requests at once: the paper's rule queues them all on the (predicted faster) edge;
     the load-aware rule sees the backlog grow and offloads once waiting would cost more."""
 
     async def burst(policy: str) -> list[dict[str, Any]]:
-        translator = doubles.TimedTranslator(CLOUD_TRUE, label="cloud")
-        cloud, cloud_url = await doubles.start_cloud(translator=translator)
         edge_fast = LatencyModel(a_n=0.002, a_m=0.001, b=0.03)  # about 50 ms a request
-        gw = await doubles.start_gateway(
-            cloud_url,
+        async with gateway_and_cloud(
+            TimedTranslator(CLOUD_TRUE, label="cloud"),
             policy=policy,
             length=LENGTH,
             rtt=("last", {"initial_s": 0.08}),  # the link makes the cloud path slower alone
             priors=(edge_fast, CLOUD_TRUE),
-            edge_translator=functools.partial(doubles.TimedTranslator, edge_fast),
-        )
-        try:
-            async with aiohttp.ClientSession() as s:
-                results = await asyncio.gather(
-                    *(post(s, gw.url, {"text": sentence(5)}) for _ in range(12))
-                )
-        finally:
-            await gw.close()
-            await cloud.cleanup()
+            edge_translator=functools.partial(TimedTranslator, edge_fast),
+        ) as live:
+            results = await asyncio.gather(*(live.post({"text": sentence(5)}) for _ in range(12)))
         assert all(status == 200 for status, _, _ in results)
         return [answer for _, _, answer in results]
 
@@ -186,7 +146,9 @@ def test_the_edge_backlog_sends_a_burst_to_the_cloud_only_with_cnmt_load() -> No
     assert max(a["latency_ms"] for a in load) < 0.7 * max(a["latency_ms"] for a in paper)
 
 
-def test_the_clouds_wait_counts_the_gateways_own_offloads_at_once() -> None:
+def test_the_clouds_wait_counts_the_gateways_own_offloads_at_once(
+    gateway_and_cloud: GatewayAndCloud,
+) -> None:
     """Four requests at once to a one-worker cloud: the gateway knows at sending what each one
     waits behind (its own earlier offloads, at their predicted times), before any answer
     reports a wait. Those reported waits were its own doing, so once the queue has drained it
@@ -195,27 +157,17 @@ def test_the_clouds_wait_counts_the_gateways_own_offloads_at_once() -> None:
     slow_edge = LatencyModel(a_n=0.0, a_m=0.0, b=2.0)  # the edge never pays off
 
     async def body() -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        translator = doubles.TimedTranslator(cloud_model, label="cloud")
-        cloud, cloud_url = await doubles.start_cloud(translator=translator)
-        gw = await doubles.start_gateway(
-            cloud_url,
+        async with gateway_and_cloud(
+            TimedTranslator(cloud_model, label="cloud"),
             policy="cnmt_load",
             length=LENGTH,
             rtt=("last", {"initial_s": 0.001}),
             priors=(slow_edge, cloud_model),
-            edge_translator=functools.partial(doubles.TimedTranslator, slow_edge),
-        )
-        try:
-            async with aiohttp.ClientSession() as s:
-                results = await asyncio.gather(
-                    *(post(s, gw.url, {"text": sentence(3)}) for _ in range(4))
-                )
-                await asyncio.sleep(0.3)
-                models = await get_json(s, gw.url + "/v1/models")
-        finally:
-            await gw.close()
-            await cloud.cleanup()
-        return [answer for _, _, answer in results], models
+            edge_translator=functools.partial(TimedTranslator, slow_edge),
+        ) as live:
+            answers = await asyncio.gather(*(live.translate(sentence(3)) for _ in range(4)))
+            await asyncio.sleep(0.3)
+            return answers, await live.get_json("/v1/models")
 
     answers, models = run(body())
     assert all(a["device"] == "cloud" for a in answers)
@@ -243,31 +195,19 @@ def test_the_rtt_sample_is_the_round_trip_minus_the_clouds_wait_and_execution() 
     assert older.rtt_sample(100e6) == pytest.approx(0.100 - 0.036 - 0.001)
 
 
-def test_the_predicted_cloud_path_adds_up_to_the_measured_one() -> None:
+def test_the_predicted_cloud_path_adds_up_to_the_measured_one(
+    gateway_and_cloud: GatewayAndCloud,
+) -> None:
     """Offloaded over a 40 ms link: the RTT sample is the link (and nothing of the cloud's 200+
     ms execution), and sample + wait + execution account for the gateway's whole latency but
     for its own overhead. (The execution is long so that the bounds leave a loaded machine's
     HTTP overhead room without letting an RTT sample that kept the execution pass.)"""
 
     async def body() -> list[dict[str, Any]]:
-        from cnmt.datasets.link import RttTimeline
-        from cnmt.serving.launch import url
-        from cnmt.serving.proxy import DelayProxy
-
-        translator = doubles.TimedTranslator(LatencyModel(0.001, 0.001, 0.2))
-        cloud, cloud_url = await doubles.start_cloud(translator=translator)
-        port = int(cloud_url.rsplit(":", 1)[1])
-        link = DelayProxy(("127.0.0.1", port), RttTimeline.constant(0.040))
-        await link.start()
-        gw = await doubles.start_gateway(url("127.0.0.1", link.port), policy="cloud")
-        try:
-            async with aiohttp.ClientSession() as s:
-                answers = [(await post(s, gw.url, {"text": sentence(6)}))[2] for _ in range(5)]
-        finally:
-            await gw.close()
-            await link.close()
-            await cloud.cleanup()
-        return answers
+        async with gateway_and_cloud(
+            TimedTranslator(LatencyModel(0.001, 0.001, 0.2)), link_rtt_s=0.040, policy="cloud"
+        ) as live:
+            return [await live.translate(sentence(6)) for _ in range(5)]
 
     for answer in run(body()):
         assert answer["exec_ms"] >= 200
@@ -276,28 +216,22 @@ def test_the_predicted_cloud_path_adds_up_to_the_measured_one() -> None:
         assert accounted <= answer["latency_ms"] <= accounted + 60
 
 
-def test_idle_health_probes_keep_the_estimates_fresh_with_learn_from_probes() -> None:
+def test_idle_health_probes_keep_the_estimates_fresh_with_learn_from_probes(
+    gateway_and_cloud: GatewayAndCloud,
+) -> None:
     """With nothing offloaded, a stale RTT (0.5 s) and a stale cloud wait (0.8 s, as after a
     burst) would keep every request on the edge forever; the idle probes replace them."""
 
     async def body(learn_from_probes: bool) -> dict[str, float]:
-        cloud, cloud_url = await doubles.start_cloud()
-        gw = await doubles.start_gateway(
-            cloud_url,
+        async with gateway_and_cloud(
             policy="edge",
             rtt=("last", {"initial_s": 0.5}),
             health_interval_s=0.1,
             learn_from_probes=learn_from_probes,
-        )
-        gw.gateway.cloud_wait_estimator.observe(0.8, gw.gateway.clock())
-        try:
+        ) as live:
+            live.gateway.cloud_wait_estimator.observe(0.8, live.gateway.clock())
             await asyncio.sleep(0.8)
-            async with aiohttp.ClientSession() as s:
-                text = await (await s.get(f"{gw.url}/metrics")).text()
-        finally:
-            await gw.close()
-            await cloud.cleanup()
-        return doubles.metric_samples(text)
+            return await live.metrics()
 
     fresh = run(body(True))
     assert fresh["cnmt_gateway_rtt_sample_seconds_count"] >= 3
@@ -309,26 +243,24 @@ def test_idle_health_probes_keep_the_estimates_fresh_with_learn_from_probes() ->
     assert stale["cnmt_gateway_cloud_wait_estimate_seconds"] == 0.8
 
 
-def test_learnt_state_survives_a_restart(tmp_path: Path) -> None:
+def test_learnt_state_survives_a_restart(
+    tmp_path: Path, gateway_and_cloud: GatewayAndCloud
+) -> None:
     state_file = tmp_path / "state" / "gateway.json"
 
     async def serve(requests: int) -> dict[str, Any]:
-        gw = await doubles.start_gateway(
-            None,
+        async with gateway_and_cloud(
+            with_cloud=False,
             policy="edge",
             length=("online_linear", {"gamma": 3.0, "delta": 0.0}),
             latency=ONLINE,
             priors=(EDGE_WRONG, CLOUD_TRUE),
-            edge_translator=functools.partial(doubles.TimedTranslator, CLOUD_TRUE),
+            edge_translator=functools.partial(TimedTranslator, CLOUD_TRUE),
             state_file=str(state_file),
-        )
-        try:
-            async with aiohttp.ClientSession() as s:
-                for i in range(requests):
-                    await post(s, gw.url, {"text": sentence(2 + (i * 7) % 39)})
-                return await get_json(s, f"{gw.url}/v1/models")
-        finally:
-            await gw.close()  # writes the state file
+        ) as live:  # leaving it closes the gateway, which writes the state file
+            for i in range(requests):
+                await live.post({"text": sentence(2 + (i * 7) % 39)})
+            return await live.get_json("/v1/models")
 
     before = run(serve(30))
     saved = json.loads(state_file.read_text())
@@ -399,24 +331,21 @@ def test_a_state_file_that_cannot_be_read_is_an_error_naming_it(tmp_path: Path) 
         restore(path, [Part("edge_latency", _Learner(), "m", "d")])
 
 
-def test_metrics_export_the_learnt_coefficients_and_the_prediction_error() -> None:
+def test_metrics_export_the_learnt_coefficients_and_the_prediction_error(
+    gateway_and_cloud: GatewayAndCloud,
+) -> None:
     async def body() -> dict[str, float]:
-        gw = await doubles.start_gateway(
-            None,
+        async with gateway_and_cloud(
+            with_cloud=False,
             policy="edge",
             length=LENGTH,
             latency=ONLINE,
             priors=(EDGE_WRONG, CLOUD_TRUE),
-            edge_translator=functools.partial(doubles.TimedTranslator, EDGE_TRUE),
-        )
-        try:
-            async with aiohttp.ClientSession() as s:
-                for i in range(10):
-                    await post(s, gw.url, {"text": sentence(3 + i)})
-                text = await (await s.get(f"{gw.url}/metrics")).text()
-        finally:
-            await gw.close()
-        return doubles.metric_samples(text)
+            edge_translator=functools.partial(TimedTranslator, EDGE_TRUE),
+        ) as live:
+            for i in range(10):
+                await live.post({"text": sentence(3 + i)})
+            return await live.metrics()
 
     samples = run(body())
     edge = 'device="edge"'

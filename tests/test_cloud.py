@@ -3,35 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import aiohttp
+from helpers import doubles, servers
+from helpers.aio import run
+from helpers.client import metric_samples, post
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import test_serving_doubles as doubles  # noqa: E402
-
-from cnmt.serving.cloud import CloudServer  # noqa: E402
-from cnmt.serving.cloud_client import CloudClient  # noqa: E402
-from cnmt.serving.launch import serve_app, url  # noqa: E402
-from cnmt.serving.settings import CloudSettings  # noqa: E402
-
-run = doubles.run
-
-
-async def post(
-    session: aiohttp.ClientSession, base: str, data: Any
-) -> tuple[int, dict[str, str], Any]:
-    kwargs = {"json": data} if not isinstance(data, bytes) else {"data": data}
-    async with session.post(f"{base}/v1/translate", **kwargs) as response:
-        return response.status, dict(response.headers), await response.json(content_type=None)
+from cnmt.serving.cloud import CloudServer
+from cnmt.serving.cloud_client import CloudClient
+from cnmt.serving.launch import serve_app, url
+from cnmt.serving.settings import CloudSettings
 
 
 def test_answers_with_translation_token_counts_and_its_own_timestamps() -> None:
     async def body() -> tuple[float, float, Any]:
-        runner, base = await doubles.start_cloud(delay_s=0.05)
+        runner, base = await servers.start_cloud(delay_s=0.05)
         try:
             async with aiohttp.ClientSession() as s:
                 before = time.time()
@@ -52,7 +40,7 @@ def test_answers_with_translation_token_counts_and_its_own_timestamps() -> None:
 
 def test_the_client_turns_the_timestamps_into_an_rtt_sample() -> None:
     async def body() -> Any:
-        runner, base = await doubles.start_cloud(delay_s=0.1)
+        runner, base = await servers.start_cloud(delay_s=0.1)
         client = CloudClient(base, timeout_s=5.0)
         await client.start()
         try:
@@ -96,7 +84,7 @@ def test_serves_several_requests_at_once_with_several_workers() -> None:
 
 def test_cloud_sheds_load_with_503_and_retry_after() -> None:
     async def body() -> list[tuple[int, dict[str, str], Any]]:
-        runner, base = await doubles.start_cloud(delay_s=0.3, max_pending=1)
+        runner, base = await servers.start_cloud(delay_s=0.3, max_pending=1)
         try:
             async with aiohttp.ClientSession() as s:
                 return await asyncio.gather(*(post(s, base, {"text": f"t {i}"}) for i in range(4)))
@@ -113,7 +101,7 @@ def test_cloud_sheds_load_with_503_and_retry_after() -> None:
 
 def test_cloud_rejects_bad_input_and_texts_the_model_refuses() -> None:
     async def body() -> list[tuple[int, Any]]:
-        runner, base = await doubles.start_cloud()
+        runner, base = await servers.start_cloud()
         try:
             async with aiohttp.ClientSession() as s:
                 cases = [
@@ -138,7 +126,7 @@ def test_cloud_rejects_bad_input_and_texts_the_model_refuses() -> None:
 
 def test_cloud_health_and_metrics() -> None:
     async def body() -> tuple[Any, str]:
-        runner, base = await doubles.start_cloud()
+        runner, base = await servers.start_cloud()
         try:
             async with aiohttp.ClientSession() as s:
                 await post(s, base, {"text": "yi"})
@@ -151,7 +139,7 @@ def test_cloud_health_and_metrics() -> None:
 
     health, metrics = run(body())
     assert health == {"status": "ok", "service": "cnmt-cloud", "pending": 0}
-    samples = doubles.metric_samples(metrics)
+    samples = metric_samples(metrics)
     assert samples['cnmt_cloud_requests_total{status="200"}'] == 1
     assert samples['cnmt_cloud_requests_total{status="400"}'] == 1
     assert samples["cnmt_cloud_exec_seconds_count"] == 1

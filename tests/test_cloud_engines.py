@@ -16,15 +16,14 @@ from typing import Any
 
 import aiohttp
 import pytest
+from helpers import servers
+from helpers.aio import run
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import test_serving_doubles as doubles  # noqa: E402
+from cnmt.cli import main
+from cnmt.serving.cloud_client import CloudFailure, parse_reply
+from cnmt.serving.loadtest import run_load
+from cnmt.serving.protocol import BadAnswer, CloudAnswer
 
-from cnmt.cli import main  # noqa: E402
-from cnmt.serving.cloud_client import CloudFailure, parse_reply  # noqa: E402
-from cnmt.serving.loadtest import run_load  # noqa: E402
-
-run = doubles.run
 REPO = Path(__file__).resolve().parent.parent
 BASE = {
     "translation": "hi .",
@@ -42,7 +41,7 @@ def reply(**fields: Any) -> bytes:
 
 def test_the_aiohttp_cloud_reports_waiting_pending_and_batch_size() -> None:
     async def body() -> list[Any]:
-        runner, base = await doubles.start_cloud(delay_s=0.2)  # one worker
+        runner, base = await servers.start_cloud(delay_s=0.2)  # one worker
         try:
             async with aiohttp.ClientSession() as session:
 
@@ -87,6 +86,31 @@ def test_the_gateway_refuses_malformed_queueing_fields(fields: dict[str, Any]) -
         parse_reply(reply(**fields), round_trip_s=0.05)
     assert caught.value.reason == "bad_response"
     assert f"`{next(iter(fields))}`" in caught.value.detail
+
+
+def test_a_cloud_answer_reads_back_as_written_and_leaves_out_what_it_does_not_know() -> None:
+    full = CloudAnswer("hi .", 2, 2, 0.01, 100.0, 100.02, wait_s=0.004, pending=3, batch_size=8)
+    assert CloudAnswer.from_json(json.loads(json.dumps(full.to_json()))) == full
+    assert list(full.to_json()) == [*BASE, "wait_s", "pending", "batch_size"]  # the wire order
+    older = CloudAnswer.from_json(BASE)
+    assert (older.wait_s, older.pending, older.batch_size) == (None, None, None)
+    assert older.to_json() == BASE  # no null for a field the cloud did not report
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"translation": 3}, "`translation`"),
+        ({"m_tokens": 51}, "`m_tokens`"),
+        ({"exec_s": -0.01}, "`exec_s`"),
+        ({"sent_at": 99.0}, "`sent_at`"),
+    ],
+)
+def test_a_cloud_answer_that_breaks_the_protocol_names_the_field(
+    fields: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(BadAnswer, match=named):
+        CloudAnswer.from_json({**BASE, **fields}, max_output_tokens=50)
 
 
 @pytest.mark.parametrize(
@@ -172,7 +196,7 @@ def test_a_ray_cloud_without_ray_installed_says_which_extra_to_install(tmp_path:
 
 def test_a_load_spread_over_two_gateways_reaches_both() -> None:
     async def body() -> tuple[Any, list[str]]:
-        gateways = [await doubles.start_gateway(None, policy="edge") for _ in range(2)]
+        gateways = [await servers.start_gateway(None, policy="edge") for _ in range(2)]
         try:
             report = await run_load([g.url for g in gateways], ["yi er"], rate=200.0, count=40)
             metrics = []

@@ -6,22 +6,18 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
-from pathlib import Path
 
 import aiohttp
 import pytest
+from helpers import doubles, servers
+from helpers.aio import run
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import test_serving_doubles as doubles  # noqa: E402
+from cnmt.runtime.repeated_warnings import RepeatedWarnings, shorten
+from cnmt.schedulers.base import LatencyModel
+from cnmt.serving.decision_log import decision_line
+from cnmt.serving.gateway import model_warnings, request_id
+from cnmt.serving.logs import JsonLinesFormatter
 
-from cnmt.runtime.repeated_warnings import RepeatedWarnings, shorten  # noqa: E402
-from cnmt.schedulers.base import LatencyModel  # noqa: E402
-from cnmt.serving.decision_log import decision_line  # noqa: E402
-from cnmt.serving.gateway import model_warnings, request_id  # noqa: E402
-from cnmt.serving.logs import JsonLinesFormatter  # noqa: E402
-
-run = doubles.run
 DECISIONS = "cnmt.serving.decisions"
 
 
@@ -37,8 +33,8 @@ def test_the_gateway_logs_each_decision_with_its_predictions_and_what_it_measure
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     async def body() -> list[dict]:
-        cloud, cloud_url = await doubles.start_cloud()
-        gw = await doubles.start_gateway(cloud_url, policy="cnmt")
+        cloud, cloud_url = await servers.start_cloud()
+        gw = await servers.start_gateway(cloud_url, policy="cnmt")
         answers = []
         try:
             async with aiohttp.ClientSession() as s:
@@ -77,7 +73,7 @@ def test_the_gateway_logs_each_decision_with_its_predictions_and_what_it_measure
 
 def test_no_decision_line_is_made_when_info_is_off(caplog: pytest.LogCaptureFixture) -> None:
     async def body() -> None:
-        gw = await doubles.start_gateway(None, policy="edge")
+        gw = await servers.start_gateway(None, policy="edge")
         try:
             async with aiohttp.ClientSession() as s:
                 await _post(s, gw.url, "yi er")
@@ -132,7 +128,7 @@ def test_v1_models_warns_while_a_learnt_model_predicts_a_negative_time() -> None
     assert model_warnings("cloud", doubles.CLOUD_LATENCY, max_tokens=100) == []
 
     async def body() -> dict:
-        gw = await doubles.start_gateway(
+        gw = await servers.start_gateway(
             None, policy="edge", priors=(falling, doubles.CLOUD_LATENCY)
         )
         try:
@@ -147,7 +143,7 @@ def test_v1_models_warns_while_a_learnt_model_predicts_a_negative_time() -> None
 
 def test_an_unknown_path_lists_every_route_the_gateway_serves() -> None:
     async def body() -> tuple[int, dict]:
-        gw = await doubles.start_gateway(None, policy="edge")
+        gw = await servers.start_gateway(None, policy="edge")
         try:
             async with aiohttp.ClientSession() as s, s.get(f"{gw.url}/v2/translate") as r:
                 return r.status, await r.json()

@@ -10,14 +10,13 @@ import functools
 import logging
 import os
 import signal
-import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import test_serving_doubles as doubles  # noqa: E402
+from helpers import doubles, servers
+from helpers.aio import run
+from helpers.client import metric_samples
 
 
 def test_a_model_that_fails_to_load_after_a_restart_sends_requests_to_the_cloud(
@@ -26,8 +25,8 @@ def test_a_model_that_fails_to_load_after_a_restart_sends_requests_to_the_cloud(
     marker = tmp_path / "corrupted"
 
     async def body() -> None:
-        cloud_runner, cloud_url = await doubles.start_cloud()
-        gw = await doubles.start_gateway(
+        cloud_runner, cloud_url = await servers.start_cloud()
+        gw = await servers.start_gateway(
             cloud_url,
             policy="edge",
             edge_translator=functools.partial(doubles.model_unless, str(marker)),
@@ -64,7 +63,7 @@ def test_a_model_that_fails_to_load_after_a_restart_sends_requests_to_the_cloud(
                 # one failed restart, then the backoff: no worker spawned per request
                 assert edge.load_failures == 1
                 async with s.get(f"{gw.url}/metrics") as r:
-                    samples = doubles.metric_samples(await r.text())
+                    samples = metric_samples(await r.text())
                 assert samples["cnmt_gateway_edge_load_failures_total"] == 1
                 assert samples["cnmt_gateway_edge_up"] == 0
                 marker.unlink()  # repaired
@@ -76,7 +75,7 @@ def test_a_model_that_fails_to_load_after_a_restart_sends_requests_to_the_cloud(
             await cloud_runner.cleanup()
 
     with caplog.at_level(logging.ERROR, logger="cnmt.serving.edge"):
-        doubles.run(body())
+        run(body())
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert any("could not load its model after a restart" in m for m in errors), errors
     assert all(len(m) < 600 for m in errors)

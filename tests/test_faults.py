@@ -9,25 +9,23 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 import time
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
+from helpers import servers
+from helpers.aio import run, wait_until
+from helpers.client import metric_samples, slow_body
+from helpers.servers import ScriptedCloudProcess
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import test_serving_doubles as doubles  # noqa: E402
-from test_hardening import doubles_wait, slow_body  # noqa: E402
-
-from cnmt.serving.launch import serve_app, url  # noqa: E402
-from cnmt.serving.loadtest import LoadReport, run_load  # noqa: E402
+from cnmt.serving.launch import serve_app, url
+from cnmt.serving.loadtest import LoadReport, run_load
 
 pytestmark = pytest.mark.slow
 
-run = doubles.run
 RATE = 20.0  # requests per second, as in the docs' load tests
 SENTENCES = [f"zhe shi di {i} ge ju zi" for i in range(50)]
 EDGE_DELAY_S = 0.02  # the scripted edge's time per translation
@@ -49,7 +47,9 @@ def assert_nothing_lost(report: LoadReport) -> None:
     assert report.rejected == report.failed == report.lost == 0, report.to_json()
 
 
-def test_a_hung_cloud_sigstop_costs_no_request_and_no_503() -> None:
+def test_a_hung_cloud_sigstop_costs_no_request_and_no_503(
+    scripted_cloud_process: Callable[[], ScriptedCloudProcess],
+) -> None:
     """The cloud process is stopped (SIGSTOP) for 10 s during 300 requests at 20/s. Before:
     requests kept going to it for cloud_timeout_s, ~40 piled up against max_pending = 32 and
     some got 503. Now at most max_cloud_exchanges wait on it, the breaker opens after
@@ -57,9 +57,9 @@ def test_a_hung_cloud_sigstop_costs_no_request_and_no_503() -> None:
     request gets 200, none later than cloud_timeout_s plus its edge time."""
 
     async def body() -> tuple[LoadReport, dict[str, float]]:
-        cloud = doubles.CloudProcess()
+        cloud = scripted_cloud_process()
         cloud_url = cloud.start()
-        gw = await doubles.start_gateway(cloud_url, policy="cloud", edge_delay_s=EDGE_DELAY_S)
+        gw = await servers.start_gateway(cloud_url, policy="cloud", edge_delay_s=EDGE_DELAY_S)
         try:
 
             async def hang() -> None:
@@ -70,16 +70,15 @@ def test_a_hung_cloud_sigstop_costs_no_request_and_no_503() -> None:
 
             report = await load_while(gw.url, 300, hang)
             async with aiohttp.ClientSession() as s, s.get(f"{gw.url}/metrics") as r:
-                samples = doubles.metric_samples(await r.text())
+                samples = metric_samples(await r.text())
         finally:
             await gw.close()
-            cloud.kill()
         return report, samples
 
     report, samples = run(body(), timeout_s=60)
     print(report.to_json())  # the measurement, shown with `pytest -s`
     assert_nothing_lost(report)
-    timeout_s = doubles.gateway_settings().cloud_timeout_s
+    timeout_s = servers.gateway_settings().cloud_timeout_s
     # its edge time: the edge's own time and its queue after the stuck exchanges time out
     assert report.latency_ms["max"] < (timeout_s + 1.0) * 1000.0, report.to_json()
     assert report.devices.get("edge", 0) > 150  # the hung cloud's share ran locally
@@ -87,11 +86,13 @@ def test_a_hung_cloud_sigstop_costs_no_request_and_no_503() -> None:
     assert report.devices.get("cloud", 0) > 20  # and the cloud came back after SIGCONT
 
 
-def test_a_killed_cloud_sigkill_costs_no_request() -> None:
+def test_a_killed_cloud_sigkill_costs_no_request(
+    scripted_cloud_process: Callable[[], ScriptedCloudProcess],
+) -> None:
     async def body() -> LoadReport:
-        cloud = doubles.CloudProcess()
+        cloud = scripted_cloud_process()
         cloud_url = cloud.start()
-        gw = await doubles.start_gateway(cloud_url, policy="cloud", edge_delay_s=EDGE_DELAY_S)
+        gw = await servers.start_gateway(cloud_url, policy="cloud", edge_delay_s=EDGE_DELAY_S)
         try:
 
             async def kill() -> None:
@@ -101,7 +102,6 @@ def test_a_killed_cloud_sigkill_costs_no_request() -> None:
             return await load_while(gw.url, 100, kill)
         finally:
             await gw.close()
-            cloud.kill()
 
     report = run(body())
     assert_nothing_lost(report)
@@ -129,7 +129,7 @@ def test_a_slow_cloud_trips_the_breaker_and_costs_no_request() -> None:
             )
 
         runner, cloud_url = await fake_cloud(slow_translate)
-        gw = await doubles.start_gateway(cloud_url, policy="cloud", edge_delay_s=EDGE_DELAY_S)
+        gw = await servers.start_gateway(cloud_url, policy="cloud", edge_delay_s=EDGE_DELAY_S)
         try:
 
             async def nothing() -> None:
@@ -137,7 +137,7 @@ def test_a_slow_cloud_trips_the_breaker_and_costs_no_request() -> None:
 
             report = await load_while(gw.url, 120, nothing)
             async with aiohttp.ClientSession() as s, s.get(f"{gw.url}/metrics") as r:
-                samples = doubles.metric_samples(await r.text())
+                samples = metric_samples(await r.text())
         finally:
             await gw.close()
             await runner.cleanup()
@@ -182,7 +182,7 @@ def test_a_cloud_answering_garbage_costs_no_request(garbage: web.Response) -> No
             )
 
         runner, cloud_url = await fake_cloud(handler)
-        gw = await doubles.start_gateway(cloud_url, policy="cloud")
+        gw = await servers.start_gateway(cloud_url, policy="cloud")
         try:
 
             async def nothing() -> None:
@@ -200,7 +200,7 @@ def test_a_cloud_answering_garbage_costs_no_request(garbage: web.Response) -> No
 
 def test_a_killed_edge_worker_costs_no_request() -> None:
     async def body() -> tuple[LoadReport, dict[str, float]]:
-        gw = await doubles.start_gateway(None, policy="edge", edge_delay_s=EDGE_DELAY_S)
+        gw = await servers.start_gateway(None, policy="edge", edge_delay_s=EDGE_DELAY_S)
         try:
 
             async def kill_worker() -> None:
@@ -210,11 +210,11 @@ def test_a_killed_edge_worker_costs_no_request() -> None:
                     assert pid is not None
                     os.kill(pid, signal.SIGKILL)
                     # the next request finds it dead and starts another: wait for its new pid
-                    await doubles_wait(lambda killed=pid: gw.gateway.edge.pid != killed)
+                    await wait_until(lambda killed=pid: gw.gateway.edge.pid != killed)
 
             report = await load_while(gw.url, 200, kill_worker)
             async with aiohttp.ClientSession() as s, s.get(f"{gw.url}/metrics") as r:
-                samples = doubles.metric_samples(await r.text())
+                samples = metric_samples(await r.text())
         finally:
             await gw.close()
         return report, samples
@@ -228,7 +228,7 @@ def test_slow_clients_do_not_cost_a_concurrent_load_anything() -> None:
     """40 slowloris connections (a body byte every 0.5 s) beside 100 requests at 20/s."""
 
     async def body() -> tuple[LoadReport, list[bytes]]:
-        gw = await doubles.start_gateway(
+        gw = await servers.start_gateway(
             None, policy="edge", edge_delay_s=EDGE_DELAY_S, body_timeout_s=3.0
         )
         stop = asyncio.Event()
@@ -256,7 +256,7 @@ def test_below_capacity_no_503_and_above_it_503_with_retry_after() -> None:
     twice as many get some 503, each with Retry-After, and no other error."""
 
     async def body() -> tuple[LoadReport, LoadReport]:
-        gw = await doubles.start_gateway(None, policy="edge", edge_delay_s=0.01, max_pending=8)
+        gw = await servers.start_gateway(None, policy="edge", edge_delay_s=0.01, max_pending=8)
         try:
             below = await run_load(gw.url, SENTENCES, concurrency=8, count=80)
             above = await run_load(gw.url, SENTENCES, concurrency=24, count=120)

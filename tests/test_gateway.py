@@ -3,50 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
+from helpers import servers
+from helpers.aio import run, wait_until
+from helpers.client import get_text, metric_samples, post
+from helpers.servers import ScriptedCloudProcess
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import test_serving_doubles as doubles  # noqa: E402
-
-from cnmt.datasets.link import RttTimeline  # noqa: E402
-from cnmt.serving.launch import serve_app, url  # noqa: E402
-from cnmt.serving.proxy import DelayProxy  # noqa: E402
-
-run = doubles.run
-
-
-async def post(
-    session: aiohttp.ClientSession, base: str, data: Any
-) -> tuple[int, dict[str, Any], Any]:
-    kwargs = {"json": data} if not isinstance(data, bytes) else {"data": data}
-    async with session.post(f"{base}/v1/translate", **kwargs) as response:
-        return response.status, dict(response.headers), await response.json(content_type=None)
-
-
-async def get_text(session: aiohttp.ClientSession, address: str) -> str:
-    async with session.get(address) as response:
-        assert response.status == 200
-        return await response.text()
-
-
-async def wait_until(predicate: Any, timeout_s: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
+from cnmt.datasets.link import RttTimeline
+from cnmt.serving.launch import serve_app, url
+from cnmt.serving.proxy import DelayProxy
 
 
 def test_translates_locally_when_the_policy_chooses_the_edge() -> None:
     async def body() -> None:
-        cloud, cloud_url = await doubles.start_cloud()
-        gw = await doubles.start_gateway(cloud_url, policy="edge")
+        cloud, cloud_url = await servers.start_cloud()
+        gw = await servers.start_gateway(cloud_url, policy="edge")
         try:
             async with aiohttp.ClientSession() as s:
                 status, _, answer = await post(s, gw.url, {"text": "wo men zou ba"})
@@ -68,8 +45,8 @@ def test_translates_locally_when_the_policy_chooses_the_edge() -> None:
 
 def test_offloads_to_the_cloud_when_the_policy_chooses_the_cloud() -> None:
     async def body() -> None:
-        cloud, cloud_url = await doubles.start_cloud()
-        gw = await doubles.start_gateway(cloud_url, policy="cloud")
+        cloud, cloud_url = await servers.start_cloud()
+        gw = await servers.start_gateway(cloud_url, policy="cloud")
         try:
             async with aiohttp.ClientSession() as s:
                 status, _, answer = await post(s, gw.url, {"text": "ni hao"})
@@ -89,8 +66,8 @@ def test_cnmt_policy_sends_long_inputs_to_the_fast_cloud_and_short_ones_stay_loc
     # With the test latency models, T_edge - T_cloud = 0.0018*N + 0.018*M + 0.008 s; the RTT
     # estimate is 50 ms before any exchange, so the edge wins only for the shortest texts.
     async def body() -> None:
-        cloud, cloud_url = await doubles.start_cloud()
-        gw = await doubles.start_gateway(
+        cloud, cloud_url = await servers.start_cloud()
+        gw = await servers.start_gateway(
             cloud_url,
             policy="cnmt",
             length=("linear", {"gamma": 1.0, "delta": 0.0}),
@@ -113,11 +90,11 @@ def test_cnmt_policy_sends_long_inputs_to_the_fast_cloud_and_short_ones_stay_loc
 
 def test_rtt_estimate_learns_the_links_delay_without_the_clouds_own_time() -> None:
     async def body() -> None:
-        cloud, cloud_url = await doubles.start_cloud(delay_s=0.2)
+        cloud, cloud_url = await servers.start_cloud(delay_s=0.2)
         host, port = cloud_url.removeprefix("http://").split(":")
         link = DelayProxy((host, int(port)), RttTimeline.constant(0.1))
         await link.start()
-        gw = await doubles.start_gateway(url("127.0.0.1", link.port), policy="cloud")
+        gw = await servers.start_gateway(url("127.0.0.1", link.port), policy="cloud")
         try:
             async with aiohttp.ClientSession() as s:
                 _, _, first = await post(s, gw.url, {"text": "yi"})
@@ -132,7 +109,7 @@ def test_rtt_estimate_learns_the_links_delay_without_the_clouds_own_time() -> No
         # The cloud held each request >= 200 ms; the sample leaves that out of the link's RTT.
         assert first["latency_ms"] - first["rtt_sample_ms"] >= 200.0
         assert second["rtt_estimate_ms"] == first["rtt_sample_ms"]  # learnt from the exchange
-        gauge = doubles.metric_samples(metrics)["cnmt_gateway_rtt_estimate_seconds"]
+        gauge = metric_samples(metrics)["cnmt_gateway_rtt_estimate_seconds"]
         assert gauge * 1000 == pytest.approx(second["rtt_sample_ms"], abs=0.01)
 
     run(body())
@@ -144,8 +121,8 @@ def test_rtt_estimate_uses_the_injected_clock() -> None:
     now = [1000.0]
 
     async def body() -> None:
-        cloud, cloud_url = await doubles.start_cloud()
-        gw = await doubles.start_gateway(
+        cloud, cloud_url = await servers.start_cloud()
+        gw = await servers.start_gateway(
             cloud_url,
             policy="cloud",
             clock=lambda: now[0],
@@ -169,8 +146,8 @@ def test_rtt_estimate_uses_the_injected_clock() -> None:
 
 def test_falls_back_to_the_edge_when_the_cloud_times_out() -> None:
     async def body() -> None:
-        cloud, cloud_url = await doubles.start_cloud(delay_s=1.5)
-        gw = await doubles.start_gateway(cloud_url, policy="cloud", cloud_timeout_s=0.3)
+        cloud, cloud_url = await servers.start_cloud(delay_s=1.5)
+        gw = await servers.start_gateway(cloud_url, policy="cloud", cloud_timeout_s=0.3)
         try:
             async with aiohttp.ClientSession() as s:
                 status, _, answer = await post(s, gw.url, {"text": "man ma"})
@@ -188,7 +165,7 @@ def test_falls_back_to_the_edge_when_the_cloud_times_out() -> None:
         )
         assert answer["latency_ms"] >= 300.0  # it did wait for the deadline first
         assert health["cloud"] == "unhealthy"
-        samples = doubles.metric_samples(metrics)
+        samples = metric_samples(metrics)
         assert samples['cnmt_gateway_fallbacks_total{reason="timeout"}'] == 1
         assert samples["cnmt_gateway_cloud_healthy"] == 0
 
@@ -234,7 +211,7 @@ def test_falls_back_to_the_edge_when_the_cloud_answers_garbage(
         app.router.add_post("/v1/translate", garbage)
         app.router.add_get("/health", healthy)
         runner, port = await serve_app(app, "127.0.0.1", 0)
-        gw = await doubles.start_gateway(url("127.0.0.1", port), policy="cloud")
+        gw = await servers.start_gateway(url("127.0.0.1", port), policy="cloud")
         try:
             async with aiohttp.ClientSession() as s:
                 code, _, answer = await post(s, gw.url, {"text": "zai jian"})
@@ -248,15 +225,15 @@ def test_falls_back_to_the_edge_when_the_cloud_answers_garbage(
     run(body())
 
 
-def test_no_request_is_lost_when_the_cloud_dies_during_a_load_and_the_probe_brings_it_back() -> (
-    None
-):
-    cloud = doubles.CloudProcess(delay_s=0.03)
+def test_no_request_is_lost_when_the_cloud_dies_during_a_load_and_the_probe_brings_it_back(
+    scripted_cloud_process: Callable[..., ScriptedCloudProcess],
+) -> None:
+    cloud = scripted_cloud_process(delay_s=0.03)
     cloud_url = cloud.start()
     port = cloud.port
 
     async def body() -> None:
-        gw = await doubles.start_gateway(cloud_url, policy="cloud", cloud_timeout_s=1.0)
+        gw = await servers.start_gateway(cloud_url, policy="cloud", cloud_timeout_s=1.0)
         answers: list[tuple[str, int, dict[str, Any]]] = []
         try:
             async with aiohttp.ClientSession() as s:
@@ -278,7 +255,6 @@ def test_no_request_is_lost_when_the_cloud_dies_during_a_load_and_the_probe_brin
                 status, _, back = await post(s, gw.url, {"text": "hui lai le"})
         finally:
             await gw.close()
-            cloud.kill()
         assert len(answers) == 60
         lost = [(text, status, a) for text, status, a in answers if status != 200]
         assert lost == []
@@ -291,10 +267,7 @@ def test_no_request_is_lost_when_the_cloud_dies_during_a_load_and_the_probe_brin
         assert fallbacks <= {"connection", "cloud_unhealthy", "timeout", "status"}
         assert (status, back["device"], back["fallback"]) == (200, "cloud", None)
 
-    try:
-        run(body(), timeout_s=90)
-    finally:
-        cloud.kill()
+    run(body(), timeout_s=90)
 
 
 def test_restarts_a_crashed_edge_worker_and_still_answers(tmp_path: Path) -> None:
@@ -302,7 +275,7 @@ def test_restarts_a_crashed_edge_worker_and_still_answers(tmp_path: Path) -> Non
     marker.write_text("")
 
     async def body() -> None:
-        gw = await doubles.start_gateway(None, policy="edge")
+        gw = await servers.start_gateway(None, policy="edge")
         try:
             pid_before = gw.gateway.edge.pid
             async with aiohttp.ClientSession() as s:
@@ -321,7 +294,7 @@ def test_restarts_a_crashed_edge_worker_and_still_answers(tmp_path: Path) -> Non
 
 def test_answers_503_with_retry_after_when_the_queue_is_full() -> None:
     async def body() -> None:
-        gw = await doubles.start_gateway(
+        gw = await servers.start_gateway(
             None, policy="edge", edge_delay_s=0.3, max_pending=2, retry_after_s=3
         )
         try:
@@ -339,7 +312,7 @@ def test_answers_503_with_retry_after_when_the_queue_is_full() -> None:
         for headers, answer in refused:
             assert headers["Retry-After"] == "3"
             assert "overloaded" in answer["error"]
-        samples = doubles.metric_samples(metrics)
+        samples = metric_samples(metrics)
         assert samples['cnmt_gateway_rejected_total{status="503"}'] == len(refused)
 
     run(body())
@@ -365,7 +338,7 @@ BAD_INPUT = [
 
 def test_bad_input_gets_a_4xx_with_a_message_naming_the_problem() -> None:
     async def body() -> None:
-        gw = await doubles.start_gateway(None, policy="edge", max_body_bytes=4096)
+        gw = await servers.start_gateway(None, policy="edge", max_body_bytes=4096)
         try:
             async with aiohttp.ClientSession() as s:
                 for case in BAD_INPUT:
@@ -385,8 +358,8 @@ def test_bad_input_gets_a_4xx_with_a_message_naming_the_problem() -> None:
 
 def test_metrics_expose_requests_latency_length_errors_and_rtt_in_prometheus_format() -> None:
     async def body() -> str:
-        cloud, cloud_url = await doubles.start_cloud()
-        gw = await doubles.start_gateway(
+        cloud, cloud_url = await servers.start_cloud()
+        gw = await servers.start_gateway(
             cloud_url, policy="edge", length=("linear", {"gamma": 1.0, "delta": 3.0})
         )
         try:
@@ -400,7 +373,7 @@ def test_metrics_expose_requests_latency_length_errors_and_rtt_in_prometheus_for
             await gw.close()
             await cloud.cleanup()
 
-    samples = doubles.metric_samples(run(body()))
+    samples = metric_samples(run(body()))
     assert samples['cnmt_gateway_requests_total{device="edge"}'] == 3
     assert samples['cnmt_gateway_decisions_total{device="edge"}'] == 3
     assert samples['cnmt_gateway_latency_seconds_bucket{device="edge",le="+Inf"}'] == 3
@@ -416,7 +389,7 @@ def test_metrics_expose_requests_latency_length_errors_and_rtt_in_prometheus_for
 
 def test_health_and_ready_endpoints() -> None:
     async def body() -> None:
-        gw = await doubles.start_gateway(None, policy="edge")
+        gw = await servers.start_gateway(None, policy="edge")
         try:
             async with aiohttp.ClientSession() as s:
                 health = await (await s.get(f"{gw.url}/health")).json()
@@ -431,7 +404,7 @@ def test_health_and_ready_endpoints() -> None:
 
 def test_a_cloud_decision_without_a_cloud_runs_locally() -> None:
     async def body() -> None:
-        gw = await doubles.start_gateway(None, policy="cloud")
+        gw = await servers.start_gateway(None, policy="cloud")
         try:
             async with aiohttp.ClientSession() as s:
                 status, _, answer = await post(s, gw.url, {"text": "ni hao"})

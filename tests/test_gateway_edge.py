@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import functools
 import logging
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import doubles
+from helpers.aio import run
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import test_serving_doubles as doubles  # noqa: E402
+from cnmt.errors import CnmtRuntimeError, ConfigError
+from cnmt.profiling.cpu_quota import available
+from cnmt.serving.edge import EdgeWorker, QuotaSpec
 
-from cnmt.errors import CnmtRuntimeError, ConfigError  # noqa: E402
-from cnmt.profiling.cpu_quota import available  # noqa: E402
-from cnmt.serving.edge import EdgeWorker, QuotaSpec  # noqa: E402
-
-run = doubles.run
 UNAVAILABLE = available()
 FACTORY = functools.partial(doubles.ScriptedTranslator, 0.0, label="edge")
 

@@ -10,38 +10,29 @@ import json
 import logging
 import multiprocessing
 import os
-import re
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from helpers import doubles, servers
+from helpers.aio import run, wait_until
+from helpers.client import host_port, metric_samples, slow_body
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import test_serving_doubles as doubles  # noqa: E402
-
-from cnmt.serving.cloud_client import CloudFailure  # noqa: E402
-from cnmt.serving.cloud_health import BUSY, UNHEALTHY, CloudHealth  # noqa: E402
-from cnmt.serving.logs import escape_controls  # noqa: E402
-from cnmt.serving.protocol import (  # noqa: E402
+from cnmt.serving.cloud_client import CloudFailure
+from cnmt.serving.cloud_health import BUSY, UNHEALTHY, CloudHealth
+from cnmt.serving.logs import escape_controls
+from cnmt.serving.protocol import (
     MAX_JSON_DEPTH,
     RequestError,
     json_depth,
     parse_text,
 )
-from cnmt.serving.settings import CloudSettings, GatewaySettings  # noqa: E402
+from cnmt.serving.settings import CloudSettings, GatewaySettings
 
 pytestmark = pytest.mark.slow  # real servers, slow clients and idle timeouts: seconds each
-
-run = doubles.run
-
-
-def host_port(base: str) -> tuple[str, int]:
-    host, port = base.removeprefix("http://").rsplit(":", 1)
-    return host, int(port)
 
 
 async def post(session: aiohttp.ClientSession, base: str, body: bytes) -> tuple[int, Any, str]:
@@ -49,40 +40,6 @@ async def post(session: aiohttp.ClientSession, base: str, body: bytes) -> tuple[
         f"{base}/v1/translate", data=body, headers={"Content-Type": "application/json"}
     ) as response:
         return response.status, response.headers.get("Content-Type", ""), await response.text()
-
-
-async def slow_body(base: str, declared: int, every_s: float, stop: asyncio.Event) -> bytes:
-    """A slowloris: headers at once, then the body one byte per ``every_s`` until the server
-    answers or closes, or ``stop``; returns what the server sent back."""
-    host, port = host_port(base)
-    reader, writer = await asyncio.open_connection(host, port)
-    writer.write(
-        f"POST /v1/translate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {declared}\r\n\r\n".encode()
-    )
-    answer = asyncio.ensure_future(read_answer(reader))
-    try:
-        for _ in range(declared):
-            if stop.is_set() or answer.done():
-                break
-            writer.write(b" ")
-            await writer.drain()
-            await asyncio.wait([answer], timeout=every_s)
-    except ConnectionError:
-        pass  # closed by the server: the answer, if any, is in the reader's buffer
-    try:
-        return await asyncio.wait_for(answer, 5.0)
-    except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
-        return b""
-    finally:
-        writer.close()
-
-
-async def read_answer(reader: asyncio.StreamReader) -> bytes:
-    """One HTTP answer: its head and its Content-Length body."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    length = re.search(rb"Content-Length: (\d+)", head, re.IGNORECASE)
-    return head + (await reader.readexactly(int(length[1])) if length else b"")
 
 
 # --- slow clients -----------------------------------------------------------------------------
@@ -94,11 +51,11 @@ def test_forty_slow_body_connections_do_not_stop_a_concurrent_clients_requests()
     has arrived, and a body that takes longer than body_timeout_s gets a JSON 408."""
 
     async def body() -> None:
-        gw = await doubles.start_gateway(None, policy="edge", max_pending=32, body_timeout_s=2.0)
+        gw = await servers.start_gateway(None, policy="edge", max_pending=32, body_timeout_s=2.0)
         stop = asyncio.Event()
         try:
             slow = [asyncio.create_task(slow_body(gw.url, 10_000, 0.2, stop)) for _ in range(40)]
-            await doubles_wait(lambda: len(gw.runner.server.connections) >= 40)
+            await wait_until(lambda: len(gw.runner.server.connections) >= 40)
             statuses = []
             async with aiohttp.ClientSession() as s:
                 for _ in range(20):
@@ -115,13 +72,6 @@ def test_forty_slow_body_connections_do_not_stop_a_concurrent_clients_requests()
             assert "body_timeout_s" in json.loads(payload)["error"]
 
     run(body())
-
-
-async def doubles_wait(predicate: Any, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 @pytest.mark.parametrize("what", ["idle", "slow headers"])
@@ -148,7 +98,7 @@ def test_idle_and_slow_header_connections_are_closed_after_idle_timeout_s(what: 
         return time.monotonic() - started
 
     async def body() -> None:
-        gw = await doubles.start_gateway(None, policy="edge", idle_timeout_s=1.0)
+        gw = await servers.start_gateway(None, policy="edge", idle_timeout_s=1.0)
         cloud, cloud_url = await start_cloud_with(idle_timeout_s=5.0)
         try:
             gateway_s, cloud_s = await asyncio.gather(
@@ -177,7 +127,7 @@ def test_latency_excludes_the_clients_upload_time() -> None:
     counted as the gateway's latency."""
 
     async def body() -> None:
-        gw = await doubles.start_gateway(None, policy="edge")
+        gw = await servers.start_gateway(None, policy="edge")
         try:
             host, port = host_port(gw.url)
             reader, writer = await asyncio.open_connection(host, port)
@@ -196,7 +146,7 @@ def test_latency_excludes_the_clients_upload_time() -> None:
             answer = json.loads(await reader.readexactly(length))
             writer.close()
             async with aiohttp.ClientSession() as s, s.get(f"{gw.url}/metrics") as r:
-                samples = doubles.metric_samples(await r.text())
+                samples = metric_samples(await r.text())
         finally:
             await gw.close()
         assert answer["latency_ms"] < 500
@@ -209,7 +159,7 @@ def test_a_client_that_aborts_mid_body_is_no_server_error(caplog: pytest.LogCapt
     """Before: logged as an ERROR traceback and counted as rejected_total{status="500"}."""
 
     async def body() -> dict[str, float]:
-        gw = await doubles.start_gateway(None, policy="edge")
+        gw = await servers.start_gateway(None, policy="edge")
         try:
             host, port = host_port(gw.url)
             reader, writer = await asyncio.open_connection(host, port)
@@ -221,7 +171,7 @@ def test_a_client_that_aborts_mid_body_is_no_server_error(caplog: pytest.LogCapt
             writer.close()
             await asyncio.sleep(0.3)
             async with aiohttp.ClientSession() as s, s.get(f"{gw.url}/metrics") as r:
-                return doubles.metric_samples(await r.text())
+                return metric_samples(await r.text())
         finally:
             await gw.close()
 
@@ -252,8 +202,8 @@ def test_hostile_bodies_get_a_json_400_from_the_gateway_and_the_cloud(
     ValueError (500)."""
 
     async def run_body() -> None:
-        cloud, cloud_url = await doubles.start_cloud()
-        gw = await doubles.start_gateway(cloud_url, policy="cloud")
+        cloud, cloud_url = await servers.start_cloud()
+        gw = await servers.start_gateway(cloud_url, policy="cloud")
         try:
             async with aiohttp.ClientSession() as s:
                 for base in (gw.url, cloud_url):
@@ -297,8 +247,8 @@ def test_every_error_answer_is_json_including_aiohttps_own() -> None:
     """Before: 404, 405 and the HTTP parser's 400s (a huge URL or header) were text/plain."""
 
     async def body() -> None:
-        cloud, cloud_url = await doubles.start_cloud()
-        gw = await doubles.start_gateway(cloud_url)
+        cloud, cloud_url = await servers.start_cloud()
+        gw = await servers.start_gateway(cloud_url)
         try:
             async with aiohttp.ClientSession() as s:
                 for base in (gw.url, cloud_url):
@@ -364,7 +314,7 @@ def test_the_edge_workers_logs_escape_control_characters(capfd: pytest.CaptureFi
     so cn2en's "dropped tokens" warning wrote a request's ESC raw to the terminal."""
 
     async def body() -> None:
-        gw = await doubles.start_gateway(
+        gw = await servers.start_gateway(
             None, policy="edge", edge_factory=doubles.EchoingTranslator
         )
         try:
@@ -386,7 +336,7 @@ def test_metrics_count_edge_worker_restarts(tmp_path: Path) -> None:
     """Before: no metric counted the local worker's restarts."""
 
     async def body() -> dict[str, float]:
-        gw = await doubles.start_gateway(None, policy="edge")
+        gw = await servers.start_gateway(None, policy="edge")
         try:
             marker = tmp_path / "crash-once"
             marker.write_text("")
@@ -396,7 +346,7 @@ def test_metrics_count_edge_worker_restarts(tmp_path: Path) -> None:
                 )
                 assert status == 200
                 async with s.get(f"{gw.url}/metrics") as r:
-                    return doubles.metric_samples(await r.text())
+                    return metric_samples(await r.text())
         finally:
             await gw.close()
 
@@ -511,7 +461,7 @@ def test_a_failed_exchange_opens_the_breaker_and_a_probe_closes_it() -> None:
         with pytest.raises(CloudFailure), guard.exchange():
             raise CloudFailure("connection", "refused")
         assert not guard.healthy and guard.refusal() == UNHEALTHY
-        await doubles_wait(lambda: guard.available, 5.0)  # half-open after a good probe
+        await wait_until(lambda: guard.available, 5.0)  # half-open after a good probe
         assert len(probes) == 3 and not guard.healthy
         with guard.exchange() as trial:
             assert trial.trial
@@ -547,7 +497,7 @@ def test_a_slow_trial_opens_the_breaker_again_and_the_backoff_goes_on() -> None:
         )
         guard.mark_unhealthy("test", cause="failure")
         for _ in range(3):
-            await doubles_wait(lambda: guard.available, 5.0)
+            await wait_until(lambda: guard.available, 5.0)
             with guard.exchange() as trial:
                 assert trial.trial and guard.refusal() == UNHEALTHY
                 clock.now += 1.5  # slow
@@ -567,7 +517,7 @@ def test_an_idle_cloud_is_probed_and_a_dead_one_marked_unhealthy() -> None:
         guard, changes = health(clock, health_interval_s=0.05)
         guard.start()
         clock.now += 1.0  # nothing finished for longer than health_interval_s
-        await doubles_wait(lambda: not guard.healthy, 5.0)
+        await wait_until(lambda: not guard.healthy, 5.0)
         assert changes[0] == (False, "probe")
         await guard.close()
 
@@ -576,14 +526,14 @@ def test_an_idle_cloud_is_probed_and_a_dead_one_marked_unhealthy() -> None:
 
 def test_a_gateway_reports_a_dead_idle_cloud_on_health() -> None:
     async def body() -> None:
-        cloud, cloud_url = await doubles.start_cloud()
-        gw = await doubles.start_gateway(cloud_url, health_interval_s=0.1, probe_timeout_s=0.2)
+        cloud, cloud_url = await servers.start_cloud()
+        gw = await servers.start_gateway(cloud_url, health_interval_s=0.1, probe_timeout_s=0.2)
         try:
             async with aiohttp.ClientSession() as s:
                 async with s.get(f"{gw.url}/health") as r:
                     assert (await r.json())["cloud"] == "healthy"
                 await cloud.cleanup()  # the cloud dies; nothing is offloaded
-                await doubles_wait(lambda: not gw.gateway.cloud_healthy, 5.0)
+                await wait_until(lambda: not gw.gateway.cloud_healthy, 5.0)
                 async with s.get(f"{gw.url}/health") as r:
                     assert (await r.json())["cloud"] == "unhealthy"
         finally:
@@ -620,7 +570,7 @@ def test_a_child_that_dies_is_reaped_at_once_not_when_launch_exits() -> None:
         process.start()
         exited: list[int] = []
         reap_on_exit(process, lambda p: exited.append(p.exitcode))
-        await doubles_wait(lambda: bool(exited))
+        await wait_until(lambda: bool(exited))
         assert exited == [9]
         assert not Path(f"/proc/{process.pid}").exists()  # reaped: no zombie left
 
@@ -642,7 +592,7 @@ def test_a_dead_cloud_process_of_launch_is_reaped_and_logged(
         pid = cloud._process.pid
         try:
             os.kill(pid, signal.SIGKILL)
-            await doubles_wait(lambda: not Path(f"/proc/{pid}").exists())
+            await wait_until(lambda: not Path(f"/proc/{pid}").exists())
         finally:
             await cloud.stop()
 

@@ -10,21 +10,19 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from helpers import servers
+from helpers.aio import run
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import test_serving_doubles as doubles  # noqa: E402
+from cnmt.errors import ConfigError
+from cnmt.serving.launch import serve_app, url
+from cnmt.serving.loadtest import check_loopback, percentile, read_sentences, run_load
 
-from cnmt.errors import ConfigError  # noqa: E402
-from cnmt.serving.launch import serve_app, url  # noqa: E402
-from cnmt.serving.loadtest import check_loopback, percentile, read_sentences, run_load  # noqa: E402
-
-run = doubles.run
 SENTENCES = ["yi", "yi er", "yi er san", "si wu liu qi"]
 
 
 def test_closed_loop_sends_the_bounded_count_and_reports_percentiles_and_devices() -> None:
     async def body():  # noqa: ANN202
-        gw = await doubles.start_gateway(None, policy="edge")
+        gw = await servers.start_gateway(None, policy="edge")
         try:
             return await run_load(gw.url, SENTENCES, concurrency=4, count=30)
         finally:
@@ -47,7 +45,7 @@ def test_closed_loop_sends_the_bounded_count_and_reports_percentiles_and_devices
 
 def test_open_loop_keeps_the_schedule() -> None:
     async def body():  # noqa: ANN202
-        gw = await doubles.start_gateway(None, policy="edge")
+        gw = await servers.start_gateway(None, policy="edge")
         try:
             return await run_load(gw.url, SENTENCES, rate=50.0, count=20)
         finally:
@@ -81,7 +79,7 @@ async def _start_hanging_up_server() -> tuple[web.AppRunner, str]:
 
 def test_counts_rejected_and_lost_requests_separately() -> None:
     async def body():  # noqa: ANN202
-        gw = await doubles.start_gateway(None, policy="edge", edge_delay_s=0.2, max_pending=1)
+        gw = await servers.start_gateway(None, policy="edge", edge_delay_s=0.2, max_pending=1)
         try:
             busy = await run_load(gw.url, SENTENCES, concurrency=4, count=12)
         finally:
@@ -103,7 +101,7 @@ def test_counts_rejected_and_lost_requests_separately() -> None:
 
 def test_a_gateway_that_is_not_running_is_named_instead_of_counted_as_lost() -> None:
     async def body() -> str:
-        gw = await doubles.start_gateway(None, policy="edge")
+        gw = await servers.start_gateway(None, policy="edge")
         address = gw.url
         await gw.close()  # nothing listens there any more
         return address
@@ -116,8 +114,8 @@ def test_a_gateway_that_is_not_running_is_named_instead_of_counted_as_lost() -> 
 
 def test_requests_out_has_one_line_per_request_with_the_decision_fields(tmp_path: Path) -> None:
     async def body():  # noqa: ANN202
-        cloud, cloud_url = await doubles.start_cloud()
-        gw = await doubles.start_gateway(cloud_url, policy="cnmt")
+        cloud, cloud_url = await servers.start_cloud()
+        gw = await servers.start_gateway(cloud_url, policy="cnmt")
         try:
             return await run_load(gw.url, SENTENCES, rate=40.0, count=8)
         finally:
@@ -196,7 +194,7 @@ def test_cli_loads_a_gateway_with_real_sentences_and_writes_json(
     out = tmp_path / "report.json"
 
     async def body() -> tuple[int, str]:
-        gw = await doubles.start_gateway(None, policy="edge")
+        gw = await servers.start_gateway(None, policy="edge")
         try:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,

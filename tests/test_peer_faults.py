@@ -22,7 +22,6 @@ import json
 import math
 import os
 import random
-import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -32,15 +31,15 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from helpers import doubles, servers
+from helpers.aio import run
+from helpers.client import metric_samples
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import test_serving_doubles as doubles  # noqa: E402
-
-from cnmt.schedulers import Device, Request  # noqa: E402
-from cnmt.schedulers.latency_models import ProfileLatency  # noqa: E402
-from cnmt.schema import NoParams  # noqa: E402
-from cnmt.serving import strict_json  # noqa: E402
-from cnmt.serving.launch import serve_app, url  # noqa: E402
+from cnmt.schedulers import Device, Request
+from cnmt.schedulers.latency_models import ProfileLatency
+from cnmt.schema import NoParams
+from cnmt.serving import strict_json
+from cnmt.serving.launch import serve_app, url
 
 pytestmark = pytest.mark.slow
 
@@ -252,7 +251,7 @@ def run_class(name: str, tmp_path: Path) -> dict[str, Any]:
 
     async def body() -> dict[str, Any]:
         runner, cloud_url = await fake.start()
-        gw = await doubles.start_gateway(
+        gw = await servers.start_gateway(
             cloud_url,
             policy="cnmt",
             latency=("online", {}),
@@ -303,7 +302,7 @@ def run_class(name: str, tmp_path: Path) -> dict[str, Any]:
                 async with session.get(f"{gw.url}/v1/models") as response:
                     models = strict(await response.text())
                 async with session.get(f"{gw.url}/metrics") as response:
-                    samples = doubles.metric_samples(await response.text())
+                    samples = metric_samples(await response.text())
                 fake.lying = False
                 back_on_cloud = None
                 for i in range(HONEST_AFTER):
@@ -337,7 +336,7 @@ def run_class(name: str, tmp_path: Path) -> dict[str, Any]:
             "redirect_hits": fake.redirect_hits,
         }
 
-    return doubles.run(body(), timeout_s=180.0)
+    return run(body(), timeout_s=180.0)
 
 
 @pytest.mark.parametrize("name", list(CLASSES))

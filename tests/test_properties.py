@@ -15,19 +15,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from helpers.client import get_json
+from helpers.servers import start_cloud, start_gateway
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import test_serving_doubles as doubles  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -47,8 +44,8 @@ class Servers:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.cloud, self.cloud_url = self.call(doubles.start_cloud())
-        self.gateway = self.call(doubles.start_gateway(self.cloud_url, policy="cloud"))
+        self.cloud, self.cloud_url = self.call(start_cloud())
+        self.gateway = self.call(start_gateway(self.cloud_url, policy="cloud"))
         self.session: aiohttp.ClientSession = self.call(self._session())
         self.urls = {"gateway": self.gateway.url, "cloud": self.cloud_url}
 
@@ -103,13 +100,8 @@ def assert_still_serving(servers: Servers) -> None:
     for server in ("gateway", "cloud"):
         status, _, payload = servers.post(server, json.dumps({"text": "still here"}).encode())
         assert status == 200, payload
-    health = servers.call(_get_json(servers.session, f"{servers.gateway.url}/health"))
+    health = servers.call(get_json(servers.session, f"{servers.gateway.url}/health"))
     assert health["status"] == "ok" and health["cloud"] == "healthy" and health["pending"] == 0
-
-
-async def _get_json(session: aiohttp.ClientSession, address: str) -> Any:
-    async with session.get(address) as response:
-        return await response.json()
 
 
 json_values = st.recursive(

@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import numpy as np  # noqa: E402
-import test_serving_doubles as doubles  # noqa: E402
+import numpy as np
+from helpers.aio import run
 
-from cnmt.datasets.link import RttTimeline  # noqa: E402
-from cnmt.datasets.traces import RttTrace  # noqa: E402
-from cnmt.serving.proxy import DelayProxy  # noqa: E402
-
-run = doubles.run
+from cnmt.datasets.link import RttTimeline
+from cnmt.datasets.traces import RttTrace
+from cnmt.serving.proxy import DelayProxy
 
 
 def stepped(rtts_s: list[float], step_s: float) -> RttTimeline:

@@ -26,13 +26,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+from helpers.aio import run
+from helpers.launched import Launched
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_serving_doubles import run  # noqa: E402
-from test_serving_launch import Launched  # noqa: E402
-
-from cnmt.serving.cloud_client import CloudClient  # noqa: E402
-from cnmt.serving.loadtest import run_load  # noqa: E402
+from cnmt.serving.cloud_client import CloudClient
+from cnmt.serving.loadtest import run_load
 
 pytestmark = [
     pytest.mark.ray,
@@ -134,10 +132,9 @@ def ray_cloud(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 @pytest.fixture(scope="module")
 def reference(model: Path, sentences: list[str]) -> dict[str, dict[str, Any]]:
     """Our aiohttp cloud's answers for each sentence, sent one at a time."""
-    from test_serving_doubles import serve_app, url
-
     from cnmt.runtime import load_translator
     from cnmt.serving.cloud import CloudServer
+    from cnmt.serving.launch import serve_app, url
     from cnmt.serving.settings import CloudSettings
 
     async def answers() -> dict[str, dict[str, Any]]:
@@ -372,10 +369,9 @@ BAD_REQUESTS = [
 def test_bad_requests_get_the_same_status_and_message_from_both_engines(
     ray_cloud: RayCloud, model: Path
 ) -> None:
-    from test_serving_doubles import serve_app, url
-
     from cnmt.runtime import load_translator
     from cnmt.serving.cloud import CloudServer
+    from cnmt.serving.launch import serve_app, url
     from cnmt.serving.settings import CloudSettings
 
     ray_cloud.start()

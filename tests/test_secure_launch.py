@@ -17,9 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import trustme
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import test_serving_doubles as doubles  # noqa: E402
+from helpers.aio import run
 
 pytestmark = [pytest.mark.export, pytest.mark.slow]
 
@@ -96,7 +94,7 @@ def test_launch_serves_the_demo_over_tls_with_a_token(tmp_path: Path) -> None:
                     results["answer"] = await r.json()
             return results
 
-        results = doubles.run(requests())
+        results = run(requests())
         process.send_signal(signal.SIGTERM)
         code = process.wait(60)
         output.extend(process.stdout.readlines())

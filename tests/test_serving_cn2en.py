@@ -15,14 +15,12 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from helpers.aio import run
+from helpers.launched import Launched
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import test_serving_doubles as doubles  # noqa: E402
-from test_serving_launch import Launched  # noqa: E402
-
-from cnmt.config import load_config  # noqa: E402
-from cnmt.profiling.cpu_quota import available  # noqa: E402
-from cnmt.serving.launch import System  # noqa: E402
+from cnmt.config import load_config
+from cnmt.profiling.cpu_quota import available
+from cnmt.serving.launch import System
 
 pytestmark = pytest.mark.export
 REPO = Path(__file__).resolve().parent.parent
@@ -79,7 +77,7 @@ def test_cn2en_translates_through_each_path_of_the_gateway(
             await system.stop()
         return answer, metrics
 
-    answer, metrics = doubles.run(body(), timeout_s=300)
+    answer, metrics = run(body(), timeout_s=300)
     assert answer["translation"] == "let's go ."
     assert (answer["device"], answer["decided"], answer["fallback"]) == (policy, policy, None)
     assert (answer["n_tokens"], answer["m_actual"]) == (5, 3)
@@ -152,6 +150,6 @@ def test_loadtest_against_the_real_gateway_loses_nothing(
         finally:
             await system.stop()
 
-    report = doubles.run(body(), timeout_s=300)
+    report = run(body(), timeout_s=300)
     assert (report.sent, report.ok, report.lost, report.failed) == (60, 60, 0, 0)
     assert sum(report.devices.values()) == 60

@@ -4,73 +4,18 @@ config mistake as a message naming the key and the fix (exit 2) before anything 
 from __future__ import annotations
 
 import os
-import queue
 import re
 import signal
 import socket
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
+from helpers.launched import Launched
 
 from cnmt.cli import main
 from cnmt.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-class Launched:
-    """A `cnmt launch` subprocess whose output a thread collects line by line."""
-
-    def __init__(self, *args: str) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.process = subprocess.Popen(
-            [sys.executable, "-P", "-m", "cnmt", "launch", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-            cwd=REPO,
-        )
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._collect, daemon=True).start()
-
-    def _collect(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def read_until(self, marker: str, timeout_s: float = 60.0) -> str:
-        """Output up to the line containing ``marker``; fails after ``timeout_s`` or at exit."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if line is None:
-                break
-            self.seen.append(line)
-            if marker in line:
-                return "".join(self.seen)
-        self.process.kill()
-        raise AssertionError(f"no {marker!r} in the output:\n{''.join(self.seen)}")
-
-    def finish(self, timeout_s: float = 30.0) -> tuple[int, str]:
-        """Wait for the exit; the exit status and all the output."""
-        try:
-            code = self.process.wait(timeout_s)
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
-        while (line := self.lines.get(timeout=10)) is not None:
-            self.seen.append(line)
-        return code, "".join(self.seen)
 
 
 def link_config(tmp_path: Path, port: int = 0) -> Path:
@@ -169,7 +114,7 @@ def test_the_int8_edge_config_runs_int8_on_the_edge_and_fp32_on_the_cloud() -> N
     config = load_config("serving/edge-int8")
     assert config["gateway"].models == {"edge": "cn2en-int8", "cloud": "cn2en"}
     assert config["cloud"].model == "cn2en"
-    assert config["edge_latency"].name == "online"  # the fp32 prior is refitted on the edge
+    assert config["edge_latency"].name == "posterior"  # the fp32 prior is relearnt on the edge
 
 
 def test_a_cloud_running_another_model_than_the_gateway_expects_is_refused(
@@ -239,12 +184,18 @@ def test_default_config_launches_the_whole_system_with_cn2en_on_both_sides() -> 
     assert config["link"].rtt_ms is not None
     assert config["gateway"].edge_profile.endswith("profiles/cn2en__edge-cpu-q25.json")
     assert config["gateway"].cloud_profile.endswith("profiles/cn2en__cloud-cpu.json")
-    # the closed loop: learning latency and length models, the load-aware rule, probes
-    assert config["device_policy"].name == "cnmt_load"
-    assert config["edge_latency"].name == config["cloud_latency"].name == "online"
+    # the closed loop that corrects a wrong prior: posteriors, the load-aware rule on their
+    # draws, idle calibration of the edge; learning length model, probes
+    assert config["device_policy"].name == "cnmt_explore"
+    assert config["edge_latency"].name == config["cloud_latency"].name == "posterior"
+    assert config["gateway"].calibrate_idle_s is not None
     assert config["length_estimator"].name == "online_linear"
     assert Path(config["length_estimator"].params.model).is_file()
     assert config["gateway"].learn_from_probes
+    previous = load_config("serving/closed-loop-online")  # the previous loop, to compare
+    assert previous["device_policy"].name == "cnmt_load"
+    assert previous["edge_latency"].name == previous["cloud_latency"].name == "online"
+    assert previous["gateway"].calibrate_idle_s is None
     paper = load_config("serving/paper-rule")  # the paper's fixed rule stays selectable
     assert paper["device_policy"].name == "cnmt"
     assert paper["edge_latency"].name == paper["cloud_latency"].name == "profile"

@@ -9,16 +9,15 @@ is its estimator's, learnt from its own exchanges.
 from __future__ import annotations
 
 import asyncio
-import sys
-from pathlib import Path
+from collections.abc import Callable
 
-import aiohttp
+from helpers.aio import run
+from helpers.doubles import ScriptedTranslator, sentence
+from helpers.live import GatewayAndCloud
+from helpers.servers import ScriptedCloudProcess
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import test_serving_doubles as doubles  # noqa: E402
-
-from cnmt.schedulers.base import LatencyModel  # noqa: E402
-from cnmt.serving.loadtest import run_load  # noqa: E402
+from cnmt.schedulers.base import LatencyModel
+from cnmt.serving.loadtest import run_load
 
 # A slow edge, a near cloud faster on the shortest texts, a far one faster on the others (both
 # round trips are the loopback's: the priors make the split).
@@ -26,37 +25,24 @@ EDGE = LatencyModel(a_n=0.01, a_m=0.01, b=0.05)
 NEAR = LatencyModel(a_n=0.004, a_m=0.004, b=0.001)
 FAR = LatencyModel(a_n=0.0005, a_m=0.0005, b=0.02)
 RTT = ("last", {"initial_s": 0.001})  # about the loopback's, before any exchange
-SENTENCES = ["wir gehen", "guten morgen alle zusammen"] + [
-    " ".join(f"w{i}" for i in range(n)) for n in (12, 20, 28)
-]
+SENTENCES = ["wir gehen", "guten morgen alle zusammen"] + [sentence(n) for n in (12, 20, 28)]
 
 
-def test_the_gateway_sends_requests_to_both_clouds_by_the_least_predicted_total() -> None:
+def test_the_gateway_sends_requests_to_both_clouds_by_the_least_predicted_total(
+    gateway_and_cloud: GatewayAndCloud, scripted_cloud_process: Callable[[], ScriptedCloudProcess]
+) -> None:
     async def body() -> list[dict]:
-        near, near_url = await doubles.start_cloud(label="near")
-        far = doubles.CloudProcess()
-        far_url = far.start()
-        gw = await doubles.start_gateway(
-            near_url,
+        far_url = scripted_cloud_process().start()
+        async with gateway_and_cloud(
+            ScriptedTranslator(label="near"),
             policy="cnmt",
             priors=(EDGE, NEAR),
             more_clouds={"far": (far_url, FAR)},
             rtt=RTT,
-        )
-        answers = []
-        try:
-            async with aiohttp.ClientSession() as session:
-                for text in SENTENCES * 4:
-                    async with session.post(gw.url + "/v1/translate", json={"text": text}) as r:
-                        assert r.status == 200
-                        answers.append(await r.json())
-        finally:
-            await gw.close()
-            far.kill()
-            await near.cleanup()
-        return answers
+        ) as live:
+            return [await live.translate(text) for text in SENTENCES * 4]
 
-    answers = doubles.run(body())
+    answers = run(body())
     ran = {a["device"] for a in answers}
     assert {"cloud", "far"} <= ran, ran  # the near cloud is named `cloud`, the shorthand's name
     for answer in answers:
@@ -72,42 +58,33 @@ def test_the_gateway_sends_requests_to_both_clouds_by_the_least_predicted_total(
     assert {a["device"] for a in short} == {"cloud"} and {a["device"] for a in long} == {"far"}
 
 
-def test_killing_one_of_two_clouds_loses_no_request() -> None:
+def test_killing_one_of_two_clouds_loses_no_request(
+    gateway_and_cloud: GatewayAndCloud, scripted_cloud_process: Callable[[], ScriptedCloudProcess]
+) -> None:
     """The far cloud's process is killed while 120 requests arrive at 20/s: the exchanges in
     flight fall back to the edge, the far cloud is marked unhealthy and its requests run
     locally until it is back; every request is answered."""
 
     async def body() -> tuple[object, dict, dict]:
-        near, near_url = await doubles.start_cloud(label="near")
-        far = doubles.CloudProcess()
+        far = scripted_cloud_process()
         far_url = far.start()
-        gw = await doubles.start_gateway(
-            near_url,
+        async with gateway_and_cloud(
+            ScriptedTranslator(label="near"),
             policy="cnmt",
             priors=(EDGE, NEAR),
             more_clouds={"far": (far_url, FAR)},
             rtt=RTT,
             cloud_timeout_s=1.0,
-        )
-        try:
+        ) as live:
             load = asyncio.ensure_future(
-                run_load(gw.url, SENTENCES, rate=20.0, count=120, timeout_s=30.0)
+                run_load(live.url, SENTENCES, rate=20.0, count=120, timeout_s=30.0)
             )
             await asyncio.sleep(2.0)
             far.kill()
             report = await load
-            async with aiohttp.ClientSession() as session:
-                async with session.get(gw.url + "/health") as r:
-                    health = await r.json()
-                async with session.get(gw.url + "/metrics") as r:
-                    samples = doubles.metric_samples(await r.text())
-        finally:
-            await gw.close()
-            far.kill()
-            await near.cleanup()
-        return report, health, samples
+            return report, await live.get_json("/health"), await live.metrics()
 
-    report, health, samples = doubles.run(body(), timeout_s=90.0)
+    report, health, samples = run(body(), timeout_s=90.0)
     assert report.sent == report.ok == 120, report.to_json()
     assert report.rejected == report.failed == report.lost == 0, report.to_json()
     assert health["clouds"] == {"cloud": "healthy", "far": "unhealthy"}

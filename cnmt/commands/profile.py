@@ -286,7 +286,7 @@ def request_set(
     import numpy as np
 
     from cnmt.config import display_path, load_config
-    from cnmt.experiments.replay import draw_requests, load_corpus_lines
+    from cnmt.experiments.replay_requests import draw_requests, load_corpus_lines
     from cnmt.profiling.measure import RequestSet
 
     if count < 1:

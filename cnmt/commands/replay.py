@@ -100,7 +100,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from cnmt.config import load_config
     from cnmt.errors import ConfigError
-    from cnmt.experiments.replay import describe_mode, markdown_table, plot_rtt_window, replay
+    from cnmt.experiments.replay import replay
+    from cnmt.experiments.replay_output import describe_mode, markdown_table, plot_rtt_window
 
     config = load_config(args.config)
     if args.requests is not None and args.requests < 1:
