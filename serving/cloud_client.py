@@ -72,27 +72,18 @@ class CloudRejected(Exception):
         self.message = message
 
 
-@dataclass(frozen=True)
-class CloudReply:
-    """One successful exchange: the cloud's answer and the round trip the gateway measured."""
+@dataclass(frozen=True, kw_only=True)
+class CloudReply(CloudAnswer):
+    """One successful exchange: the cloud's answer (the protocol's one type,
+    :class:`~cnmt.serving.protocol.CloudAnswer`) and what the gateway measured around it."""
 
-    text: str
-    n_tokens: int
-    m_tokens: int
-    exec_s: float
-    received_at: float
-    sent_at: float
     round_trip_s: float
     wire_bytes: int = 0  # the payload: request plus response bodies (PayloadModel)
-    # Queueing in the cloud, when it reports it (optional fields of the protocol).
-    wait_s: float | None = None
-    pending: int | None = None
-    batch_size: int | None = None
 
     @property
-    def server_s(self) -> float:
-        """Time the request spent inside the cloud server, by the cloud's own clock."""
-        return self.sent_at - self.received_at
+    def text(self) -> str:
+        """The translation."""
+        return self.translation
 
     def rtt_sample(self, bandwidth_bps: float) -> float:
         """One sample of the rest of the cloud path: the round trip minus what the gateway's
@@ -125,17 +116,9 @@ def parse_reply(
     except BadAnswer as exc:
         raise CloudFailure("bad_response", str(exc)) from None
     reply = CloudReply(
-        text=answer.translation,
-        n_tokens=answer.n_tokens,
-        m_tokens=answer.m_tokens,
-        exec_s=answer.exec_s,
-        received_at=answer.received_at,
-        sent_at=answer.sent_at,
+        **vars(answer),
         round_trip_s=round_trip_s,
         wire_bytes=PayloadModel.measured_bytes(request_bytes, len(body)),
-        wait_s=answer.wait_s,
-        pending=answer.pending,
-        batch_size=answer.batch_size,
     )
     _check_durations(reply)
     return reply

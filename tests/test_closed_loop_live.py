@@ -179,7 +179,7 @@ def test_the_clouds_wait_counts_the_gateways_own_offloads_at_once(
 
 def test_the_rtt_sample_is_the_round_trip_minus_the_clouds_wait_and_execution() -> None:
     reply = CloudReply(
-        text="x",
+        translation="x",
         n_tokens=1,
         m_tokens=2,
         exec_s=0.030,
@@ -191,7 +191,9 @@ def test_the_rtt_sample_is_the_round_trip_minus_the_clouds_wait_and_execution() 
     )
     # the cloud's handling belongs to the rest of the path, not to the latency model
     assert reply.rtt_sample(100e6) == pytest.approx(0.100 - 0.030 - 0.001)
-    older = CloudReply("x", 1, 2, 0.030, 100.0, 100.036, 0.100, 12_500)  # no wait_s reported
+    older = CloudReply(  # no wait_s reported
+        **{**vars(reply), "wait_s": None},
+    )
     assert older.rtt_sample(100e6) == pytest.approx(0.100 - 0.036 - 0.001)
 
 

@@ -128,7 +128,7 @@ class CloudDouble:
         serialisation = float(serialisation_s(wire, BANDWIDTH_BPS))
         w.clock.now = w.clock.now + float(batch.transmission_s[i]) + 0.0 + exec_s
         return CloudReply(
-            text=text.upper(),
+            translation=text.upper(),
             n_tokens=len(text.split()),
             m_tokens=int(batch.m_true[i]),
             exec_s=exec_s,
