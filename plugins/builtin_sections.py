@@ -1,10 +1,12 @@
 """Registers the config sections of the applications: serving (``gateway``, ``cloud``,
-``link``), experiments (``replay``) and characterization (``device``).
+``link``, ``clouds``), experiments (``replay``) and characterization (``device``).
 
 A section's schema module is imported only when a config uses the key.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from cnmt import hookimpl
 from cnmt.hookspecs import Register
@@ -28,6 +30,12 @@ def _link() -> type:
     return LinkSettings
 
 
+def _clouds() -> Any:
+    from cnmt.serving.settings import CloudEntry
+
+    return list[CloudEntry]
+
+
 def _replay() -> type:
     from cnmt.experiments.config import ReplayConfig
 
@@ -45,5 +53,6 @@ def cnmt_register_config_sections(register: Register) -> None:
     register("gateway", _gateway)
     register("cloud", _cloud)
     register("link", _link)
+    register("clouds", _clouds)
     register("replay", _replay)
     register("device", _device)

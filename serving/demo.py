@@ -85,6 +85,14 @@ def describe_models(models: dict[str, Any]) -> list[str]:
                 f"  {side:5} median |predicted - measured| / measured over its last "
                 f"{model['recent_requests']} requests: {error:.0%}"
             )
+    clouds = models.get("clouds") or {}
+    if len(clouds) > 1:
+        for name, cloud in clouds.items():
+            lines.append(
+                f"cloud {name}: link RTT estimate {cloud['rtt_estimate_ms'] or 0.0:.2f} ms, "
+                f"wait estimate {cloud['cloud_wait_estimate_ms'] or 0.0:.2f} ms"
+                + ("" if cloud["healthy"] else " (unhealthy)")
+            )
     length = models["length"]
     if "gamma" in length:
         lines.append(
@@ -103,13 +111,18 @@ def describe(index: int, text: str, answer: dict[str, Any]) -> str:
     if answer.get("fallback"):
         why += f"; ran on the {answer['device']} instead: {answer['fallback']}"
     rtt = answer["rtt_estimate_ms"]
+    # The answer's one-cloud fields describe the cloud that ran it, else the one decided.
+    clouds = [t for t in predicted if t != "edge"]
+    cloud = next((t for t in (answer["device"], decided) if t in clouds), clouds[0])
     lines = [
         f"[{index}] {text}",
         f"    -> {answer['translation']}",
         f"    device {answer['device']} ({why}); N = {answer['n_tokens']} tokens, M estimated "
         f"{answer['m_estimated']:.1f}, actual {answer['m_actual']}",
-        f"    predicted: edge {predicted['edge']:.2f} ms, cloud {predicted['cloud']:.2f} ms "
-        f"(model + link RTT estimate {rtt:.2f} ms)" + _load(answer),
+        "    predicted: "
+        + ", ".join(f"{target} {ms:.2f} ms" for target, ms in predicted.items())
+        + f" (model + link RTT estimate, {rtt:.2f} ms to the {cloud})"
+        + _load(answer),
         f"    measured:  {answer['latency_ms']:.2f} ms at the gateway, of which the model "
         f"{answer['exec_ms']:.2f} ms"
         + (
@@ -157,8 +170,10 @@ async def run_demo(
         say("stopping")
         await system.stop()
     devices = [a["device"] for a in answers]
+    targets = list(answers[0]["predicted_ms"]) if answers else ["edge", "cloud"]
+    where = ", ".join(f"{devices.count(t)} on the {t}" for t in dict.fromkeys([*targets, *devices]))
     say(
-        f"{len(answers)} of {len(sentences)} translated: {devices.count('edge')} on the edge, "
-        f"{devices.count('cloud')} on the cloud (timings measured just now on this machine)"
+        f"{len(answers)} of {len(sentences)} translated: {where} (timings measured just now on "
+        "this machine)"
     )
     return answers

@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import multiprocessing
 import os
 import pickle
 import signal
@@ -45,6 +44,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from cnmt import processes
 from cnmt.errors import CnmtError, CnmtRuntimeError
 from cnmt.runtime.base import Translation, Translator
 from cnmt.schedulers.edge_backlog import EdgeBacklog
@@ -84,7 +84,7 @@ def _portable(exc: BaseException) -> BaseException:
         return CnmtRuntimeError(f"{type(exc).__name__}: {exc}")
 
 
-def _worker_main(conn: Any, factory: TranslatorFactory, procs_file: str | None) -> None:
+def _worker_main(factory: TranslatorFactory, procs_file: str | None, conn: Any) -> None:
     """Build the translator at full speed, then join the cgroup (writing the pid to
     cgroup.procs moves every thread of the process) and translate what arrives."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the gateway decides when the worker stops
@@ -232,21 +232,15 @@ class EdgeWorker:
             raise
 
     async def _spawn(self) -> None:
-        context = multiprocessing.get_context("spawn")
-        parent, child = context.Pipe(duplex=True)
         procs_file = str(self._quota.procs_file) if self._quota is not None else None
-        process = context.Process(
-            target=_worker_main,
-            args=(child, self.factory, procs_file),
-            name="cnmt-edge",
-            daemon=True,
+        # The worker's end is closed here: once it dies, reading ours gives EOF.
+        process, parent = processes.spawn(
+            _worker_main, (self.factory, procs_file), name="cnmt-edge", duplex=True
         )
-        process.start()
-        child.close()  # the worker's end: once it dies, reading ours gives EOF
         loop = asyncio.get_running_loop()
         try:
             kind, value = await loop.run_in_executor(
-                None, _first_message, parent, process, self.start_timeout_s
+                None, processes.first_message, parent, process, self.start_timeout_s, "edge worker"
             )
         except BaseException:
             _stop_process(process, parent)
@@ -404,31 +398,10 @@ class EdgeWorker:
         )
 
 
-def _first_message(conn: Any, process: Any, timeout_s: float) -> tuple[str, Any]:
-    """The worker's first message: ("ready", pid) or ("error", why)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if conn.poll(0.1):
-            try:
-                return conn.recv()
-            except (EOFError, OSError):
-                break  # it closed its end: it is exiting
-        elif not process.is_alive():
-            break
-    else:
-        return ("error", f"not ready after {timeout_s:.0f} s")
-    process.join(5.0)
-    return ("error", f"the worker process exited with status {process.exitcode} while starting")
-
-
 def _stop_process(process: Any, conn: Any, timeout_s: float = 5.0) -> None:
-    process.join(timeout_s)
-    if process.is_alive():
-        process.terminate()
-        process.join(timeout_s)
-    if process.is_alive():
-        process.kill()
-        process.join(timeout_s)
+    """Stop a worker that was asked to exit (``None`` sent): ``timeout_s`` for it to do so,
+    then SIGTERM, then SIGKILL."""
+    processes.stop(process, timeout_s, wait_first_s=timeout_s)
     if conn is not None:
         conn.close()
 

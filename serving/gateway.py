@@ -80,7 +80,6 @@ import contextlib
 import logging
 import math
 import re
-import statistics
 import time
 import uuid
 from collections import deque
@@ -111,7 +110,12 @@ from cnmt.serving.gateway_metrics import GatewayMetrics
 from cnmt.serving.learned_state import Part, StateLock, save
 from cnmt.serving.limits import IDLE_TIMEOUT_KEY
 from cnmt.serving.logs import escape_controls
-from cnmt.serving.model_report import LatencyModels, coefficients, model_warnings
+from cnmt.serving.model_report import (
+    LatencyModels,
+    cloud_report,
+    latency_report,
+    model_warnings,
+)
 from cnmt.serving.protocol import (
     RequestError,
     check_length,
@@ -615,31 +619,17 @@ class Gateway:
 
     def models(self) -> dict[str, Any]:
         """What the gateway decides with now and how well it has predicted (``/v1/models``)."""
-        state = self.core.state(self.clock())
+        now = self.clock()
+        state = self.core.state(now)
         latency = {}
         warnings: list[str] = []
         for device, estimator in self.latency.items():
             warnings += model_warnings(
                 device, estimator.current(), self.tokenizer.max_source_tokens
             )
-            errors = self.recent_errors[device]
-            latency[device] = {
-                "device": self.devices[device],
-                "component": estimator.name,
-                "learns": estimator.learns,
-                "observations": estimator.observations,
-                "dropped": estimator.dropped,
-                "current": coefficients(estimator.current()),
-                "prior": coefficients(estimator.prior),
-                "recent_requests": len(errors),
-                "median_abs_relative_error": (
-                    round(statistics.median(errors), 4) if errors else None
-                ),
-                # a posterior's: observations refused as impossible, and its speed's spread
-                "speed_sd": (
-                    round(estimator.scale_sd(), 4) if hasattr(estimator, "scale_sd") else None
-                ),
-            }
+            latency[device] = latency_report(
+                estimator, self.devices[device], self.recent_errors[device]
+            )
         length: dict[str, Any] = {
             "component": self.length_estimator.name,
             "learns": self.length_estimator.learns,
@@ -656,6 +646,13 @@ class Gateway:
             "calibrations": self.calibration.runs_by_target if self.calibration else None,
             "rtt_estimate_ms": _ms(state.link.rtt_s),
             "cloud_wait_estimate_ms": _ms(state.cloud_wait_s),
+            # Each cloud's link, wait and health (the two keys above are the first cloud's).
+            "clouds": {
+                name: cloud_report(
+                    self.core, name, now, self.devices[name], self.healths[name].healthy, client
+                )
+                for name, client in self.clouds.items()
+            },
             "edge_backlog_ms": _ms(state.edge_backlog_s),
             "state_file": self.settings.state_file,
             "warnings": warnings,

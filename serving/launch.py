@@ -1,10 +1,12 @@
-"""Start what a serving config describes: a cloud server, an emulated link, a gateway.
+"""Start what a serving config describes: its clouds, an emulated link per cloud, a gateway.
 
-When a config launches both a gateway and a cloud, the cloud runs in its own process (a
-separate "machine": its model threads never compete with the gateway's event loop for the
-GIL); the link (a proxy, i.e. the network) and the gateway run in this process's event loop,
-and the gateway's local translations in its own CPU-throttled worker process. Shutdown
-reverses the start order: gateway, link, cloud.
+When a config launches both a gateway and a cloud, each cloud runs in its own process
+(:mod:`cnmt.serving.cloud_process`: a separate "machine", whose model threads never compete
+with the gateway's event loop for the GIL); the links (proxies, i.e. the network) and the
+gateway run in this process's event loop, and the gateway's local translations in its own
+CPU-throttled worker process. ``cloud`` + ``link`` describe one cloud (named ``cloud``);
+``clouds`` lists several, each with its own server, link and profile. Shutdown reverses the
+start order: gateway, links, clouds.
 """
 
 from __future__ import annotations
@@ -13,59 +15,54 @@ import asyncio
 import dataclasses
 import functools
 import logging
-import multiprocessing
 import os
 import signal
-import ssl
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from typing import Any
 
 from aiohttp import web
 
 from cnmt.config import Config
-from cnmt.errors import CnmtError, CnmtRuntimeError, ConfigError
+from cnmt.errors import ConfigError
+from cnmt.processes import reap_on_exit, stop_reaping
 from cnmt.serving.auth import bearer_auth, read_keys
-from cnmt.serving.limits import HardenedAppRunner
-from cnmt.serving.logs import configure_logging
-from cnmt.serving.settings import CloudSettings, GatewaySettings, LinkSettings, split_host_port
+from cnmt.serving.cloud_process import (
+    SHUTDOWN_GRACE_S,
+    CloudProcess,
+    check_ray_installed,
+    describe_cloud,
+    load_translators,
+    serve_app,
+)
+from cnmt.serving.settings import (
+    CloudEntry,
+    CloudSettings,
+    GatewaySettings,
+    LinkSettings,
+    split_host_port,
+)
 
 log = logging.getLogger("cnmt.serving.launch")
 
 Say = Callable[[str], None]
-SHUTDOWN_GRACE_S = 10.0
+SHORTHAND_CLOUD = "cloud"  # the name of the one cloud of `cloud:` + `link:`
 
-
-async def serve_app(
-    app: web.Application,
-    host: str,
-    port: int,
-    reuse_port: bool = False,
-    ssl_context: ssl.SSLContext | None = None,
-) -> tuple[web.AppRunner, int]:
-    """Run ``app`` on ``host:port`` (0 = a free port); returns the runner and the bound port.
-    The app's startup hooks run here, so their errors surface here."""
-    # Requests in flight at shutdown get SHUTDOWN_GRACE_S to finish before they are cut.
-    # Slow clients are bounded and the HTTP parser's errors are JSON: cnmt.serving.limits.
-    runner = HardenedAppRunner(
-        app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_S
-    )
-    await runner.setup()
-    try:
-        site = web.TCPSite(
-            runner, host, port, reuse_port=reuse_port or None, ssl_context=ssl_context
-        )
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise CnmtRuntimeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    except BaseException:
-        await runner.cleanup()
-        raise
-    bound = runner.addresses[0][1]
-    return runner, int(bound)
+# Imported from here by tests and benchmarks.
+__all__ = [
+    "SHUTDOWN_GRACE_S",
+    "CloudProcess",
+    "Endpoints",
+    "System",
+    "build_gateway",
+    "create_schedulers",
+    "load_translators",
+    "reap_on_exit",
+    "run_until_signal",
+    "serve_app",
+    "stop_reaping",
+    "url",
+]
 
 
 def url(host: str, port: int, scheme: str = "http") -> str:
@@ -81,209 +78,6 @@ def prepare_model(model: str) -> None:
         from cnmt.exporters.builtins import ensure_exported
 
         ensure_exported(model)
-
-
-def load_translators(model: str, providers: tuple[str, ...], threads: int, count: int) -> list[Any]:
-    from cnmt.runtime import load_translator
-
-    return [
-        load_translator(model, providers=list(providers), threads=threads) for _ in range(count)
-    ]
-
-
-# --- the cloud, in its own process -----------------------------------------------------------
-
-
-def _cloud_process_main(settings: CloudSettings, conn: Connection) -> None:
-    configure_logging("cloud: %(levelname)s %(name)s: %(message)s")
-    try:
-        translators = load_translators(
-            settings.model, settings.providers, settings.threads, settings.workers
-        )
-    except CnmtError as exc:
-        conn.send(("error", f"cloud: {exc}"))
-        return
-    except Exception as exc:  # a broken model file: report it rather than die silently
-        conn.send(("error", f"cloud: cannot load {settings.model!r}: {type(exc).__name__}: {exc}"))
-        return
-    asyncio.run(_cloud_process_serve(translators, settings, conn))
-
-
-async def _cloud_process_serve(
-    translators: list[Any], settings: CloudSettings, conn: Connection
-) -> None:
-    from cnmt.serving.cloud import CloudServer
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        server = CloudServer(translators, settings)
-        runner, port = await serve_app(
-            server.app(),
-            settings.host,
-            settings.port,
-            settings.reuse_port,
-            server.ssl_context(),
-        )
-    except CnmtError as exc:
-        conn.send(("error", f"cloud: {exc}"))
-        return
-    conn.send(("ready", port))
-    watcher = loop.create_task(_stop_when_orphaned(stop))
-    await stop.wait()
-    watcher.cancel()
-    await runner.cleanup()
-
-
-async def _stop_when_orphaned(stop: asyncio.Event, every_s: float = 1.0) -> None:
-    """Set ``stop`` once the launching process is gone (killed without a chance to stop us):
-    a cloud server nobody can shut down must not outlive it."""
-    parent = os.getppid()
-    while os.getppid() == parent:
-        await asyncio.sleep(every_s)
-    log.warning("the launching process exited; stopping the cloud server")
-    stop.set()
-
-
-def _ray_cloud_process_main(settings: CloudSettings, conn: Connection) -> None:
-    # Imported here, in the child: the launching process (and its gateway) never imports Ray.
-    from cnmt.serving.ray_cloud import process_main
-
-    process_main(settings, conn)
-
-
-def check_ray_installed() -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("ray") is None or importlib.util.find_spec("ray.serve") is None:
-        raise CnmtRuntimeError(
-            "cloud.engine: ray needs Ray Serve, which is not installed: pip install 'cnmt[ray]' "
-            "(or set cloud.engine: aiohttp)"
-        )
-
-
-class CloudProcess:
-    """The cloud server in a child process (spawned, so it shares no state with this one):
-    our aiohttp server, or a Ray Serve cloud's driver (``engine: ray``)."""
-
-    def __init__(self, settings: CloudSettings) -> None:
-        self.settings = settings
-        self._process: Any = None
-        self.port: int | None = None
-
-    async def start(self, timeout_s: float = 600.0) -> int:
-        context = multiprocessing.get_context("spawn")
-        parent_end, child_end = context.Pipe(duplex=False)
-        ray = self.settings.engine == "ray"
-        self._process = context.Process(
-            target=_ray_cloud_process_main if ray else _cloud_process_main,
-            args=(self.settings, child_end),
-            name="cnmt-cloud",
-            daemon=True,
-        )
-        self._process.start()
-        child_end.close()
-        loop = asyncio.get_running_loop()
-        message = await loop.run_in_executor(None, _receive, parent_end, self._process, timeout_s)
-        parent_end.close()
-        kind, value = message
-        if kind != "ready":
-            await self.stop()
-            raise CnmtRuntimeError(str(value))
-        self.port = int(value)
-        reap_on_exit(self._process, self._exited)
-        return self.port
-
-    def _exited(self, process: Any) -> None:
-        log.error(
-            "the cloud process (pid %s) exited with status %s; the gateway translates locally "
-            "until a cloud answers again (restart `cnmt launch`, or start a cloud on %s)",
-            process.pid,
-            process.exitcode,
-            self.port,
-        )
-
-    async def stop(self, timeout_s: float | None = None) -> None:
-        # A Ray cloud shuts down Serve and its local Ray instance: allow more time.
-        if timeout_s is None:
-            timeout_s = 60.0 if self.settings.engine == "ray" else 10.0
-        process, self._process = self._process, None
-        if process is None:
-            return
-        stop_reaping(process)
-        if process.is_alive():
-            process.terminate()  # SIGTERM: the child shuts its server down cleanly
-        await asyncio.get_running_loop().run_in_executor(None, process.join, timeout_s)
-        if process.is_alive():
-            log.warning("cloud process did not stop within %.0f s; killing it", timeout_s)
-            process.kill()
-            await asyncio.get_running_loop().run_in_executor(None, process.join, 5.0)
-
-
-def reap_on_exit(process: Any, on_exit: Callable[[Any], None]) -> None:
-    """Reap ``process`` (a started multiprocessing.Process) as soon as it exits, then call
-    ``on_exit(process)``: a child that dies while this process goes on serving must not stay a
-    zombie until it exits. Watches the process's sentinel in the running event loop."""
-    loop = asyncio.get_running_loop()
-
-    def exited() -> None:
-        loop.remove_reader(process.sentinel)
-        # The sentinel is ready once the child's end closed, i.e. it is exiting: a blocking
-        # waitpid returns at once (bounded all the same). Then no zombie, and exitcode is known.
-        process.join(1.0)
-        on_exit(process)
-
-    loop.add_reader(process.sentinel, exited)
-
-
-def stop_reaping(process: Any) -> None:
-    """Undo :func:`reap_on_exit` (before stopping ``process`` on purpose)."""
-    try:
-        asyncio.get_running_loop().remove_reader(process.sentinel)
-    except (ValueError, OSError):
-        pass  # already closed
-
-
-def describe_cloud(settings: CloudSettings) -> str:
-    """What ``cnmt launch`` prints about a cloud it started."""
-    ray = settings.ray
-    if settings.engine != "ray" or ray is None:
-        return f"model {settings.model}, {settings.workers} worker(s), {settings.threads} thread(s)"
-    what = f"model {settings.model}, {settings.threads} thread(s)"
-    replicas = (
-        f"{ray.autoscaling.min_replicas}-{ray.autoscaling.max_replicas} replicas (autoscaled)"
-        if ray.autoscaling
-        else f"{ray.num_replicas} replica(s)"
-    )
-    batching = (
-        f"batches of up to {ray.max_batch_size} within {ray.batch_wait_timeout_s * 1000:g} ms"
-        if ray.max_batch_size > 1
-        else "no batching"
-    )
-    where = "local Ray" if ray.local else f"Ray cluster {ray.address}"
-    return f"Ray Serve on {where}: {what} each, {replicas}, {batching}"
-
-
-def _receive(conn: Connection, process: Any, timeout_s: float) -> tuple[str, Any]:
-    """The cloud process's first message: ("ready", port) or ("error", why)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if conn.poll(0.2):
-            try:
-                return conn.recv()
-            except EOFError:
-                break  # it closed its end: it is exiting
-        elif not process.is_alive():
-            break
-    else:
-        return ("error", f"cloud: not ready after {timeout_s:.0f} s")
-    process.join(5.0)
-    return (
-        "error",
-        f"cloud: the cloud process exited with status {process.exitcode} before it was ready",
-    )
 
 
 # --- the gateway ---------------------------------------------------------------------------
@@ -325,22 +119,26 @@ def scheduler_specs(config: Config) -> Any:
 
 
 def create_schedulers(
-    config: Config, edge_prior: Any = None, cloud_prior: Any = None, settings: Any = None
+    config: Config,
+    edge_prior: Any = None,
+    cloud_prior: Any = None,
+    settings: Any = None,
+    clouds: Sequence[Any] | None = None,
 ) -> Any:
     """A live gateway's decision core from its config: length estimator, device policy, and
-    the edge's and the cloud's latency models (priors: the profiles' fits; without them the
-    unit model, to check that a config's components can be created) with the cloud's RTT and
-    wait estimators."""
+    the edge's and each cloud's latency models (priors: the profiles' fits; without them the
+    unit model, to check that a config's components can be created) with each cloud's RTT and
+    wait estimators. ``clouds`` are the clouds' :class:`~cnmt.schedulers.core.TargetSetup`;
+    without them one cloud, ``cloud``, with ``cloud_prior``."""
     from cnmt.schedulers.base import LatencyModel
     from cnmt.schedulers.core import DecisionCore, TargetSetup
 
     unit = LatencyModel(1.0, 1.0, 1.0)
-    workers = settings.cloud_workers if settings is not None else 1
-    bandwidth = settings.bandwidth_bps if settings is not None else 100e6
-    components = scheduler_specs(config).create(
-        TargetSetup("edge", edge_prior or unit),
-        [TargetSetup("cloud", cloud_prior or unit, workers, bandwidth)],
-    )
+    if clouds is None:
+        workers = settings.cloud_workers if settings is not None else 1
+        bandwidth = settings.bandwidth_bps if settings is not None else 100e6
+        clouds = [TargetSetup(SHORTHAND_CLOUD, cloud_prior or unit, workers, bandwidth)]
+    components = scheduler_specs(config).create(TargetSetup("edge", edge_prior or unit), clouds)
     # A policy that draws gets a generator of its own (seeded by the OS: a live gateway is not
     # replayed); the others none.
     rng = None
@@ -351,41 +149,111 @@ def create_schedulers(
     return DecisionCore(components, rng=rng)
 
 
+def shorthand_cloud(
+    gateway: GatewaySettings | None, cloud: CloudSettings | None, link: LinkSettings | None
+) -> CloudEntry:
+    """The one cloud of ``cloud:`` + ``link:`` (and the gateway's ``cloud_*`` keys) as an
+    item of ``clouds``."""
+    return CloudEntry(
+        name=SHORTHAND_CLOUD,
+        cloud_profile=gateway.cloud_profile if gateway is not None else None,
+        cloud=cloud,
+        link=link,
+        url=gateway.cloud_url if gateway is not None else None,
+        workers=gateway.cloud_workers if gateway is not None else None,
+        model=(gateway.models["cloud"] if gateway is not None else None) if cloud is None else None,
+    )
+
+
+def cloud_model(entry: CloudEntry, gateway: GatewaySettings) -> str:
+    """The model cloud ``entry`` runs."""
+    if entry.cloud is not None:
+        return entry.cloud.model
+    return entry.model or gateway.models["cloud"]
+
+
+def scaled(model: Any, factor: float) -> Any:
+    """Latency model ``model`` run ``factor`` times slower."""
+    if factor == 1.0:
+        return model
+    return dataclasses.replace(
+        model, a_n=model.a_n * factor, a_m=model.a_m * factor, b=model.b * factor
+    )
+
+
 def build_gateway(
-    config: Config, settings: GatewaySettings, cloud_url: str | None, say: Say
+    config: Config,
+    settings: GatewaySettings,
+    cloud_url: str | None,
+    say: Say,
+    clouds: Sequence[CloudEntry] | None = None,
 ) -> Any:
     """A Gateway wired from a config (not started): profiles, schedulers and the learnt state
-    first, so a bad one fails before any model is loaded."""
+    first, so a bad one fails before any model is loaded. ``clouds`` are the gateway's clouds
+    (default: the one cloud of ``gateway.cloud_profile``, at ``cloud_url``); their clients are
+    attached once their addresses are known."""
     from cnmt.schedulers.base import Device
+    from cnmt.schedulers.core import TargetSetup
     from cnmt.serving.cloud_client import CloudClient
     from cnmt.serving.edge import EdgeWorker, QuotaSpec
     from cnmt.serving.gateway import Gateway
     from cnmt.serving.learned_state import learning_parts, lock, restore
 
     specs = scheduler_specs(config)  # a bad one fails before anything is read
-    models = settings.models
-    edge_profile = load_profile(settings.edge_profile, "gateway.edge_profile", models["edge"])
-    cloud_profile = load_profile(settings.cloud_profile, "gateway.cloud_profile", models["cloud"])
-    for profile, target in ((edge_profile, "edge"), (cloud_profile, "cloud")):
-        if profile.model != models[target]:
+    if clouds is None:
+        clouds = [shorthand_cloud(settings, None, None)]
+    several = len(clouds) > 1
+    edge_profile = load_profile(settings.edge_profile, "gateway.edge_profile", settings.model)
+    profiles = {}
+    for index, entry in enumerate(clouds):
+        key = f"clouds[{index}].cloud_profile" if several else "gateway.cloud_profile"
+        path = entry.cloud_profile or settings.cloud_profile
+        profiles[entry.name] = load_profile(path, key, cloud_model(entry, settings))
+    checked = [("edge", "gateway.edge_profile", edge_profile, settings.model)] + [
+        (
+            e.name,
+            f"clouds[{i}].cloud_profile" if several else "gateway.cloud_profile",
+            profiles[e.name],
+            cloud_model(e, settings),
+        )
+        for i, e in enumerate(clouds)
+    ]
+    for target, key, profile, model in checked:
+        if profile.model != model:
             log.warning(
-                "gateway.%s_profile was measured for model %r, the %s runs %r: its decisions "
-                "use another model's latencies",
-                target,
+                "%s was measured for model %r, the %s runs %r: its decisions use another "
+                "model's latencies",
+                key,
                 profile.model,
                 target,
-                models[target],
+                model,
             )
     core = create_schedulers(
-        config, edge_profile.fit.latency_model, cloud_profile.fit.latency_model, settings
+        config,
+        edge_profile.fit.latency_model,
+        settings=settings,
+        clouds=[
+            TargetSetup(
+                e.name,
+                scaled(profiles[e.name].fit.latency_model, e.time_factor),
+                e.queue_workers,
+                settings.bandwidth_bps,
+            )
+            for e in clouds
+        ],
     )
+    first = clouds[0].name
     state_parts = learning_parts(
         settings.model,
         edge_profile.device.name,
-        cloud_profile.device.name,
+        profiles[first].device.name,
         edge_latency=core.latency["edge"],
-        cloud_latency=core.latency["cloud"],
+        cloud_latency=core.latency[first],
         length_estimator=core.length,
+        more_clouds=[
+            (e.name, core.latency[e.name], cloud_model(e, settings), profiles[e.name].device.name)
+            for e in clouds[1:]
+        ],
     )
     restored: list[str] = []
     state_lock = None
@@ -415,15 +283,21 @@ def build_gateway(
     edge = EdgeWorker(factory, quota, allow_unthrottled=settings.allow_unthrottled)
     cloud = CloudClient.for_gateway(cloud_url, settings, tokenizer) if cloud_url else None
     learning = [part.key for part in state_parts]
+    cloud_labels = ", ".join(
+        (f"{name} " if several else "") + profile.label for name, profile in profiles.items()
+    )
     say(
         f"gateway: model {settings.model}, edge {edge_profile.label}"
         + (f" (CPU quota {device.cpu_quota:g} core)" if quota else " (unthrottled)")
-        + f"; cloud {cloud_profile.label}; policy {specs.device_policy.name}, length "
-        f"{specs.length_estimator.name}, RTT {specs.rtt_estimator.name}, latency "
-        f"edge {specs.edge_latency.name} / cloud {specs.cloud_latency.name}"
+        + f"; {'clouds' if several else 'cloud'} {cloud_labels}; policy "
+        f"{specs.device_policy.name}, length {specs.length_estimator.name}, RTT "
+        f"{specs.rtt_estimator.name}, latency edge {specs.edge_latency.name} / cloud "
+        f"{specs.cloud_latency.name}"
         + (f"; learning {', '.join(learning)}" if learning else "")
         + (f" (restored from {settings.state_file}: {', '.join(restored)})" if restored else "")
     )
+    devices: dict[Any, str] = {Device.EDGE: edge_profile.device.name}
+    devices.update({name: profile.device.name for name, profile in profiles.items()})
     return Gateway(
         tokenizer=tokenizer,
         edge=edge,
@@ -432,16 +306,16 @@ def build_gateway(
         settings=settings,
         state_parts=state_parts,
         state_lock=state_lock,
-        devices={Device.EDGE: edge_profile.device.name, Device.CLOUD: cloud_profile.device.name},
+        devices=devices,
     )
 
 
-def build_timeline(settings: LinkSettings) -> Any:
+def build_timeline(settings: LinkSettings, key: str = "link") -> Any:
     """The link's RTT over time (its trace is read now, so a bad file fails early)."""
     try:
         return settings.timeline(settings.loss_timeout_s)
     except ConfigError as exc:
-        raise ConfigError(f"link.trace: {exc}") from None
+        raise ConfigError(f"{key}.trace: {exc}") from None
 
 
 def build_link(settings: LinkSettings, upstream: tuple[str, int], timeline: Any) -> Any:
@@ -462,16 +336,29 @@ def build_link(settings: LinkSettings, upstream: tuple[str, int], timeline: Any)
 
 @dataclass(frozen=True)
 class Endpoints:
-    """Base URLs of what was launched (None for what the config does not launch)."""
+    """Base URLs of what was launched (None for what the config does not launch); with several
+    clouds, ``cloud`` and ``link`` are the first's and ``clouds``/``links`` every one's, by
+    name."""
 
     gateway: str | None = None
     cloud: str | None = None
     link: str | None = None
+    clouds: dict[str, str] = dataclasses.field(default_factory=dict)
+    links: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclass
+class _Launched:
+    """What was started for one cloud."""
+
+    process: CloudProcess | None = None
+    runner: web.AppRunner | None = None
+    link: Any = None
 
 
 class System:
-    """Everything one config launches. ``cloud_in_process`` runs the cloud in this event loop
-    instead of a child process (used when the config launches only a cloud)."""
+    """Everything one config launches. A config that launches only a cloud runs it in this
+    event loop instead of a child process."""
 
     def __init__(
         self,
@@ -485,54 +372,95 @@ class System:
         self.config = config
         self.say = say
         self.gateway_settings: GatewaySettings | None = config.get("gateway")
-        self.cloud_settings: CloudSettings | None = config.get("cloud")
-        self.link_settings: LinkSettings | None = config.get("link")
-        if not (self.gateway_settings or self.cloud_settings or self.link_settings):
+        cloud: CloudSettings | None = config.get("cloud")
+        link: LinkSettings | None = config.get("link")
+        listed: list[CloudEntry] | None = config.get("clouds")
+        where = config.source
+        if listed is not None and (cloud is not None or link is not None):
             raise ConfigError(
-                f"{config.source}: nothing to launch; a serving config needs a `gateway`, `cloud` "
-                "or `link` section (see `cnmt config show serving/default`)"
+                f"{where}: clouds: give one cloud as `cloud` + `link` or several as `clouds`, "
+                "not both (a config that extends one with a cloud sets cloud: null and link: null)"
             )
-        for port, attr in (
-            (gateway_port, "gateway_settings"),
-            (cloud_port, "cloud_settings"),
-            (link_port, "link_settings"),
-        ):
-            current = getattr(self, attr)
-            if port is not None and current is not None:
-                setattr(self, attr, dataclasses.replace(current, port=port))
+        if listed is not None:
+            names = [entry.name for entry in listed]
+            if not names or len(set(names)) != len(names):
+                raise ConfigError(
+                    f"{where}: clouds: expected at least one cloud, each with a unique name; "
+                    f"got {names}"
+                )
+        if not (self.gateway_settings or cloud or link or listed):
+            raise ConfigError(
+                f"{where}: nothing to launch; a serving config needs a `gateway`, `cloud`, "
+                "`link` or `clouds` section (see `cnmt config show serving/default`)"
+            )
+        if gateway_port is not None and self.gateway_settings is not None:
+            self.gateway_settings = dataclasses.replace(self.gateway_settings, port=gateway_port)
+        self.shorthand = listed is None
+        entries = listed or [shorthand_cloud(self.gateway_settings, cloud, link)]
+        self.clouds = [
+            self._with_ports(entry, cloud_port, link_port, len(entries)) for entry in entries
+        ]
         self._check_wiring()
-        self._cloud_process: CloudProcess | None = None
-        self._cloud_runner: web.AppRunner | None = None
-        self._link: Any = None
+        self._launched: dict[str, _Launched] = {}
         self._gateway_runner: web.AppRunner | None = None
         self.gateway: Any = None
         self.endpoints = Endpoints()
 
+    @property
+    def cloud_settings(self) -> CloudSettings | None:
+        """The first cloud's server settings (the only one's, with `cloud:`)."""
+        return self.clouds[0].cloud if self.clouds else None
+
+    @property
+    def link_settings(self) -> LinkSettings | None:
+        return self.clouds[0].link if self.clouds else None
+
+    def _with_ports(
+        self, entry: CloudEntry, cloud_port: int | None, link_port: int | None, count: int
+    ) -> CloudEntry:
+        """``--cloud-port``/``--link-port`` applied: to the one cloud, or 0 (any free port)
+        to every cloud of several."""
+        for port, flag in ((cloud_port, "--cloud-port"), (link_port, "--link-port")):
+            if port and count > 1:
+                raise ConfigError(
+                    f"{self.config.source}: {flag} {port}: the config launches {count} clouds; "
+                    f"set each one's port under clouds[i] (or pass {flag} 0: any free ports)"
+                )
+        cloud, link = entry.cloud, entry.link
+        if cloud_port is not None and cloud is not None:
+            cloud = dataclasses.replace(cloud, port=cloud_port)
+        if link_port is not None and link is not None:
+            link = dataclasses.replace(link, port=link_port)
+        return dataclasses.replace(entry, cloud=cloud, link=link)
+
+    def _key(self, index: int, key: str) -> str:
+        """Where a cloud's key is in the config: ``link`` or ``clouds[1].link``."""
+        return key if self.shorthand else f"clouds[{index}].{key}"
+
     def _check_wiring(self) -> None:
         where = self.config.source
-        if self.link_settings and self.link_settings.upstream is None and not self.cloud_settings:
-            raise ConfigError(
-                f"{where}: link.upstream: not set and the config launches no cloud; set it to the "
-                "cloud's host:port"
-            )
         gateway = self.gateway_settings
-        if (
-            gateway
-            and gateway.cloud_url is None
-            and not (self.link_settings or self.cloud_settings)
-        ):
-            raise ConfigError(
-                f"{where}: gateway.cloud_url: not set and the config launches no link or cloud; "
-                "set it to the cloud's (or the link's) URL, e.g. http://10.0.0.2:8081"
-            )
-        cloud = self.cloud_settings
-        if gateway and cloud and gateway.models["cloud"] != cloud.model:
-            # The gateway predicts the cloud's times from the cloud model's profile.
-            raise ConfigError(
-                f"{where}: the cloud runs {cloud.model!r} but the gateway expects "
-                f"{gateway.models['cloud']!r} there (gateway.cloud_model, default gateway.model); "
-                f"set gateway.cloud_model: {cloud.model} and a cloud_profile of that model"
-            )
+        for index, entry in enumerate(self.clouds):
+            if entry.link and entry.link.upstream is None and not entry.cloud:
+                raise ConfigError(
+                    f"{where}: {self._key(index, 'link.upstream')}: not set and the config "
+                    "launches no cloud for it; set it to the cloud's host:port"
+                )
+            if gateway and entry.url is None and not (entry.link or entry.cloud):
+                key = "gateway.cloud_url" if self.shorthand else f"clouds[{index}].url"
+                raise ConfigError(
+                    f"{where}: {key}: not set and the config launches no link or cloud; "
+                    "set it to the cloud's (or the link's) URL, e.g. http://10.0.0.2:8081"
+                )
+            if gateway and self.shorthand and entry.cloud:
+                if gateway.models["cloud"] != entry.cloud.model:
+                    # The gateway predicts the cloud's times from the cloud model's profile.
+                    raise ConfigError(
+                        f"{where}: the cloud runs {entry.cloud.model!r} but the gateway "
+                        f"expects {gateway.models['cloud']!r} there (gateway.cloud_model, "
+                        f"default gateway.model); set gateway.cloud_model: {entry.cloud.model} "
+                        "and a cloud_profile of that model"
+                    )
 
     async def start(self) -> Endpoints:
         """Start everything; on failure, stop what was started and re-raise."""
@@ -545,93 +473,136 @@ class System:
 
     async def _start(self) -> None:
         loop = asyncio.get_running_loop()
-        gateway_cfg, cloud_cfg, link_cfg = (
-            self.gateway_settings,
-            self.cloud_settings,
-            self.link_settings,
-        )
-        if cloud_cfg is not None and cloud_cfg.engine == "ray":
+        gateway_cfg = self.gateway_settings
+        if any(e.cloud is not None and e.cloud.engine == "ray" for e in self.clouds):
             check_ray_installed()
-        timeline = await loop.run_in_executor(None, build_timeline, link_cfg) if link_cfg else None
+        timelines = {
+            entry.name: await loop.run_in_executor(
+                None, build_timeline, entry.link, self._key(index, "link")
+            )
+            for index, entry in enumerate(self.clouds)
+            if entry.link is not None
+        }
         if gateway_cfg is not None:
             # Profiles and schedulers are checked before anything slow (build_gateway exports a
             # built-in model only after them), and the gateway's model is in the cache before
-            # the cloud process opens the same cache.
+            # the cloud processes open the same cache.
             self.gateway = await loop.run_in_executor(
-                None, build_gateway, self.config, gateway_cfg, None, self.say
+                None, build_gateway, self.config, gateway_cfg, None, self.say, self.clouds
             )
-            # The edge worker next: a quota that cannot be applied fails before the cloud starts.
+            # The edge worker next: a quota that cannot be applied fails before a cloud starts.
             await self.gateway.edge.start()
-        if cloud_cfg is not None and (gateway_cfg is None or cloud_cfg.model != gateway_cfg.model):
+        targets: dict[str, str] = {}
+        clouds: dict[str, str] = {}
+        links: dict[str, str] = {}
+        several = len(self.clouds) > 1
+        for entry in self.clouds:
+            launched = self._launched[entry.name] = _Launched()
+            label = f"{entry.name}: " if several else ""
+            cloud_cfg, link_cfg = entry.cloud, entry.link
+            cloud_address: tuple[str, int] | None = None
+            if cloud_cfg is not None:
+                port = await self._start_cloud(entry, launched)
+                cloud_address = (cloud_cfg.host, port)
+                clouds[entry.name] = url(cloud_cfg.host, port, cloud_cfg.scheme)
+                self.say(f"cloud:   {label}{clouds[entry.name]}  ({describe_cloud(cloud_cfg)})")
+            if link_cfg is not None:
+                upstream = (
+                    split_host_port(link_cfg.upstream, "link.upstream")
+                    if link_cfg.upstream
+                    else cloud_address
+                )
+                assert upstream is not None
+                launched.link = build_link(link_cfg, upstream, timelines[entry.name])
+                await launched.link.start()
+                # The link forwards bytes: TLS between the gateway and the cloud passes through.
+                scheme = cloud_cfg.scheme if cloud_cfg is not None else "http"
+                links[entry.name] = url(link_cfg.host, launched.link.port, scheme)
+                bandwidth = (
+                    f", {link_cfg.bandwidth_mbps:g} Mbit/s" if link_cfg.bandwidth_mbps else ""
+                )
+                self.say(
+                    f"link:    {label}{links[entry.name]} -> {upstream[0]}:{upstream[1]}  "
+                    f"({link_cfg.describe()}{bandwidth})"
+                )
+            target = entry.url or links.get(entry.name) or clouds.get(entry.name)
+            if target is not None:
+                targets[entry.name] = target
+        gateway_url = await self._start_gateway(targets) if gateway_cfg is not None else None
+        first = self.clouds[0].name
+        self.endpoints = Endpoints(
+            gateway=gateway_url,
+            cloud=clouds.get(first),
+            link=links.get(first),
+            clouds=clouds,
+            links=links,
+        )
+
+    async def _start_cloud(self, entry: CloudEntry, launched: _Launched) -> int:
+        """Start cloud ``entry``'s server; returns its port. In a child process, unless the
+        config launches nothing but this one (aiohttp) cloud."""
+        cloud_cfg = entry.cloud
+        assert cloud_cfg is not None
+        loop = asyncio.get_running_loop()
+        gateway_cfg = self.gateway_settings
+        if gateway_cfg is None or cloud_cfg.model != gateway_cfg.model:
             await loop.run_in_executor(None, prepare_model, cloud_cfg.model)
-        cloud_url = link_url = None
-        cloud_address: tuple[str, int] | None = None
-        if cloud_cfg is not None:
-            if gateway_cfg is not None or link_cfg is not None or cloud_cfg.engine == "ray":
-                self._cloud_process = CloudProcess(cloud_cfg)
-                port = await self._cloud_process.start()
-            else:
-                from cnmt.serving.cloud import CloudServer
+        alone = gateway_cfg is None and entry.link is None and len(self.clouds) == 1
+        if not alone or cloud_cfg.engine == "ray":
+            launched.process = CloudProcess(cloud_cfg, entry.name)
+            return await launched.process.start()
+        from cnmt.serving.cloud import CloudServer
 
-                translators = await loop.run_in_executor(
-                    None,
-                    load_translators,
-                    cloud_cfg.model,
-                    cloud_cfg.providers,
-                    cloud_cfg.threads,
-                    cloud_cfg.workers,
-                )
-                server = CloudServer(translators, cloud_cfg)
-                self._cloud_runner, port = await serve_app(
-                    server.app(),
-                    cloud_cfg.host,
-                    cloud_cfg.port,
-                    cloud_cfg.reuse_port,
-                    server.ssl_context(),
-                )
-            cloud_address = (cloud_cfg.host, port)
-            cloud_url = url(cloud_cfg.host, port, cloud_cfg.scheme)
-            self.say(f"cloud:   {cloud_url}  ({describe_cloud(cloud_cfg)})")
-        if link_cfg is not None:
-            upstream = (
-                split_host_port(link_cfg.upstream, "link.upstream")
-                if link_cfg.upstream
-                else cloud_address
-            )
-            assert upstream is not None
-            self._link = build_link(link_cfg, upstream, timeline)
-            await self._link.start()
-            # The link forwards bytes: TLS between the gateway and the cloud passes through it.
-            scheme = cloud_cfg.scheme if cloud_cfg is not None else "http"
-            link_url = url(link_cfg.host, self._link.port, scheme)
-            bandwidth = f", {link_cfg.bandwidth_mbps:g} Mbit/s" if link_cfg.bandwidth_mbps else ""
-            self.say(
-                f"link:    {link_url} -> {upstream[0]}:{upstream[1]}  "
-                f"({link_cfg.describe()}{bandwidth})"
-            )
-        gateway_url = None
-        if gateway_cfg is not None:
-            from cnmt.serving.cloud_client import CloudClient
+        translators = await loop.run_in_executor(
+            None,
+            load_translators,
+            cloud_cfg.model,
+            cloud_cfg.providers,
+            cloud_cfg.threads,
+            cloud_cfg.workers,
+        )
+        server = CloudServer(translators, cloud_cfg)
+        launched.runner, port = await serve_app(
+            server.app(),
+            cloud_cfg.host,
+            cloud_cfg.port,
+            cloud_cfg.reuse_port,
+            server.ssl_context(),
+        )
+        return port
 
-            target = gateway_cfg.cloud_url or link_url or cloud_url
-            assert target is not None
-            self.gateway.attach_cloud(
-                CloudClient.for_gateway(target, gateway_cfg, self.gateway.tokenizer)
-            )
-            app = self.gateway.app()
-            keys = read_keys(
-                gateway_cfg.api_keys_file, gateway_cfg.api_keys_env, "gateway.api_keys"
-            )
-            if keys:
-                app.middlewares.append(bearer_auth(keys, "the gateway"))
-            self._gateway_runner, port = await serve_app(app, gateway_cfg.host, gateway_cfg.port)
-            gateway_url = url(gateway_cfg.host, port)
-            edge = self.gateway.edge
-            mode = "throttled" if edge.throttled else "unthrottled"
-            self.say(
-                f"gateway: {gateway_url}  (cloud at {target}; local worker pid {edge.pid}, {mode})"
-            )
-        self.endpoints = Endpoints(gateway=gateway_url, cloud=cloud_url, link=link_url)
+    async def _start_gateway(self, targets: dict[str, str]) -> str:
+        """Attach each cloud's client to the gateway and serve it; returns its URL."""
+        from cnmt.serving.cloud_client import CloudClient
+
+        gateway_cfg = self.gateway_settings
+        assert gateway_cfg is not None
+        self.gateway.attach_clouds(
+            {
+                name: CloudClient.for_gateway(target, gateway_cfg, self.gateway.tokenizer)
+                for name, target in targets.items()
+            }
+        )
+        app = self.gateway.app()
+        keys = read_keys(gateway_cfg.api_keys_file, gateway_cfg.api_keys_env, "gateway.api_keys")
+        if keys:
+            app.middlewares.append(bearer_auth(keys, "the gateway"))
+        self._gateway_runner, port = await serve_app(app, gateway_cfg.host, gateway_cfg.port)
+        gateway_url = url(gateway_cfg.host, port)
+        edge = self.gateway.edge
+        mode = "throttled" if edge.throttled else "unthrottled"
+        where = (
+            ", ".join(f"{n} at {t}" for n, t in targets.items())
+            if len(targets) > 1
+            else (f"cloud at {next(iter(targets.values()))}" if targets else "no cloud")
+        )
+        self.say(f"gateway: {gateway_url}  ({where}; local worker pid {edge.pid}, {mode})")
+        return gateway_url
+
+    def cloud_pid(self, name: str) -> int | None:
+        """The pid of cloud ``name``'s process (None: not in a child process)."""
+        launched = self._launched.get(name)
+        return launched.process.pid if launched and launched.process else None
 
     async def stop(self) -> None:
         if self._gateway_runner is not None:
@@ -640,15 +611,15 @@ class System:
         elif self.gateway is not None:
             await self.gateway.close()
         self.gateway = None
-        if self._link is not None:
-            await self._link.close()
-            self._link = None
-        if self._cloud_runner is not None:
-            await self._cloud_runner.cleanup()
-            self._cloud_runner = None
-        if self._cloud_process is not None:
-            await self._cloud_process.stop()
-            self._cloud_process = None
+        launched, self._launched = self._launched, {}
+        for one in launched.values():
+            if one.link is not None:
+                await one.link.close()
+        for one in launched.values():
+            if one.runner is not None:
+                await one.runner.cleanup()
+        # The clouds stop together: each may take its grace period.
+        await asyncio.gather(*(o.process.stop() for o in launched.values() if o.process))
 
 
 async def run_until_signal(system: System, say: Say = print) -> None:

@@ -31,6 +31,7 @@ import datetime
 import fcntl
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -55,7 +56,7 @@ class Learner(Protocol):
 class Part:
     """One learning component and what its state belongs to."""
 
-    key: str  # the config section: edge_latency, cloud_latency, length_estimator
+    key: str  # the config section: edge_latency, cloud_latency[.NAME], length_estimator
     learner: Learner
     model: str
     device: str | None = None  # None for the length estimator: it belongs to the model only
@@ -75,11 +76,18 @@ def learning_parts(
     edge_latency: Any,
     cloud_latency: Any,
     length_estimator: Any,
+    more_clouds: Sequence[tuple[str, Any, str, str]] = (),
 ) -> list[Part]:
-    """The parts of a gateway that learn (a component that does not has nothing to save)."""
+    """The parts of a gateway that learn (a component that does not has nothing to save).
+    ``more_clouds`` are the clouds after the first, each ``(name, latency model, model,
+    device)``: their parts are ``cloud_latency.NAME``."""
     parts = [
         Part("edge_latency", edge_latency, model, edge_device),
         Part("cloud_latency", cloud_latency, model, cloud_device),
+        *(
+            Part(f"cloud_latency.{name}", learner, cloud_model, device)
+            for name, learner, cloud_model, device in more_clouds
+        ),
         Part("length_estimator", length_estimator, model),
     ]
     return [part for part in parts if getattr(part.learner, "learns", False)]

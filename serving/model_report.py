@@ -1,11 +1,15 @@
 """How a gateway shows the latency models it decides with (``GET /v1/models``, the demo): the
 core's models as a mapping by target that writes through (:class:`LatencyModels`), their
-coefficients, and what is unphysical about one (:func:`model_warnings`).
+coefficients, and what is unphysical about one (:func:`model_warnings`); each model's and each
+cloud's entry of ``/v1/models`` (:func:`latency_report`, :func:`cloud_report`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, MutableMapping
+import math
+import statistics
+from collections.abc import Iterable, Iterator, MutableMapping
+from typing import Any
 
 from cnmt.schedulers.base import LatencyModel
 from cnmt.schedulers.core import DecisionCore
@@ -61,3 +65,44 @@ class LatencyModels(MutableMapping[str, LatencyEstimator]):
 
     def __len__(self) -> int:
         return len(self.core.latency)
+
+
+def _ms(seconds: float | None) -> float | None:
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    return round(seconds * 1000.0, 3)
+
+
+def latency_report(
+    estimator: LatencyEstimator, device: str, errors: Iterable[float]
+) -> dict[str, Any]:
+    """One target's latency model in ``/v1/models``: what it is, what it learnt, and the
+    median |predicted - observed| / observed of its last requests (``errors``)."""
+    errors = list(errors)
+    return {
+        "device": device,
+        "component": estimator.name,
+        "learns": estimator.learns,
+        "observations": estimator.observations,
+        "dropped": estimator.dropped,
+        "current": coefficients(estimator.current()),
+        "prior": coefficients(estimator.prior),
+        "recent_requests": len(errors),
+        "median_abs_relative_error": round(statistics.median(errors), 4) if errors else None,
+        # a posterior's: observations refused as impossible, and its speed's spread
+        "speed_sd": round(estimator.scale_sd(), 4) if hasattr(estimator, "scale_sd") else None,
+    }
+
+
+def cloud_report(
+    core: DecisionCore, name: str, now: float, device: str, healthy: bool, client: object
+) -> dict[str, Any]:
+    """One cloud in ``/v1/models``: its device, whether a client is attached and healthy, and
+    its link and wait as the core sees them at ``now``."""
+    return {
+        "device": device,
+        "attached": client is not None,
+        "healthy": client is not None and healthy,
+        "rtt_estimate_ms": _ms(core.link(name, now).rtt_s),
+        "cloud_wait_estimate_ms": _ms(core.cloud_wait_s(name, now)),
+    }

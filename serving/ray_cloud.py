@@ -377,7 +377,7 @@ class _Stop(Exception):
 
 
 def process_main(settings: CloudSettings, conn: Connection) -> None:
-    """The cloud process of `cnmt launch` (see :class:`cnmt.serving.launch.CloudProcess`):
+    """The cloud process of `cnmt launch` (see :class:`cnmt.serving.cloud_process.CloudProcess`):
     start, report ``("ready", port)`` or ``("error", why)``, serve until SIGTERM/SIGINT or until
     the launching process is gone, then stop and leave nothing running."""
     logging.basicConfig(level=logging.WARNING, format="cloud: %(levelname)s %(name)s: %(message)s")

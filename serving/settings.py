@@ -1,6 +1,9 @@
-"""The YAML sections of a serving config: ``gateway``, ``cloud`` and ``link``.
+"""The YAML sections of a serving config: ``gateway``, ``cloud``, ``link`` and ``clouds``.
 
-A config may hold any of the three; ``cnmt launch`` starts what it finds. The scheduler
+A config may hold any of them; ``cnmt launch`` starts what it finds. ``cloud`` and ``link``
+(with ``gateway.cloud_profile``, ``gateway.cloud_url`` and ``gateway.cloud_workers``) are the
+one-cloud shorthand of ``clouds``, a list of :class:`CloudEntry`, one per cloud, each with its
+own server, link and profile. The scheduler
 components the gateway uses are the usual component sections (``length_estimator``,
 ``device_policy``, ``rtt_estimator``). Port 0 means "any free port".
 """
@@ -215,6 +218,10 @@ class CloudSettings:
     gateway sends on a connection the cloud is closing) and its body within
     ``body_timeout_s``.
 
+    ``cpu_quota`` (a fraction of one core, in windows of ``cpu_period_us``) runs the cloud
+    process in a cgroup, emulating a smaller server as the edge device is emulated (needs
+    writable cgroups: root).
+
     ``engine: ray`` serves the same protocol from a Ray Serve deployment instead (replicas,
     batching, a cluster), configured by the ``ray`` mapping (:class:`RayCloudSettings`);
     ``workers`` and ``reuse_port`` are then Ray's business and must stay unset.
@@ -240,6 +247,10 @@ class CloudSettings:
     token_file: str | None = None
     token_env: str | None = None
     allow_unauthenticated: bool = False
+    # A smaller server emulated on this host, as the edge is: the cloud process runs under a
+    # cgroup CPU quota of this fraction of one core (needs root); None: unthrottled.
+    cpu_quota: float | None = ranged(None, low=0.01, high=256)
+    cpu_period_us: int = ranged(10_000, low=1000, high=1_000_000)
 
     @property
     def scheme(self) -> str:
@@ -258,6 +269,8 @@ class CloudSettings:
         _check_one_of("token_file", self.token_file, "token_env", self.token_env)
         guarded = self.token_file is not None or self.token_env is not None
         check_exposure("host", self.host, guarded, self.allow_unauthenticated)
+        if self.engine == "ray" and self.cpu_quota is not None:
+            raise ValueError("cpu_quota: emulates a server with engine: aiohttp only")
         if self.engine == "aiohttp" and self.ray is not None:
             raise ValueError("ray: only used with engine: ray (set engine: ray or remove it)")
         if self.engine == "ray":
@@ -311,6 +324,56 @@ class LinkSettings(RttSource):
             raise ValueError(f"loss_timeout_s must be >= 0, got {self.loss_timeout_s}")
         if self.upstream is not None:
             split_host_port(self.upstream, "upstream")
+
+
+@dataclass(frozen=True)
+class CloudEntry:
+    """One cloud of several (an item of ``clouds``): what the gateway calls it (``name``: the
+    ``device`` of its answers, its key in ``/v1/models`` and in the decision), the profile of
+    its device (``cloud_profile``, of the model it runs; default ``gateway.cloud_profile``),
+    the cloud server this config launches for it (``cloud``; leave it out for a cloud that
+    runs elsewhere) and the emulated link in front of it (``link``: ``rtt_ms`` or a
+    ``trace``; leave it out to reach the cloud directly). ``url`` is where the gateway sends
+    its requests (default: the link, else the cloud). ``workers`` is how many requests it
+    runs at once as the gateway's queue model sees it (default: ``cloud.workers``, else 1).
+    ``model`` is the model it runs when this config does not launch it (default:
+    ``gateway.cloud_model``, else ``gateway.model``). ``time_factor`` scales the profile's fit
+    (the latency model's prior): a smaller server emulated from a measured one
+    (``cloud.cpu_quota``) runs that many times slower, as the replay's
+    ``clouds[].time_factor`` does; the online models learn the rest."""
+
+    name: str
+    cloud_profile: str | None = None
+    cloud: CloudSettings | None = None
+    link: LinkSettings | None = None
+    url: str | None = None
+    workers: int | None = ranged(None, low=1, high=4096)
+    model: str | None = None
+    time_factor: float = ranged(1.0, low=0, high=1000, above=True)
+
+    def __post_init__(self) -> None:
+        if not self.name or self.name == "edge" or not self.name.replace("-", "_").isidentifier():
+            raise ValueError(
+                f"name: a cloud needs a name of letters, digits, '-' or '_' other than 'edge', "
+                f"got {self.name!r}"
+            )
+        if self.url is not None:
+            check_http_url(self.url, "url")
+        if self.cloud is not None and self.model is not None and self.model != self.cloud.model:
+            raise ValueError(
+                f"model: {self.model!r} but the cloud launched for it runs {self.cloud.model!r}; "
+                "leave model out (it is cloud.model)"
+            )
+        if self.workers is not None:
+            _check_positive(workers=self.workers)
+        _check_positive(time_factor=self.time_factor)
+
+    @property
+    def queue_workers(self) -> int:
+        """The servers the gateway queues this cloud's requests through."""
+        if self.workers is not None:
+            return self.workers
+        return self.cloud.workers if self.cloud is not None else 1
 
 
 def check_state_path(value: str) -> None:

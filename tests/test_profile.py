@@ -71,7 +71,10 @@ def toy_loader(tmp_path, monkeypatch) -> str:
     folder = tmp_path / "toy_module"
     folder.mkdir()
     (folder / "toy_translator.py").write_text(TOY_TRANSLATOR)
-    monkeypatch.setenv("PYTHONPATH", str(folder))
+    # Beside what is already there: the worker must still find cnmt where it is installed.
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, (str(folder), os.environ.get("PYTHONPATH"))))
+    )
     return "toy_translator:open_toy"
 
 
