@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
 import re
@@ -69,6 +70,11 @@ CORPORA = {
     "Tatoeba (short)": "corpora/tatoeba-en-zh/all.zh",
 }
 SINGLE_DEVICE = ("edge-only", "cloud-only")
+
+
+def _period_for(fraction: float) -> int:
+    """The shortest quota period (us) at which ``fraction`` of a core is a quota of 1 ms."""
+    return math.ceil(1000 / fraction)
 
 
 class Launched:
@@ -113,12 +119,16 @@ class Launched:
                 "phases need a config whose edge runs under a CPU quota"
             )
         group = found[-1]
+        # The kernel's shortest quota is 1 ms: a fraction whose quota would be shorter gets a
+        # longer period (12% of a 4 ms period would be refused, or silently become 25%).
         if (group / "cpu.max").exists():  # cgroup v2: "quota period"
-            period = int((group / "cpu.max").read_text().split()[1])
-            (group / "cpu.max").write_text(f"{max(1000, round(fraction * period))} {period}")
+            period = max(int((group / "cpu.max").read_text().split()[1]), _period_for(fraction))
+            (group / "cpu.max").write_text(f"{round(fraction * period)} {period}")
         else:
-            period = int((group / "cpu.cfs_period_us").read_text())
-            (group / "cpu.cfs_quota_us").write_text(str(max(1000, round(fraction * period))))
+            period = max(int((group / "cpu.cfs_period_us").read_text()), _period_for(fraction))
+            (group / "cpu.cfs_quota_us").write_text("-1")  # a period may not shrink below it
+            (group / "cpu.cfs_period_us").write_text(str(period))
+            (group / "cpu.cfs_quota_us").write_text(str(round(fraction * period)))
         return str(group)
 
     def stop(self) -> None:

@@ -178,7 +178,7 @@ def test_profile_with_an_empty_cell_is_rejected(tmp_path):
 
 def test_builtin_devices_describe_the_emulated_edge_and_the_cloud():
     edge = load_device("edge-cpu-q25")
-    assert (edge.threads, edge.cpu_quota, edge.cpu_period_us) == (1, 0.25, 10_000)
+    assert (edge.threads, edge.cpu_quota, edge.cpu_period_us) == (1, 0.25, 4_000)
     assert edge.providers == ("CPUExecutionProvider",)
     cloud = load_device("cloud-cpu")
     assert cloud.cpu_quota is None and cloud.threads == 2
