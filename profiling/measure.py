@@ -6,26 +6,8 @@ The measurement runs in a *worker* subprocess so that a device's CPU quota (a cg
 to time, round by round, and the worker times it: the parent reads the worker's events, keeps
 the statistics, watches the host's load, draws the progress bar and fits.
 
-**Interleaved rounds.** Every round visits every cell that still needs runs, in a new order
-shuffled with the seed, one timed ``run_forced(N, M)`` per visit. Slow drift of the machine
-(thermal state, another process starting) thus spreads over the whole grid instead of lumping
-into the cells measured at that moment: the old protocol (all repeats of a cell back to back)
-produced cells like Marian's N = 16 taking 1.8 s where N = 32 took 1.2 s. The first round runs
-``warmup`` untimed calls before each cell's first timed one (one-time costs: the memory arena
-growing to the shape, first-call kernel selection, pages loaded lazily; they happen once per
-shape per process, not per visit).
-
-**Until the mean is known.** A cell leaves the rotation once it has ``min_runs`` runs and the
-95% Student t interval of its mean is within ``target_rel_ci`` of the mean, or once it has
-``max_runs``; the rounds stop when no cell is left or when ``budget_s`` is spent (checked
-between rounds). Cells still wider than the target are listed in the profile's quality
-summary.
-
-**Sanity.** More tokens never take less time, so the grid is checked for neighbouring cells out
-of order beyond their noise (:func:`cnmt.profiling.profiles.order_violations`). The cells of
-each violating pair are measured again, in interleaved rounds of their own, until each has
-twice the runs it had (at most two such passes, within a quarter of the budget more), and the
-check is repeated: what remains is recorded, never hidden (a cell is never dropped or edited).
+How the rounds go (interleaved, each cell until its mean is known, the sanity check and its
+re-measurement) is :mod:`cnmt.profiling.rounds`'s.
 
 **Regimes.** ``isolated``: a pause of one quota period (``cpu_period_us`` of the device, also
 without a quota) before every timed run, so that each request finds an idle device with its
