@@ -20,10 +20,11 @@ from cnmt.schedulers.base import LatencyModel
 from cnmt.serving.loadtest import run_load
 
 # A slow edge, a near cloud faster on the shortest texts, a far one faster on the others (both
-# round trips are the loopback's: the priors make the split).
+# round trips are the loopback's: the priors make the split, by margins of 30 ms and more,
+# so that a slow loopback exchange on a loaded machine cannot move a request).
 EDGE = LatencyModel(a_n=0.01, a_m=0.01, b=0.05)
 NEAR = LatencyModel(a_n=0.004, a_m=0.004, b=0.001)
-FAR = LatencyModel(a_n=0.0005, a_m=0.0005, b=0.02)
+FAR = LatencyModel(a_n=0.0005, a_m=0.0005, b=0.05)
 RTT = ("last", {"initial_s": 0.001})  # about the loopback's, before any exchange
 SENTENCES = ["wir gehen", "guten morgen alle zusammen"] + [sentence(n) for n in (12, 20, 28)]
 
